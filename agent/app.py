@@ -1,0 +1,210 @@
+"""The REST app: ``/predict``, OpenAI-compatible ``/v1/chat/completions``, models, health.
+
+``create_app(settings, runtime)`` is the only way in; the runtime (loaded models, router)
+is built before the server starts and kept on ``app.state``. Every error leaves as an
+OpenAI-style body naming the bad field; nothing a client sends can produce a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.errors import (
+    ExpertCallError,
+    ExpertUnavailableError,
+    RequestError,
+    openai_error_body,
+)
+from agent.experts.base import GenerationParams
+from agent.http_limits import BodySizeLimit
+from agent.runtime import Runtime
+from agent.schemas import ChatRequest, chunk_body, completion_body, new_id
+from agent.settings import Settings
+
+log = logging.getLogger("edgeroute.app")
+
+
+def _params(req: ChatRequest, settings: Settings) -> GenerationParams:
+    max_tokens = req.max_tokens or req.max_completion_tokens or settings.server.default_max_tokens
+    cap = settings.server.max_tokens_cap
+    if max_tokens > cap:
+        raise RequestError(
+            f"max_tokens {max_tokens} exceeds this daemon's cap of {cap}; ask for fewer",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
+    return GenerationParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stop_tuple(),
+        seed=req.seed,
+    )
+
+
+def _check_messages(req: ChatRequest, settings: Settings) -> None:
+    if len(req.messages) > settings.server.max_messages:
+        raise RequestError(
+            f"{len(req.messages)} messages exceed the limit of {settings.server.max_messages}",
+            param="messages",
+            code="too_many_messages",
+        )
+    if not any(m.role == "user" for m in req.messages):
+        raise RequestError("messages must contain at least one 'user' message", param="messages")
+
+
+def _validation_param(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    if param is None:
+        return f"request body: {msg}; send a JSON object with 'messages'", None
+    return f"{param}: {msg}", param
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_param(exc)
+        return JSONResponse(
+            openai_error_body(message, "invalid_request_error", param, "invalid_value"), 400
+        )
+
+    @app.exception_handler(RequestError)
+    async def _request(_: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(ExpertUnavailableError)
+    async def _unavailable(_: Request, exc: ExpertUnavailableError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else {}
+        body = openai_error_body(exc.message, "service_unavailable", None, "expert_unavailable")
+        return JSONResponse(body, 503, headers=headers)
+
+    @app.exception_handler(ExpertCallError)
+    async def _expert(_: Request, exc: ExpertCallError) -> JSONResponse:
+        body = openai_error_body(str(exc), "upstream_error", "model", "expert_failed")
+        return JSONResponse(body, 502)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        param = "body" if exc.status_code == 413 else None
+        return JSONResponse(
+            openai_error_body(str(exc.detail), kind, param, None), exc.status_code
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        body = openai_error_body("internal error; see the daemon log", "server_error")
+        return JSONResponse(body, 500)
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def _stream_events(rt: Runtime, req: ChatRequest, params: GenerationParams,
+                         decision: Any) -> AsyncIterator[bytes]:
+    cid, created = new_id(), int(time.time())
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    first = True
+    try:
+        async for delta, dec in rt.stream(decision, req.plain_messages(), params):
+            if first:
+                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
+                                      delta={"role": "assistant", "content": ""},
+                                      routing=dec.as_dict()))
+                first = False
+            if delta.content:
+                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
+                                      delta={"content": delta.content}))
+            if delta.finish_reason is not None:
+                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert, delta={},
+                                      finish_reason=delta.finish_reason))
+                if include_usage and delta.usage is not None:
+                    yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
+                                          delta={}, usage=delta.usage))
+    except ExpertCallError as exc:
+        yield _sse(openai_error_body(str(exc), "upstream_error", "model", "expert_failed"))
+        return
+    yield b"data: [DONE]\n\n"
+
+
+def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
+    """The ASGI app for one runtime. Closing the app closes the runtime's experts."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.runtime = runtime
+        app.state.settings = settings
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    app = FastAPI(title="edgeroute", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    _install_error_handlers(app)
+
+    async def _answer(req: ChatRequest) -> Any:
+        _check_messages(req, settings)
+        params = _params(req, settings)
+        messages = req.plain_messages()
+        decision = runtime.decide(req.model, messages)
+        if req.stream:
+            return StreamingResponse(
+                _stream_events(runtime, req, params, decision),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Edgeroute-Expert": decision.expert},
+            )
+        completion, decision = await runtime.complete(decision, messages, params)
+        return completion_body(
+            cid=new_id(),
+            expert=decision.expert,
+            content=completion.content,
+            finish_reason=completion.finish_reason,
+            usage=completion.usage,
+            routing=decision.as_dict(),
+        )
+
+    @app.post("/predict", summary="Route one chat query and answer it (seed API).")
+    async def predict(req: ChatRequest) -> Any:
+        return await _answer(req)
+
+    @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completions.")
+    async def chat_completions(req: ChatRequest) -> Any:
+        return await _answer(req)
+
+    @app.get("/v1/models", summary="The experts, plus 'auto'.")
+    async def models() -> dict[str, Any]:
+        created = int(runtime.started_at)
+        data = [{"id": "auto", "object": "model", "created": created, "owned_by": "edgeroute"}]
+        data += [
+            {"id": name, "object": "model", "created": created,
+             "owned_by": f"edgeroute-{e.info.kind}"}
+            for name, e in runtime.experts.items()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.get("/health", summary="Liveness and what is loaded.")
+    async def health() -> dict[str, Any]:
+        return runtime.health()
+
+    return app

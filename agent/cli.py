@@ -1,0 +1,177 @@
+"""The ``edgeroute`` command line. Errors print one line to stderr and exit 2;
+``--debug`` (or ``EDGEROUTE_DEBUG=1``) shows the traceback instead.
+
+Sub-commands of the offline pipeline live in ``export.cli`` and register themselves here;
+importing them is cheap (torch loads only when a pipeline command runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CliError(Exception):
+    """A user error on the command line: printed as one line, exit code 2."""
+
+
+def _settings(args: argparse.Namespace, **server: Any) -> Any:
+    from agent.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    server = {k: v for k, v in server.items() if v is not None}
+    if server:
+        from agent.settings import Settings
+
+        base = Settings().server.model_dump()
+        overrides["server"] = {**base, **server}
+    return load_settings(**overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agent.app import create_app
+    from agent.runtime import build_runtime
+
+    settings = _settings(args, host=args.host, port=args.port)
+    logging.basicConfig(
+        level=settings.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    runtime = build_runtime(settings)
+    app = create_app(settings, runtime)
+    logging.getLogger("edgeroute").info(
+        "serving %s on http://%s:%d", list(runtime.experts), settings.server.host,
+        settings.server.port,
+    )
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=settings.server.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from agent.app import _params
+    from agent.runtime import build_runtime
+    from agent.schemas import ChatRequest
+
+    settings = _settings(args)
+    if not args.text.strip():
+        raise CliError("the query text is empty; pass the question as an argument")
+    req = ChatRequest.model_validate(
+        {"model": args.model, "messages": [{"role": "user", "content": args.text}],
+         "max_tokens": args.max_tokens, "temperature": args.temperature}
+    )
+    runtime = build_runtime(settings)
+
+    async def run() -> Any:
+        try:
+            decision = runtime.decide(req.model, req.plain_messages())
+            return await runtime.complete(decision, req.plain_messages(), _params(req, settings))
+        finally:
+            await runtime.aclose()
+
+    completion, decision = asyncio.run(run())
+    if args.json:
+        print(json.dumps({"expert": decision.expert, "routing": decision.as_dict(),
+                          "content": completion.content,
+                          "usage": {"prompt_tokens": completion.usage.prompt_tokens,
+                                    "completion_tokens": completion.usage.completion_tokens}}))
+    else:
+        print(f"expert: {decision.expert} ({decision.reason})")
+        print(completion.content)
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgeroute", description="Edge-to-cloud LLM router daemon and pipeline."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("serve", help="run the daemon on localhost")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="TCP port (default 2345)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("predict", help="route and answer one query from the shell")
+    p.add_argument("text", help="the user's query")
+    p.add_argument("--model", default="auto", help="'auto' or an expert name")
+    p.add_argument("--max-tokens", type=int, default=None, help="most tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("config", help="inspect settings")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = csub.add_parser("show", help="print the effective settings (secrets masked)")
+    c.set_defaults(func=cmd_config_show)
+
+    try:
+        from export.cli import register as register_export
+    except ImportError:  # a device install without the pipeline package
+        register_export = None
+    if register_export is not None:
+        register_export(sub)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        value = err.get("input")
+        shown = f" (got {value!r})" if not isinstance(value, dict | list) else ""
+        return f"invalid setting {loc or exc.title}: {err.get('msg')}{shown}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from agent.errors import AgentError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("EDGEROUTE_DEBUG") == "1"
+    expected: tuple[type[BaseException], ...] = (AgentError, CliError, ValidationError, OSError)
+    try:
+        from export.errors import PipelineError
+
+        expected = (*expected, PipelineError)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("edgeroute: interrupted", file=sys.stderr)
+        return 130
+    except expected as exc:
+        if debug:
+            raise
+        print(f"edgeroute: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

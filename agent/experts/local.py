@@ -1,0 +1,155 @@
+"""A local GGUF expert run by llama-cpp-python.
+
+llama.cpp calls block, so they run in a worker thread, one at a time per model: an
+``asyncio.Lock`` queues async callers without tying up threads, and a ``threading.Lock``
+guards the same model for sync callers (the CLI, the collection pipeline). Streaming
+hands chunks from the worker thread to the event loop through a queue; a client that goes
+away sets a flag the worker checks between tokens, so generation stops early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+from agent.experts.base import (
+    Completion,
+    Delta,
+    ExpertInfo,
+    GenerationParams,
+    Message,
+    Usage,
+)
+from agent.settings import LocalExpertSettings
+
+_END = object()
+
+
+class LocalExpert:
+    """One loaded GGUF model. Build with :meth:`load`."""
+
+    def __init__(self, info: ExpertInfo, llama: Any, path: Path) -> None:
+        self.info = info
+        self.path = path
+        self.llama = llama
+        self._sync_lock = threading.Lock()
+        self._async_lock: asyncio.Lock | None = None
+
+    @classmethod
+    def load(cls, settings: LocalExpertSettings, path: Path) -> LocalExpert:
+        from llama_cpp import Llama  # heavy import, only when a model is really loaded
+
+        llama = Llama(
+            model_path=str(path),
+            n_ctx=settings.n_ctx,
+            n_threads=settings.n_threads,
+            n_gpu_layers=settings.n_gpu_layers,
+            chat_format=settings.chat_format,
+            seed=settings.seed,
+            verbose=False,
+        )
+        info = ExpertInfo(name=settings.name, kind="local", model=str(path))
+        return cls(info, llama, path)
+
+    def _lock(self) -> asyncio.Lock:
+        if self._async_lock is None:
+            self._async_lock = asyncio.Lock()
+        return self._async_lock
+
+    def _kwargs(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+        }
+        if params.stop:
+            kw["stop"] = list(params.stop)
+        if params.seed is not None:
+            kw["seed"] = params.seed
+        return kw
+
+    # -- sync API (CLI, pipeline) -------------------------------------------------------
+    def complete_sync(self, messages: list[Message], params: GenerationParams) -> Completion:
+        with self._sync_lock:
+            out = self.llama.create_chat_completion(**self._kwargs(messages, params))
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return Completion(
+            content=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+        )
+
+    def stream_sync(
+        self, messages: list[Message], params: GenerationParams, cancel: threading.Event
+    ) -> Iterator[Delta]:
+        with self._sync_lock:
+            chunks = self.llama.create_chat_completion(
+                **self._kwargs(messages, params), stream=True
+            )
+            n_out = 0
+            finish: str | None = None
+            try:
+                for chunk in chunks:
+                    if cancel.is_set():
+                        finish = "cancelled"
+                        break
+                    choice = chunk["choices"][0]
+                    text = choice.get("delta", {}).get("content") or ""
+                    if text:
+                        n_out += 1
+                        yield Delta(content=text)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()
+            # After a chat completion the context holds prompt + generated tokens.
+            n_prompt = max(int(self.llama.n_tokens) - n_out, 0)
+        yield Delta(finish_reason=finish or "stop", usage=Usage(n_prompt, n_out))
+
+    # -- async API (daemon) ---------------------------------------------------------------
+    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
+        async with self._lock():
+            return await asyncio.to_thread(self.complete_sync, messages, params)
+
+    async def stream(
+        self, messages: list[Message], params: GenerationParams
+    ) -> AsyncIterator[Delta]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def worker() -> None:
+            try:
+                for delta in self.stream_sync(messages, params, cancel):
+                    loop.call_soon_threadsafe(queue.put_nowait, delta)
+            except BaseException as exc:  # handed to the consumer, raised there
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _END)
+
+        async with self._lock():
+            task = loop.run_in_executor(None, worker)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _END:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                cancel.set()
+                await asyncio.shield(task)
+
+    async def aclose(self) -> None:
+        close = getattr(self.llama, "close", None)
+        if close is not None:
+            with self._sync_lock:
+                close()

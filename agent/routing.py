@@ -1,0 +1,55 @@
+"""The router slot: something that scores every expert for a query.
+
+A router is one method, ``scores(text) -> {expert: score}`` (higher is better, the scores a
+probability-like vector). Until a trained bundle is configured the daemon runs
+``FixedRouter``: a documented mode in which every query goes to the default expert, said
+so in ``/health`` and in each reply's ``routing`` info. It is not a fake classifier.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Router(Protocol):
+    mode: str
+    experts: tuple[str, ...]
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Score every expert in ``experts`` for one query."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What /health reports about this router."""
+        ...
+
+
+class FixedRouter:
+    """No trained router: every query scores 1.0 for the default expert, 0.0 for others."""
+
+    mode = "fixed"
+
+    def __init__(self, experts: list[str], default_expert: str) -> None:
+        if default_expert not in experts:
+            raise ValueError(f"default expert {default_expert!r} not in {experts}")
+        self.experts = tuple(experts)
+        self.default_expert = default_expert
+
+    def scores(self, text: str) -> dict[str, float]:
+        return {e: (1.0 if e == self.default_expert else 0.0) for e in self.experts}
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "default_expert": self.default_expert,
+            "note": "no router bundle configured: every query goes to the default expert",
+        }
+
+
+def query_text(messages: list[dict[str, str]]) -> str:
+    """The text a router scores: the last user turn (the paper routes single queries)."""
+    for m in reversed(messages):
+        if m.get("role") == "user":
+            return m.get("content", "")
+    return messages[-1].get("content", "") if messages else ""

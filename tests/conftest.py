@@ -1,0 +1,93 @@
+"""Shared fixtures: real models from PyPI packages, real servers on loopback, and user
+directories pointed at temp dirs so no test touches the real ones."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+MODEL_CACHE = Path(os.environ.get("EDGEROUTE_TEST_MODEL_CACHE", REPO / ".venv" / "model-cache"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own data/config dirs and no env files but its own."""
+    monkeypatch.setenv("EDGEROUTE_PATHS__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("EDGEROUTE_PATHS__CONFIG_DIR", str(tmp_path / "config"))
+    # The assembled GGUF is 491 MB: share it across tests instead of rebuilding per test.
+    monkeypatch.setenv("EDGEROUTE_PATHS__CACHE_DIR", str(MODEL_CACHE))
+    monkeypatch.setenv("EDGEROUTE_ENV_FILES", "")
+    for key in list(os.environ):
+        if key.startswith("EDGEROUTE_") and key not in {
+            "EDGEROUTE_PATHS__DATA_DIR", "EDGEROUTE_PATHS__CONFIG_DIR",
+            "EDGEROUTE_PATHS__CACHE_DIR", "EDGEROUTE_ENV_FILES", "EDGEROUTE_TEST_MODEL_CACHE",
+        }:
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture(scope="session")
+def qwen_gguf() -> Path:
+    from agent.model_files import BUILTINS, assemble_builtin
+    from agent.settings import QWEN_DEFAULT
+
+    return assemble_builtin(BUILTINS[QWEN_DEFAULT], MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf() -> Path:
+    from agent.model_files import BUILTINS, assemble_builtin
+    from agent.settings import SMOLLM2_DEFAULT
+
+    return assemble_builtin(BUILTINS[SMOLLM2_DEFAULT], MODEL_CACHE)
+
+
+@pytest.fixture(scope="session")
+def cloud_server(smollm_gguf: Path) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server on loopback, standing in for a
+    cloud expert (SmolLM2-135M-Instruct). Yields its base URL ending in /v1."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm_gguf),
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+         "--model_alias", "smollm2-cloud"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", proc=proc)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
