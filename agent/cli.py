@@ -25,6 +25,13 @@ class CliError(Exception):
     """A user error on the command line: printed as one line, exit code 2."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the bad value (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _settings(args: argparse.Namespace, **server: Any) -> Any:
     from agent.settings import load_settings
 
@@ -105,11 +112,13 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edgeroute", description="Edge-to-cloud LLM router daemon and pipeline."
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
     p = sub.add_parser("serve", help="run the daemon on localhost")
     p.add_argument("--host", help="bind address (default 127.0.0.1)")

@@ -8,6 +8,7 @@ small sidecar stamp (size, mtime, hash) so later starts skip re-hashing 500 MB.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -90,10 +91,8 @@ def verify_file(path: Path, expected_sha256: str | None) -> Path:
             f"model file {path} has sha256 {actual}, expected {expected_sha256}; "
             "the file is corrupt or not the pinned model: delete it or fix 'sha256'"
         )
-    try:
+    with contextlib.suppress(OSError):  # a read-only model dir costs a re-hash next start
         stamp.write_text(json.dumps(key))
-    except OSError:
-        pass  # a read-only model dir only costs a re-hash next start
     return path
 
 

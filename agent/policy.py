@@ -59,7 +59,8 @@ def decide(
     if not ranked:
         return Decision(default_expert, "no scored expert available; default expert", mode, {})
     best_score, best = ranked[0]
-    reason = (
-        "fixed mode: default expert" if mode == "fixed" else f"highest router score {best_score:.3f}"
-    )
+    if mode == "fixed":
+        reason = "fixed mode: default expert"
+    else:
+        reason = f"highest router score {best_score:.3f}"
     return Decision(best, reason, mode, dict(scores))

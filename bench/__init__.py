@@ -1,0 +1,1 @@
+"""Benchmarks: each prints a table of medians and same-run ratios."""

@@ -1,0 +1,69 @@
+"""The edgeroute CLI as a user runs it: real subprocesses, real model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True,
+        env=full_env, timeout=timeout,
+    )
+
+
+def test_predict_prints_expert_and_answer(smollm_gguf: Path) -> None:
+    experts = json.dumps([{"name": "smollm2-135m", "model": str(smollm_gguf)}])
+    r = run_cli("predict", "What is 2+2?", "--max-tokens", "12",
+                env={"EDGEROUTE_LOCAL_EXPERTS": experts})
+    assert r.returncode == 0, r.stderr
+    first, *rest = r.stdout.splitlines()
+    assert first.startswith("expert: smollm2-135m")
+    assert "".join(rest).strip()
+
+
+def test_predict_json(smollm_gguf: Path) -> None:
+    experts = json.dumps([{"name": "smollm2-135m", "model": str(smollm_gguf)}])
+    r = run_cli("predict", "Hi", "--max-tokens", "4", "--json",
+                env={"EDGEROUTE_LOCAL_EXPERTS": experts})
+    out = json.loads(r.stdout)
+    assert out["expert"] == "smollm2-135m" and out["usage"]["completion_tokens"] <= 4
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "needle"),
+    [
+        (["serve", "--port", "abc"], {}, "abc"),
+        (["serve"], {"EDGEROUTE_SERVER__PORT": "99999"}, "server.port"),
+        (["predict", "hi"], {"EDGEROUTE_LOCAL_EXPERTS": '[{"name":"x","model":"/no/such.gguf"}]'},
+         "/no/such.gguf"),
+        (["predict", "   "], {}, "empty"),
+        (["predict", "hi", "--model", "gpt-9"], {}, "gpt-9"),
+        (["frobnicate"], {}, "frobnicate"),
+    ],
+)
+def test_cli_errors_are_one_line(args, env, needle) -> None:
+    r = run_cli(*args, env=env, timeout=60)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    cloud = json.dumps([{"name": "c", "base_url": "http://127.0.0.1:9/v1", "model": "m",
+                         "api_key": "sk-very-secret"}])
+    r = run_cli("config", "show", env={"EDGEROUTE_CLOUD_EXPERTS": cloud})
+    assert r.returncode == 0, r.stderr
+    assert "sk-very-secret" not in r.stdout
+    shown = json.loads(r.stdout)
+    assert shown["server"]["port"] == 2345
+    assert shown["cloud_experts"][0]["api_key"] == "**********"
