@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
@@ -138,13 +139,41 @@ def build_parser() -> argparse.ArgumentParser:
     c = csub.add_parser("show", help="print the effective settings (secrets masked)")
     c.set_defaults(func=cmd_config_show)
 
+    _register_lazy(sub, AGENT_COMMANDS)
     try:
-        from export.cli import register as register_export
+        from export.cli import COMMANDS as EXPORT_COMMANDS
     except ImportError:  # a device install without the pipeline package
-        register_export = None
-    if register_export is not None:
-        register_export(sub)
+        EXPORT_COMMANDS = ()
+    _register_lazy(sub, EXPORT_COMMANDS)
     return parser
+
+
+# (command, module, help) of sub-commands whose module exposes add_arguments(parser) and
+# run(args) -> int. A module not yet present is skipped.
+AGENT_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("doctor", "agent.doctor", "check this device's set-up and print a table"),
+    ("usage", "agent.usage", "print cloud spend per expert and period"),
+)
+
+
+def _lazy(module: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(module).run(args) or 0)
+
+    return run
+
+
+def _register_lazy(sub: Any, commands: Sequence[tuple[str, str, str]]) -> None:
+    for name, module, help_text in commands:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                continue  # not built in this install
+            raise
+        parser = sub.add_parser(name, help=help_text)
+        mod.add_arguments(parser)
+        parser.set_defaults(func=_lazy(module))
 
 
 def _one_line(exc: BaseException) -> str:
