@@ -137,6 +137,28 @@ class CloudExpertSettings(_Section):
     first_byte_timeout_s: float = Field(15.0, gt=0, description="Longest wait for the first byte.")
     deadline_s: float = Field(60.0, gt=0, description="Overall deadline of one call, retries included.")
     max_retries: int = Field(2, ge=0, le=10, description="Retries on connect errors, 408, 429, 5xx.")
+    retry_backoff_base_s: float = Field(
+        0.25, gt=0, description="First retry's backoff ceiling; doubles per retry (full jitter)."
+    )
+    retry_backoff_cap_s: float = Field(
+        4.0, gt=0, description="Largest backoff between retries (Retry-After may ask for more)."
+    )
+    breaker_failure_threshold: int = Field(
+        3, ge=1, description="Failed calls in a row that open this expert's circuit breaker."
+    )
+    breaker_cooldown_s: float = Field(
+        5.0, gt=0, description="First cooldown of an open breaker; doubles per failed trial."
+    )
+    breaker_max_cooldown_s: float = Field(
+        300.0, gt=0, description="Longest cooldown of an open breaker."
+    )
+    fallback_to_local: bool = Field(
+        True,
+        description=(
+            "Answer with the first local expert when this expert fails before its first "
+            "byte (offline-first); false: fail the request with HTTP 503 instead."
+        ),
+    )
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,50 @@
+"""Token usage and what it costs: per call, from the peer's numbers or counted.
+
+The peer's ``usage`` is authoritative. When it sends none (a stream cut short, or a
+server that ignores ``stream_options.include_usage``) the bridge counts: one token per
+streamed content delta (OpenAI-compatible servers stream one token per chunk) and about
+four characters per prompt token. Counted usage is marked ``estimated`` so a ledger can
+tell billed numbers from guesses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+CHARS_PER_TOKEN = 4
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per one million tokens, as providers publish them."""
+
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+
+    def cost_usd(self, usage: TokenUsage) -> float:
+        return (
+            usage.prompt_tokens * self.input_usd_per_mtok
+            + usage.completion_tokens * self.output_usd_per_mtok
+        ) / 1e6
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """A rough prompt size for when the peer reports none (about 4 characters a token)."""
+    chars = sum(len(m.get("content", "")) + len(m.get("role", "")) for m in messages)
+    return math.ceil(chars / CHARS_PER_TOKEN)
+
+
+def counted_usage(messages: list[dict[str, str]], n_deltas: int) -> TokenUsage:
+    return TokenUsage(estimate_prompt_tokens(messages), n_deltas, estimated=True)

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+
+from cloud_bridge.errors import MalformedResponse, UpstreamStatusError
+from cloud_bridge.sse import SSEDecoder
+from cloud_bridge.usage import Prices, TokenUsage, counted_usage
+from cloud_bridge.wire import error_detail, parse_chunk, parse_completion
+
+
+def _events(text: str) -> list[str]:
+    dec, out = SSEDecoder(), []
+    for line in text.split("\n"):
+        payload = dec.feed(line)
+        if payload is not None:
+            out.append(payload)
+    return out
+
+
+def test_sse_joins_data_lines_and_skips_comments_and_other_fields() -> None:
+    text = ": keep-alive\n\nevent: x\ndata: a\ndata:b\nid: 3\n\ndata: [DONE]\n\n"
+    assert _events(text) == ["a\nb", "[DONE]"]
+
+
+def test_chunk_with_content_finish_and_usage_only_chunk() -> None:
+    c = '{"choices":[{"delta":{"content":"Hi"},"finish_reason":null}]}'
+    assert parse_chunk("x", c) == ("Hi", None, None)
+    f = '{"choices":[{"delta":{},"finish_reason":"length"}]}'
+    assert parse_chunk("x", f) == ("", "length", None)
+    u = '{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}'
+    assert parse_chunk("x", u) == ("", None, TokenUsage(7, 3))
+
+
+def test_in_band_error_and_junk_are_errors() -> None:
+    with pytest.raises(UpstreamStatusError, match="overloaded"):
+        parse_chunk("x", '{"error":{"message":"overloaded"}}')
+    with pytest.raises(MalformedResponse, match="not JSON"):
+        parse_chunk("x", "<html>")
+    with pytest.raises(MalformedResponse, match="choices"):
+        parse_completion("x", '{"choices":[]}')
+
+
+def test_error_detail_prefers_openai_message() -> None:
+    assert error_detail('{"error":{"message":"bad key"}}') == "bad key"
+    assert error_detail("") == "(empty body)"
+
+
+def test_cost_from_prices_and_counted_usage_is_marked() -> None:
+    assert Prices(2.5, 10.0).cost_usd(TokenUsage(1000, 100)) == pytest.approx(0.0035)
+    u = counted_usage([{"role": "user", "content": "x" * 40}], 5)
+    assert u.estimated and u.completion_tokens == 5 and u.prompt_tokens == 11
