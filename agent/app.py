@@ -16,7 +16,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.errors import (
@@ -27,7 +28,8 @@ from agent.errors import (
 )
 from agent.experts.base import GenerationParams
 from agent.http_limits import BodySizeLimit
-from agent.runtime import Runtime
+from agent.policy import tighter
+from agent.runtime import Hints, Runtime
 from agent.schemas import ChatRequest, chunk_body, completion_body, new_id
 from agent.settings import Settings
 
@@ -50,6 +52,30 @@ def _params(req: ChatRequest, settings: Settings) -> GenerationParams:
         stop=req.stop_tuple(),
         seed=req.seed,
     )
+
+
+HINT_HEADERS = {"max_cost_usd": "x-edgeroute-max-cost-usd",
+                "max_latency_ms": "x-edgeroute-max-latency-ms"}
+
+
+def _hints(req: ChatRequest, request: Request) -> Hints:
+    """Limits from the body's ``edgeroute`` field and the x-edgeroute-* headers (the
+    stricter wins); they can only tighten the device's budgets."""
+    values: dict[str, float | None] = {}
+    for key, header in HINT_HEADERS.items():
+        raw = request.headers.get(header)
+        from_header = None
+        if raw is not None:
+            try:
+                from_header = float(raw)
+            except ValueError:
+                from_header = float("nan")
+            if not from_header >= 0 or from_header == float("inf"):
+                raise RequestError(f"header {header} must be a non-negative number, got {raw!r}",
+                                   param=header, code="invalid_value")
+        from_body = getattr(req.edgeroute, key) if req.edgeroute else None
+        values[key] = tighter(from_header, from_body)
+    return Hints(**values)
 
 
 def _check_messages(req: ChatRequest, settings: Settings) -> None:
@@ -163,11 +189,11 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
     _install_error_handlers(app)
 
-    async def _answer(req: ChatRequest) -> Any:
+    async def _answer(req: ChatRequest, request: Request) -> Any:
         _check_messages(req, settings)
         params = _params(req, settings)
         messages = req.plain_messages()
-        decision = runtime.decide(req.model, messages)
+        decision = runtime.decide(req.model, messages, params, _hints(req, request))
         if req.stream:
             return StreamingResponse(
                 _stream_events(runtime, req, params, decision),
@@ -185,12 +211,12 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         )
 
     @app.post("/predict", summary="Route one chat query and answer it (seed API).")
-    async def predict(req: ChatRequest) -> Any:
-        return await _answer(req)
+    async def predict(req: ChatRequest, request: Request) -> Any:
+        return await _answer(req, request)
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completions.")
-    async def chat_completions(req: ChatRequest) -> Any:
-        return await _answer(req)
+    async def chat_completions(req: ChatRequest, request: Request) -> Any:
+        return await _answer(req, request)
 
     @app.get("/v1/models", summary="The experts, plus 'auto'.")
     async def models() -> dict[str, Any]:
@@ -202,6 +228,10 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             for name, e in runtime.experts.items()
         ]
         return {"object": "list", "data": data}
+
+    @app.get("/metrics", summary="Prometheus metrics.", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health", summary="Liveness and what is loaded.")
     async def health() -> dict[str, Any]:

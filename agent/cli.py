@@ -89,8 +89,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         try:
-            decision = runtime.decide(req.model, req.plain_messages())
-            return await runtime.complete(decision, req.plain_messages(), _params(req, settings))
+            params = _params(req, settings)
+            decision = runtime.decide(req.model, req.plain_messages(), params)
+            return await runtime.complete(decision, req.plain_messages(), params)
         finally:
             await runtime.aclose()
 
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = csub.add_parser("show", help="print the effective settings (secrets masked)")
     c.set_defaults(func=cmd_config_show)
+    c = csub.add_parser("env-example", help="print an example env file, every variable documented")
+    importlib.import_module("agent.envfile").add_arguments(c)
+    c.set_defaults(func=_lazy("agent.envfile"))
 
     _register_lazy(sub, AGENT_COMMANDS)
     try:

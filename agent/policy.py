@@ -1,13 +1,56 @@
-"""The pure decision core: router scores and request hints in, a frozen ``Decision`` out.
+"""The pure decision core: router scores, expert facts, budgets and hints in; a frozen
+``Decision`` out. No I/O and no clocks, so it is property-tested (tests/agent/test_policy.py).
 
-No I/O and no clocks here, so it is property-tested. Budgets and the trilemma weights
-extend this function; the daemon only ever acts on what it returns.
+Utility of a feasible expert e:
+    u(e) = w_quality * score(e) - w_cost * cost(e) / max_cost - w_tput * lat(e) / max_lat
+where cost is the worst-case USD of this request (prompt + max_tokens at e's prices) and
+lat the measured latency estimate. An expert is feasible when it is available, its
+worst-case cost fits the per-request limit and the remaining spend, and its latency
+estimate fits the latency limit. Because cost enters linearly, the chosen expert's cost
+can only fall as the cost weight rises (a property test holds us to it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+REFUSED = ""  # Decision.expert when no expert fits
+
+
+@dataclass(frozen=True)
+class ExpertState:
+    """What the policy knows about one expert at decision time."""
+
+    name: str
+    kind: str  # "local" | "cloud"
+    input_usd_per_mtok: float = 0.0
+    output_usd_per_mtok: float = 0.0
+    available: bool = True
+    latency_s: float | None = None  # moving estimate from real calls; None = not measured
+    remaining_usd: float | None = None  # least budget left over the caps that apply
+
+    def worst_case_usd(self, prompt_tokens: int, max_tokens: int) -> float:
+        return (prompt_tokens * self.input_usd_per_mtok
+                + max_tokens * self.output_usd_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class Weights:
+    quality: float = 1.0
+    cost: float = 0.0
+    throughput: float = 0.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """The request's side: who it names, its size, and the limits in force for it."""
+
+    requested: str | None
+    prompt_tokens: int
+    max_tokens: int
+    max_cost_usd: float | None = None
+    max_latency_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -17,50 +60,111 @@ class Decision:
     mode: str
     scores: Mapping[str, float] = field(default_factory=dict)
     fallback_from: str | None = None
+    expected_quality: float | None = None
+    expected_cost_usd: float = 0.0
+    expected_latency_s: float | None = None
+    rejected: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def refused(self) -> bool:
+        return self.expert == REFUSED
 
     def as_dict(self) -> dict[str, object]:
         return {
-            "expert": self.expert,
+            "expert": self.expert or None,
             "reason": self.reason,
             "mode": self.mode,
             "scores": {k: round(v, 6) for k, v in self.scores.items()},
             "fallback_from": self.fallback_from,
+            "expected_quality": self.expected_quality,
+            "expected_cost_usd": round(self.expected_cost_usd, 8),
+            "expected_latency_s": self.expected_latency_s,
+            "rejected": dict(self.rejected),
         }
+
+
+def tighter(device: float | None, request: float | None) -> float | None:
+    """The stricter of two optional limits: a request can tighten, never loosen."""
+    if device is None:
+        return request
+    if request is None:
+        return device
+    return min(device, request)
+
+
+def why_infeasible(e: ExpertState, req: Request) -> str | None:
+    if not e.available:
+        return "unavailable"
+    cost = e.worst_case_usd(req.prompt_tokens, req.max_tokens)
+    if req.max_cost_usd is not None and cost > req.max_cost_usd:
+        return f"worst-case cost ${cost:.6f} > max request ${req.max_cost_usd:.6f}"
+    if e.remaining_usd is not None and cost > e.remaining_usd:
+        return f"worst-case cost ${cost:.6f} > budget left ${max(e.remaining_usd, 0):.6f}"
+    if (req.max_latency_ms is not None and e.latency_s is not None
+            and e.latency_s * 1000 > req.max_latency_ms):
+        return f"latency estimate {e.latency_s * 1000:.0f} ms > {req.max_latency_ms:.0f} ms"
+    return None
+
+
+def _utilities(
+    scores: Mapping[str, float], feasible: list[ExpertState], req: Request, w: Weights
+) -> dict[str, float]:
+    costs = {e.name: e.worst_case_usd(req.prompt_tokens, req.max_tokens) for e in feasible}
+    lats = {e.name: e.latency_s or 0.0 for e in feasible}
+    max_cost, max_lat = max(costs.values()), max(lats.values())
+    return {
+        e.name: w.quality * scores.get(e.name, 0.0)
+        - (w.cost * costs[e.name] / max_cost if max_cost > 0 else 0.0)
+        - (w.throughput * lats[e.name] / max_lat if max_lat > 0 else 0.0)
+        for e in feasible
+    }
 
 
 def decide(
     scores: Mapping[str, float],
-    available: frozenset[str],
+    experts: Mapping[str, ExpertState],
+    req: Request,
     *,
-    requested: str | None,
+    weights: Weights = Weights(),
     default_expert: str,
     mode: str,
 ) -> Decision:
-    """Pick the expert for one query.
+    """Pick the expert for one request; ``Decision.refused`` when none fits."""
+    rejected = {n: r for n, e in experts.items() if (r := why_infeasible(e, req)) is not None}
+    feasible = [e for n, e in experts.items() if n not in rejected]
+    scores = dict(scores)
 
-    ``requested`` is the client's ``model`` when it names an expert (``None`` for
-    ``auto``): the client's choice wins when that expert is available. Otherwise the
-    highest-scoring available expert wins, ties broken by name for determinism; with no
-    available scored expert, the default expert answers.
-    """
-    if requested is not None:
-        if requested in available:
-            return Decision(requested, "requested by client", mode, dict(scores))
-        return Decision(
-            default_expert,
-            f"requested expert {requested!r} unavailable; answered by the default expert",
-            mode,
-            dict(scores),
-            fallback_from=requested,
-        )
-    ranked = sorted(
-        ((s, e) for e, s in scores.items() if e in available), key=lambda t: (-t[0], t[1])
-    )
-    if not ranked:
-        return Decision(default_expert, "no scored expert available; default expert", mode, {})
-    best_score, best = ranked[0]
-    if mode == "fixed":
-        reason = "fixed mode: default expert"
-    else:
-        reason = f"highest router score {best_score:.3f}"
-    return Decision(best, reason, mode, dict(scores))
+    def made(name: str, reason: str, fallback_from: str | None = None) -> Decision:
+        e = experts[name]
+        return Decision(name, reason, mode, scores, fallback_from,
+                        scores.get(name), e.worst_case_usd(req.prompt_tokens, req.max_tokens),
+                        e.latency_s, rejected)
+
+    if req.requested is not None:
+        if req.requested not in rejected:
+            return made(req.requested, "requested by client")
+        why = rejected[req.requested]
+    if not feasible:
+        return Decision(REFUSED, "no expert fits: " + "; ".join(
+            f"{n}: {r}" for n, r in sorted(rejected.items())), mode, scores, req.requested,
+            rejected=rejected)
+    if req.requested is not None:
+        # The client named an expert that can't take the request: best one that fits.
+        best = _best(scores, feasible, req, weights, default_expert)
+        return made(best, f"requested {req.requested!r} {why}; best expert that fits",
+                    fallback_from=req.requested)
+    if mode == "fixed" and default_expert not in rejected:
+        return made(default_expert, "fixed mode: default expert")
+    best = _best(scores, feasible, req, weights, default_expert)
+    reason = ("highest utility" if mode != "fixed" else "default expert over a limit; best fit")
+    if rejected:
+        reason += f" (skipped: {', '.join(sorted(rejected))})"
+    return made(best, reason)
+
+
+def _best(scores: Mapping[str, float], feasible: list[ExpertState], req: Request,
+          weights: Weights, default_expert: str) -> str:
+    util = _utilities(scores, feasible, req, weights)
+    costs = {e.name: e.worst_case_usd(req.prompt_tokens, req.max_tokens) for e in feasible}
+    # Ties: cheaper first, then the default expert, then by name, for determinism.
+    return min(util, key=lambda n: (-util[n], costs[n], n != default_expert, n))

@@ -25,6 +25,14 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class RoutingHints(BaseModel):
+    """Per-request limits (body field ``edgeroute``); they only tighten the device's."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_cost_usd: float | None = Field(None, ge=0, description="Most this request may cost.")
+    max_latency_ms: float | None = Field(None, gt=0, description="Latency limit, ms.")
+
+
 class ChatRequest(BaseModel):
     """Body of ``POST /v1/chat/completions`` and ``POST /predict``."""
 
@@ -41,6 +49,7 @@ class ChatRequest(BaseModel):
     n: int = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
     stream: bool = Field(False, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
+    edgeroute: RoutingHints | None = Field(None, description="edgeroute routing limits.")
 
     @field_validator("stop")
     @classmethod

@@ -182,6 +182,49 @@ class RouterSettings(_Section):
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads.")
 
 
+class BudgetSettings(_Section):
+    """Spend and latency limits. Requests may tighten them, never loosen them."""
+
+    daily_usd: float | None = Field(None, ge=0, description="Cap on cloud spend per UTC day.")
+    monthly_usd: float | None = Field(
+        None, ge=0, description="Cap on cloud spend per UTC calendar month."
+    )
+    max_request_usd: float | None = Field(
+        None, ge=0, description="Most one request may cost at worst (prompt + max_tokens)."
+    )
+    max_latency_ms: float | None = Field(
+        None, gt=0, description="Skip experts whose measured latency estimate exceeds this."
+    )
+    expert_daily_usd: dict[str, float] = Field(
+        default_factory=dict, description="Per-expert daily caps, JSON: {\"gpt-4o\": 1.5}."
+    )
+    expert_monthly_usd: dict[str, float] = Field(
+        default_factory=dict, description="Per-expert monthly caps, JSON: {\"gpt-4o\": 20}."
+    )
+    on_exceeded: Literal["local", "refuse"] = Field(
+        "local",
+        description=(
+            "When the chosen cloud expert would break a budget: 'local' answers with the best "
+            "expert that fits; 'refuse' answers HTTP 429 with the reason."
+        ),
+    )
+
+
+class PolicySettings(_Section):
+    """Trilemma weights: utility = quality*score - cost*cost_norm - throughput*latency_norm."""
+
+    quality_weight: float = Field(1.0, ge=0, description="Weight of the router's score.")
+    cost_weight: float = Field(
+        0.0, ge=0, description="Weight of the expected cost (normalised to the priciest)."
+    )
+    throughput_weight: float = Field(
+        0.0, ge=0, description="Weight of the expected latency (normalised to the slowest)."
+    )
+    latency_ewma_alpha: float = Field(
+        0.2, gt=0, le=1, description="Smoothing of the per-expert latency estimate."
+    )
+
+
 def _default_local_experts() -> list[LocalExpertSettings]:
     return [
         LocalExpertSettings(name="qwen2.5-coder-0.5b", model=QWEN_DEFAULT),
@@ -213,6 +256,8 @@ class Settings(BaseSettings):
         default_factory=list, description="Cloud experts (OpenAI-compatible) as a JSON list."
     )
     router: RouterSettings = Field(default_factory=RouterSettings, description="Router.")
+    budget: BudgetSettings = Field(default_factory=BudgetSettings, description="Budgets.")
+    policy: PolicySettings = Field(default_factory=PolicySettings, description="Policy.")
 
     @model_validator(mode="after")
     def _experts_consistent(self) -> Settings:

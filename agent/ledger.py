@@ -1,0 +1,188 @@
+"""The spend ledger: SQLite in WAL mode with synchronous=FULL, one row per cloud call.
+
+A call first *reserves* its worst-case cost (prompt + max_tokens at the expert's prices)
+in one ``BEGIN IMMEDIATE`` transaction that also checks every cap, so concurrent requests
+can never reserve past a cap together. After the call the row is *settled* to the real
+usage (never above the reservation: the prompt estimate is an upper bound), or
+*released* if the expert never answered. A crash leaves reservations in place; they keep
+counting against the caps (the cloud may have billed them), so a crash can only make the
+ledger more conservative, never overshoot. Committed rows survive a kill -9 (FULL sync).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from agent.errors import RequestError
+
+SCHEMA = [
+    # Append-only list of migrations; the index is the schema version.
+    """CREATE TABLE IF NOT EXISTS spend (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL,
+        day TEXT NOT NULL,
+        month TEXT NOT NULL,
+        expert TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('reserved', 'settled', 'released')),
+        reserved_usd REAL NOT NULL,
+        settled_usd REAL,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS spend_day ON spend (day, expert)",
+    "CREATE INDEX IF NOT EXISTS spend_month ON spend (month, expert)",
+]
+
+# What a row counts against the caps: the settled amount, or the full reservation while
+# the outcome is unknown.
+_COUNTED = "CASE state WHEN 'settled' THEN settled_usd WHEN 'reserved' THEN reserved_usd ELSE 0 END"
+
+
+class BudgetExceededError(RequestError):
+    """A cloud call would break a spend cap (HTTP 429)."""
+
+    status_code = 429
+    error_type = "budget_exceeded"
+
+
+@dataclass(frozen=True)
+class Caps:
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+    expert_daily_usd: Mapping[str, float] | None = None
+    expert_monthly_usd: Mapping[str, float] | None = None
+
+
+def _periods(ts: float) -> tuple[str, str]:
+    d = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
+
+
+class Ledger:
+    """Thread-safe; one connection guarded by a lock (calls are short)."""
+
+    def __init__(self, path: Path, caps: Caps) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.caps = caps
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for i, stmt in enumerate(SCHEMA[version:], start=version):
+            self._db.execute(stmt)
+            self._db.execute(f"PRAGMA user_version={i + 1}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _spent(self, column: str, period: str, expert: str | None) -> float:
+        sql = f"SELECT COALESCE(SUM({_COUNTED}), 0) FROM spend WHERE {column} = ?"
+        args: list[object] = [period]
+        if expert is not None:
+            sql += " AND expert = ?"
+            args.append(expert)
+        return float(self._db.execute(sql, args).fetchone()[0])
+
+    def _limits(self, expert: str, day: str, month: str) -> list[tuple[str, float, float]]:
+        """(label, cap, spent) for every cap that applies to ``expert``."""
+        c = self.caps
+        out = []
+        if c.daily_usd is not None:
+            out.append(("daily", c.daily_usd, self._spent("day", day, None)))
+        if c.monthly_usd is not None:
+            out.append(("monthly", c.monthly_usd, self._spent("month", month, None)))
+        if c.expert_daily_usd and expert in c.expert_daily_usd:
+            out.append((f"{expert} daily", c.expert_daily_usd[expert],
+                        self._spent("day", day, expert)))
+        if c.expert_monthly_usd and expert in c.expert_monthly_usd:
+            out.append((f"{expert} monthly", c.expert_monthly_usd[expert],
+                        self._spent("month", month, expert)))
+        return out
+
+    def remaining(self, expert: str, now: float | None = None) -> float | None:
+        """Least budget left over the caps that apply to ``expert`` (None: uncapped)."""
+        day, month = _periods(now or time.time())
+        with self._lock:
+            limits = self._limits(expert, day, month)
+        return min((cap - spent for _, cap, spent in limits), default=None)
+
+    def reserve(self, expert: str, worst_usd: float, now: float | None = None) -> int:
+        """Reserve ``worst_usd`` atomically or raise BudgetExceededError naming the cap."""
+        ts = now or time.time()
+        day, month = _periods(ts)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for label, cap, spent in self._limits(expert, day, month):
+                    if spent + worst_usd > cap:
+                        raise BudgetExceededError(
+                            f"{label} budget ${cap:.4f} has ${max(cap - spent, 0):.6f} left; "
+                            f"{expert} may cost ${worst_usd:.6f}; use a local expert or "
+                            "raise the cap",
+                            param="model", code="budget_exceeded",
+                        )
+                cur = self._db.execute(
+                    "INSERT INTO spend (ts, day, month, expert, state, reserved_usd) "
+                    "VALUES (?, ?, ?, ?, 'reserved', ?)", (ts, day, month, expert, worst_usd))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(cur.lastrowid or 0)
+
+    def settle(self, row_id: int, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE spend SET state='settled', settled_usd=MIN(?, reserved_usd), "
+                "prompt_tokens=?, completion_tokens=? WHERE id=? AND state='reserved'",
+                (usd, prompt_tokens, completion_tokens, row_id))
+
+    def settle_worst_case(self, row_id: int) -> None:
+        """Settle at the full reservation when the real usage is unknowable."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE spend SET state='settled', settled_usd=reserved_usd "
+                "WHERE id=? AND state='reserved'", (row_id,))
+
+    def release(self, row_id: int) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE spend SET state='released' WHERE id=? AND state='reserved'", (row_id,))
+
+    def usage(self, now: float | None = None) -> dict[str, object]:
+        """Spend per expert for today and this month, plus the caps' remaining budget."""
+        day, month = _periods(now or time.time())
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT expert, SUM(CASE WHEN day=? THEN {_COUNTED} ELSE 0 END), "
+                f"SUM({_COUNTED}), SUM(state='settled'), SUM(state='reserved') "
+                "FROM spend WHERE month=? GROUP BY expert ORDER BY expert", (day, month)
+            ).fetchall()
+            total_day = self._spent("day", day, None)
+            total_month = self._spent("month", month, None)
+        return {
+            "day": day, "month": month,
+            "experts": {e: {"day_usd": d or 0.0, "month_usd": m or 0.0, "settled_calls": s,
+                            "open_reservations": r} for e, d, m, s, r in rows},
+            "total": {"day_usd": total_day, "month_usd": total_month},
+            "caps": {"daily_usd": self.caps.daily_usd, "monthly_usd": self.caps.monthly_usd},
+        }
+
+    def settled_rows(self) -> int:
+        with self._lock:
+            return int(self._db.execute(
+                "SELECT COUNT(*) FROM spend WHERE state='settled'").fetchone()[0])
+
+    def integrity_ok(self) -> bool:
+        with self._lock:
+            return self._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
