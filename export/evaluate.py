@@ -1,0 +1,327 @@
+"""``edgeroute evaluate``: routers and baselines side by side on the test split.
+
+    edgeroute evaluate --table T --router DIR [DIR ...] [--json] [--report OUTDIR]
+
+For every policy (each router, Zero, Random, Optimal, every single expert as
+``expert:<name>``), overall and per dataset: ``quality`` (mean of the label metric,
+higher is better: for ``nll`` it is minus the NLL), ``cost_usd`` (mean per query),
+``cost_per_mtok`` (USD per million input+output tokens), ``throughput_tps``
+(output_tokens / latency_s), ``bertsim``, ``nll``, ``accuracy``, ``queries_per_expert``
+and ``apgr`` (share of the Zero-to-Optimal quality gap recovered). Plus, per router, a
+cost-quality curve: choose argmax(score_e - w * normalised_cost_e) for a sweep of w, with
+each expert's cost its mean over the *training* queries (what a deployed router knows).
+
+Choices are made among the experts that have an outcome for the query (a choice whose
+result was never recorded cannot be scored); all routers must share the label metric,
+seed and test fraction, so they are compared on the same queries.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.errors import PipelineError, TableError
+from export.labels import (
+    LabelSpec,
+    OutcomeMatrix,
+    build_matrix,
+    finite_mean,
+    labelled_rows,
+    metric_values,
+    split_indices,
+    table_sha256,
+)
+from export.routers import baselines
+from export.routers.base import RouterMeta, TrainedRouter, load_router
+
+CURVE_WEIGHTS: tuple[float, ...] = (
+    0.0,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.7,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    100.0,
+)
+BUDGET_SHARE = 0.4  # the acceptance bar: strongest expert's quality at <= 40% of its cost
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--table", type=Path, required=True, help="expert table (.jsonl[.gz])")
+    p.add_argument(
+        "--router",
+        type=Path,
+        nargs="+",
+        action="extend",
+        required=True,
+        help="trained router folder(s); compared on one test split",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--report", type=Path, default=None, help="write Markdown + PNG report here")
+    p.add_argument("--random-seed", type=int, default=0, help="seed of the Random baseline")
+
+
+def policy_metrics(m: OutcomeMatrix, quality: np.ndarray, w: np.ndarray) -> dict[str, Any]:
+    """Metrics of a routing policy ``w`` (rows: distributions over experts)."""
+    v = m.values
+    tokens = v["input_tokens"] + v["output_tokens"]
+    cost, tok = _per_query(w, v["cost_usd"]), _per_query(w, tokens)
+    both = np.isfinite(cost) & np.isfinite(tok) & (tok > 0)
+    return {
+        "quality": finite_mean(_per_query(w, quality)),
+        "cost_usd": finite_mean(cost),
+        "cost_per_mtok": float(cost[both].sum() / tok[both].sum() * 1e6) if both.any() else None,
+        "throughput_tps": finite_mean(_per_query(w, m.throughput())),
+        "bertsim": finite_mean(_per_query(w, v["bertsim"])),
+        "nll": finite_mean(_per_query(w, v["nll"])),
+        "accuracy": finite_mean(_per_query(w, v["correct"])),
+        "queries_per_expert": {
+            e: round(float(s), 2) for e, s in zip(m.experts, w.sum(axis=0), strict=True)
+        },
+        "queries": len(m),
+    }
+
+
+def _per_query(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per query, the w-weighted mean of x over the experts where x is known."""
+    known = ~np.isnan(x)
+    den = (w * known).sum(axis=1)
+    num = (w * np.where(known, x, 0.0)).sum(axis=1)
+    return np.divide(num, den, out=np.full(len(x), np.nan), where=den > 0)
+
+
+def optimal_metrics(m: OutcomeMatrix, quality: np.ndarray) -> dict[str, Any]:
+    w = baselines.optimal_weights(quality, m.values["cost_usd"])
+    out = policy_metrics(m, quality, w)
+    for k, per_q in baselines.optimal_bounds(m, quality).items():
+        out[k] = finite_mean(per_q)
+    return out
+
+
+def policies(
+    mt: OutcomeMatrix, q: np.ndarray, router_scores: dict[str, np.ndarray], random_seed: int
+) -> dict[str, np.ndarray]:
+    """Weights of every policy but Optimal on the test queries."""
+    avail = ~np.isnan(q)
+    out = {name: baselines.choose(s, avail) for name, s in router_scores.items()}
+    out["zero"] = baselines.zero_weights(avail)
+    out["random"] = baselines.random_weights(avail, random_seed)
+    for j, e in enumerate(mt.experts):
+        out[f"expert:{e}"] = baselines.expert_weights(avail, j)
+    return out
+
+
+def summarise(mt: OutcomeMatrix, q: np.ndarray, weights: dict[str, np.ndarray]) -> dict[str, Any]:
+    res = {name: policy_metrics(mt, q, w) for name, w in weights.items()}
+    res["optimal"] = optimal_metrics(mt, q)
+    zero, best = res["zero"]["quality"], res["optimal"]["quality"]
+    for r in res.values():
+        gap_ok = None not in (zero, best, r["quality"]) and best - zero > 1e-12
+        r["apgr"] = (r["quality"] - zero) / (best - zero) if gap_ok else None
+    return res
+
+
+def cost_curve(
+    mt: OutcomeMatrix, q: np.ndarray, scores: np.ndarray, cost_norm: np.ndarray
+) -> list[dict[str, float | None]]:
+    avail = ~np.isnan(q)
+    pts: list[dict[str, float | None]] = []
+    for w in CURVE_WEIGHTS:
+        pm = policy_metrics(mt, q, baselines.choose(scores - w * cost_norm, avail))
+        pts.append({"cost_weight": w, "quality": pm["quality"], "cost_usd": pm["cost_usd"]})
+    return pts
+
+
+def curve_verdict(
+    curve: list[dict[str, Any]], strong_q: float, strong_cost: float
+) -> dict[str, Any]:
+    """Read the acceptance numbers off a curve."""
+    ok = [p for p in curve if p["quality"] is not None and p["cost_usd"] is not None]
+    match = [p["cost_usd"] for p in ok if p["quality"] >= strong_q - 1e-12]
+    cheap = [p["quality"] for p in ok if p["cost_usd"] <= BUDGET_SHARE * strong_cost]
+    return {
+        "cost_ratio_at_strongest_quality": min(match) / strong_cost
+        if match and strong_cost > 0
+        else None,
+        "best_quality_within_40pct_cost": max(cheap) if cheap else None,
+    }
+
+
+def load_routers(dirs: list[Path]) -> dict[str, TrainedRouter]:
+    routers: dict[str, TrainedRouter] = {}
+    for d in dirs:
+        r = load_router(d)
+        name = r.kind if r.kind not in routers else f"{r.kind}@{Path(d).name}"
+        routers[name] = r
+    first = next(iter(routers.values())).meta
+    for name, r in routers.items():
+        mm = r.meta
+        if sorted(mm.experts) != sorted(first.experts):
+            raise PipelineError(f"router {name} has experts {mm.experts}, not {first.experts}")
+        if (mm.label_spec, mm.seed, mm.test_fraction) != (
+            first.label_spec,
+            first.seed,
+            first.test_fraction,
+        ):
+            raise PipelineError(
+                f"router {name} was trained with another metric/seed/test fraction than "
+                f"{first.kind}; retrain with the same --metric, --seed and --test-fraction"
+            )
+    return routers
+
+
+def test_split(
+    table: Path, meta: RouterMeta
+) -> tuple[OutcomeMatrix, OutcomeMatrix, np.ndarray, np.ndarray]:
+    """(full matrix, test matrix, test values, train indices) for a router's settings."""
+    from export.table import read_table
+
+    m = build_matrix(read_table(table), meta.experts)
+    absent = [
+        e
+        for j, e in enumerate(m.experts)
+        if np.isnan(m.values["bertsim"][:, j]).all()
+        and np.isnan(m.values["correct"][:, j]).all()
+        and np.isnan(m.values["nll"][:, j]).all()
+    ]
+    if absent:
+        raise TableError(f"table {table} has no outcomes for expert(s) {absent} the router knows")
+    values = metric_values(m, LabelSpec(**meta.label_spec))
+    train, test = split_indices(m, meta.seed, meta.test_fraction)
+    test = np.intersect1d(test, labelled_rows(values))
+    if len(test) == 0:
+        raise TableError(f"no test query of {table} has a {meta.metric!r} value")
+    return m, m.subset(test), values[test], train
+
+
+def evaluate(table: Path, router_dirs: list[Path], random_seed: int = 0) -> dict[str, Any]:
+    routers = load_routers(router_dirs)
+    meta = next(iter(routers.values())).meta
+    m, mt, q, train = test_split(table, meta)
+    scores = {}
+    for name, r in routers.items():
+        order = [list(r.experts).index(e) for e in mt.experts]
+        scores[name] = r.score_batch(mt.queries)[:, order]
+    weights = policies(mt, q, scores, random_seed)
+    result: dict[str, Any] = {
+        "table": str(table),
+        "table_sha256": table_sha256(table),
+        "metric": meta.metric,
+        "label_spec": meta.label_spec,
+        "seed": meta.seed,
+        "experts": mt.experts,
+        "test_queries": len(mt),
+        "overall": summarise(mt, q, weights),
+        "per_dataset": {},
+        "routers": {
+            n: {"dir": str(d), **r.meta.extra}
+            for (n, r), d in zip(routers.items(), router_dirs, strict=True)
+        },
+    }
+    for ds in sorted(set(mt.datasets)):
+        idx = np.array([i for i, d in enumerate(mt.datasets) if d == ds])
+        result["per_dataset"][ds] = summarise(
+            mt.subset(idx), q[idx], {k: w[idx] for k, w in weights.items()}
+        )
+    _add_curves(result, m, mt, q, train, scores)
+    return _json_safe(result)
+
+
+def _add_curves(
+    result: dict[str, Any],
+    m: OutcomeMatrix,
+    mt: OutcomeMatrix,
+    q: np.ndarray,
+    train: np.ndarray,
+    scores: dict[str, np.ndarray],
+) -> None:
+    overall = result["overall"]
+    experts = {
+        k: v for k, v in overall.items() if k.startswith("expert:") and v["quality"] is not None
+    }
+    strongest = max(experts, key=lambda k: experts[k]["quality"])
+    result["strongest_expert"] = strongest
+    cost_train = m.values["cost_usd"][train]
+    result["curves"], result["acceptance"] = {}, {}
+    if np.isnan(cost_train).all():
+        return  # no costs in this table: no cost-quality curve
+    known = [finite_mean(cost_train[:, j]) for j in range(len(m.experts))]
+    top = max(c for c in known if c is not None)
+    mean_cost = np.array([top if c is None else c for c in known])  # unknown: priciest
+    cost_norm = mean_cost / mean_cost.max() if mean_cost.max() > 0 else mean_cost
+    s = overall[strongest]
+    for name, sc in scores.items():
+        curve = cost_curve(mt, q, sc, cost_norm)
+        result["curves"][name] = curve
+        if s["cost_usd"] is not None:
+            result["acceptance"][name] = curve_verdict(curve, s["quality"], s["cost_usd"])
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return float(x) if math.isfinite(float(x)) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
+def format_table(res: dict[str, Any]) -> str:
+    cols = (
+        "quality",
+        "apgr",
+        "cost_usd",
+        "cost_per_mtok",
+        "throughput_tps",
+        "bertsim",
+        "nll",
+        "accuracy",
+    )
+    lines = [f"{'policy':<44}" + "".join(f"{c:>15}" for c in cols)]
+    for name, r in res.items():
+        lines.append(f"{name[:44]:<44}" + "".join(f"{_fmt(r.get(c)):>15}" for c in cols))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = evaluate(args.table, args.router, args.random_seed)
+    if args.report is not None:
+        from export.report import write_report
+
+        write_report(result, args.report)
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    print(f"metric {result['metric']} on {result['test_queries']} test queries of {args.table}")
+    print(format_table(result["overall"]))
+    for ds, res in result["per_dataset"].items():
+        print(f"\n[{ds}]")
+        print(format_table(res))
+    for name, a in result.get("acceptance", {}).items():
+        print(f"{name}: {a} (strongest expert {result['strongest_expert']})", file=sys.stderr)
+    return 0

@@ -1,0 +1,153 @@
+"""Routers learn what the labels say; baselines behave as defined; the on-disk contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.labels import LabelSpec, build_matrix, metric_values, soft_labels, split_indices
+from export.routers import baselines
+from export.routers.base import RouterMeta, load_router
+from export.routers.training import FitConfig
+from tests.export.test_labels import synthetic_rows
+
+
+def _data(
+    n: int, best: dict[str, str]
+) -> tuple[RouterMeta, list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    m = build_matrix(synthetic_rows(n, best=best))
+    labels, mask = soft_labels(metric_values(m, LabelSpec(metric="bertsim")), 0.1)
+    train, test = split_indices(m, seed=0)
+    meta = RouterMeta(
+        kind="mlp",
+        experts=m.experts,
+        metric="bertsim",
+        temperature=0.1,
+        seed=0,
+        table_sha256="x",
+        train_queries=len(train),
+        datasets=["code", "math"],
+        max_length=32,
+        label_spec=LabelSpec().__dict__,
+    )
+    return meta, m.queries, labels, mask, train, test
+
+
+ALWAYS_MID = {"math": "mid", "code": "mid"}
+
+
+def test_mlp_learns_the_always_best_expert(tmp_path: Path) -> None:
+    from export.routers.mlp import train_mlp
+
+    meta, queries, labels, mask, train, test = _data(25, ALWAYS_MID)
+    cfg = FitConfig(epochs=30, lr=1e-2, batch_size=16, seed=0, threads=1, progress=False)
+    router, _ = train_mlp(meta, queries, labels, mask, train, np.array([], dtype=int), cfg)
+    picks = np.array(router.experts)[router.score_batch([queries[i] for i in test]).argmax(axis=1)]
+    assert set(picks) == {"mid"}
+    router.save(tmp_path / "r")
+    again = load_router(tmp_path / "r")
+    assert np.allclose(again.score_batch(queries[:3]), router.score_batch(queries[:3]))
+
+
+def test_mlp_separates_datasets_and_is_deterministic() -> None:
+    from export.routers.mlp import train_mlp
+
+    meta, queries, labels, mask, train, test = _data(25, {"math": "big", "code": "small"})
+    cfg = FitConfig(epochs=40, lr=1e-2, batch_size=16, seed=1, threads=1, progress=False)
+    a, _ = train_mlp(meta, queries, labels, mask, train, np.array([], dtype=int), cfg)
+    b, _ = train_mlp(meta, queries, labels, mask, train, np.array([], dtype=int), cfg)
+    sa = a.score_batch([queries[i] for i in test])
+    assert np.array_equal(sa, b.score_batch([queries[i] for i in test]))
+    want = ["big" if queries[i].startswith("math") else "small" for i in test]
+    assert list(np.array(a.experts)[sa.argmax(axis=1)]) == want
+
+
+def test_tiny_bert_learns_the_always_best_expert_and_keeps_the_contract(tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from export.routers.bert import train_bert
+
+    meta, queries, labels, mask, train, test = _data(20, ALWAYS_MID)  # 40 queries
+    meta.kind = "bert"
+    cfg = FitConfig(epochs=1, lr=2e-3, batch_size=8, seed=0, threads=2, progress=False)
+    router, log = train_bert(meta, queries, labels, mask, train, np.array([], dtype=int), cfg)
+    assert log["history"][0]["train_loss"] > 0
+    router.save(tmp_path / "b")
+    picks = np.array(router.experts)[router.score_batch([queries[i] for i in test]).argmax(axis=1)]
+    assert set(picks) == {"mid"}
+    # The exporter's view: router.json + hf/ reproduce the scores on their own.
+    info = json.loads((tmp_path / "b" / "router.json").read_text())
+    assert {
+        "format",
+        "kind",
+        "experts",
+        "metric",
+        "temperature",
+        "max_length",
+        "seed",
+        "table_sha256",
+        "train_queries",
+        "datasets",
+    } <= set(info)
+    assert info["kind"] == "bert" and info["experts"] == list(router.experts)
+    hf = tmp_path / "b" / "hf"
+    model = AutoModelForSequenceClassification.from_pretrained(hf).eval()
+    tok = AutoTokenizer.from_pretrained(hf)
+    assert type(model).__name__ == "BertForSequenceClassification"
+    import torch
+
+    with torch.no_grad():
+        logits = model(
+            **tok(queries[0], truncation=True, max_length=info["max_length"], return_tensors="pt")
+        ).logits
+    assert np.allclose(
+        torch.softmax(logits, -1).numpy()[0], router.score_batch([queries[0]])[0], atol=1e-5
+    )
+
+
+def test_knn_lends_the_nearest_training_label() -> None:
+    from export.routers.knn import KnnRouter
+
+    meta = RouterMeta(
+        kind="knn",
+        experts=["a", "b"],
+        metric="bertsim",
+        temperature=0.1,
+        seed=0,
+        table_sha256="x",
+        train_queries=2,
+        datasets=["d"],
+    )
+    emb = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    r = KnnRouter(meta, emb, np.array([[0.9, 0.1], [0.2, 0.8]]))
+    got = r.score_embeddings(np.array([[0.1, 0.99], [0.8, 0.6]], dtype=np.float32))
+    assert np.allclose(got, [[0.2, 0.8], [0.9, 0.1]])
+
+
+def test_baseline_policies() -> None:
+    avail = np.array([[True, True, False], [True, True, True], [False, False, False]])
+    z = baselines.zero_weights(avail)
+    assert np.allclose(z.sum(axis=1), [1, 1, 0]) and z[0, 2] == 0
+    r = baselines.random_weights(avail, seed=0)
+    assert np.array_equal(r, baselines.random_weights(avail, seed=0))
+    assert np.all(r[~avail] == 0) and np.allclose(r.sum(axis=1), [1, 1, 0])
+    c = baselines.choose(np.array([[0.1, 0.2, 0.7]] * 3), avail)
+    assert c[0].tolist() == [0, 1, 0] and c[1].tolist() == [0, 0, 1]
+    quality = np.array([[1.0, 1.0, np.nan], [0.0, 0.5, 0.5], [np.nan] * 3])
+    cost = np.array([[2.0, 1.0, 0.0], [1.0, 3.0, 2.0], [1.0] * 3])
+    o = baselines.optimal_weights(quality, cost)
+    assert o[0].tolist() == [0, 1, 0] and o[1].tolist() == [0, 0, 1] and o[2].sum() == 0
+
+
+@pytest.mark.parametrize("kind", ["bert", "mlp", "knn", "nope"])
+def test_load_router_rejects_a_folder_without_router_json(tmp_path: Path, kind: str) -> None:
+    from export.errors import PipelineError
+
+    with pytest.raises(PipelineError, match="router.json"):
+        load_router(tmp_path)
+    (tmp_path / "router.json").write_text(json.dumps({"kind": kind}))
+    with pytest.raises(PipelineError, match="router.json"):
+        load_router(tmp_path)
