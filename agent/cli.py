@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = csub.add_parser("show", help="print the effective settings (secrets masked)")
     c.set_defaults(func=cmd_config_show)
-    c = csub.add_parser("env-example", help="print an example env file, every variable documented")
+    c = csub.add_parser("env-example", help="print an example env file (every variable)")
     importlib.import_module("agent.envfile").add_arguments(c)
     c.set_defaults(func=_lazy("agent.envfile"))
 
