@@ -207,29 +207,32 @@ def split_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Train and test row indices.
 
-    If every query has a ``split`` ("train"/"test"), that split is honoured. Otherwise each
-    dataset gets its own seeded random ``test_fraction`` test share (the paper's 20%), so
-    small datasets are represented in the test set. Raises TableError for an empty side."""
-    splits = m.splits
-    if all(s is not None for s in splits):
-        bad = sorted({s for s in splits if s not in ("train", "test")})  # type: ignore[misc]
-        if bad:
-            raise TableError(f"column 'split' must be 'train' or 'test', found {bad}")
-        train = np.array([i for i, s in enumerate(splits) if s == "train"], dtype=int)
-        test = np.array([i for i, s in enumerate(splits) if s == "test"], dtype=int)
-    else:
-        if not 0 < test_fraction < 1:
-            raise TableError(f"test fraction must be in (0, 1), got {test_fraction}")
-        rng = np.random.default_rng(seed)
-        train_l: list[int] = []
-        test_l: list[int] = []
-        for ds in sorted(set(m.datasets)):
-            idx = np.array([i for i, d in enumerate(m.datasets) if d == ds], dtype=int)
-            idx = idx[rng.permutation(len(idx))]
-            n_test = int(round(len(idx) * test_fraction))
-            test_l.extend(idx[:n_test].tolist())
-            train_l.extend(idx[n_test:].tolist())
-        train, test = np.array(sorted(train_l), dtype=int), np.array(sorted(test_l), dtype=int)
+    A query's ``split`` ("train"/"test") is honoured where given. Queries without one are
+    split per dataset: a seeded random ``test_fraction`` share (the paper's 20%) of each
+    dataset's unsplit queries goes to test, so small datasets are represented there too.
+    Raises TableError for a bad split value or an empty side."""
+    bad = sorted({str(s) for s in m.splits if s not in (None, "train", "test")})
+    if bad:
+        raise TableError(f"column 'split' must be 'train', 'test' or null, found {bad}")
+    if not 0 < test_fraction < 1:
+        raise TableError(f"test fraction must be in (0, 1), got {test_fraction}")
+    train_l = [i for i, s in enumerate(m.splits) if s == "train"]
+    test_l = [i for i, s in enumerate(m.splits) if s == "test"]
+    rng = np.random.default_rng(seed)
+    for ds in sorted(set(m.datasets)):
+        idx = np.array(
+            [
+                i
+                for i, (d, s) in enumerate(zip(m.datasets, m.splits, strict=True))
+                if d == ds and s is None
+            ],
+            dtype=int,
+        )
+        idx = idx[rng.permutation(len(idx))]
+        n_test = int(round(len(idx) * test_fraction))
+        test_l.extend(idx[:n_test].tolist())
+        train_l.extend(idx[n_test:].tolist())
+    train, test = np.array(sorted(train_l), dtype=int), np.array(sorted(test_l), dtype=int)
     if len(train) == 0:
         raise TableError("the train split is empty: add 'train' rows or leave 'split' null")
     if len(test) == 0:
@@ -238,6 +241,28 @@ def split_indices(
             "or 'test' rows in column 'split'"
         )
     return train, test
+
+
+def subsample_per_dataset(
+    idx: np.ndarray, datasets: list[str], limit: int | None, seed: int
+) -> np.ndarray:
+    """At most ``limit`` indices of ``idx``, drawn evenly over datasets (seeded).
+
+    Why: fine-tuning BERT on tens of thousands of queries is unaffordable on a few CPU
+    cores; a capped, balanced sample keeps every dataset in the training set."""
+    if limit is None or len(idx) <= limit:
+        return idx
+    rng = np.random.default_rng(seed + 2)
+    by_ds: dict[str, list[int]] = {}
+    for i in idx:
+        by_ds.setdefault(datasets[int(i)], []).append(int(i))
+    groups = [rng.permutation(np.array(v)).tolist() for _, v in sorted(by_ds.items())]
+    out: list[int] = []
+    while len(out) < limit:
+        for g in groups:
+            if g and len(out) < limit:
+                out.append(g.pop())
+    return np.array(sorted(out), dtype=int)
 
 
 def table_sha256(path: Path) -> str:

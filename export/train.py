@@ -28,6 +28,7 @@ from export.labels import (
     metric_values,
     soft_labels,
     split_indices,
+    subsample_per_dataset,
     table_sha256,
 )
 from export.routers.base import KINDS, RouterMeta, TrainedRouter
@@ -66,6 +67,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--throughput-weight", type=float, default=0.0, help="trilemma throughput weight"
     )
+    p.add_argument(
+        "--max-train-queries",
+        type=int,
+        default=None,
+        help="cap on training queries, drawn evenly over datasets (affordable BERT runs)",
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -100,6 +107,7 @@ def train(args: argparse.Namespace) -> tuple[TrainedRouter, dict[str, Any]]:
     labels, mask = soft_labels(values, spec.temperature)
     train_idx, _ = split_indices(m, args.seed, args.test_fraction)
     train_idx = np.intersect1d(train_idx, labelled_rows(values))
+    train_idx = subsample_per_dataset(train_idx, m.datasets, args.max_train_queries, args.seed)
     if len(train_idx) < 2:
         raise TableError(f"only {len(train_idx)} training queries have a {args.metric!r} value")
     meta = RouterMeta(

@@ -168,3 +168,25 @@ def test_empty_split_is_an_error() -> None:
         split_indices(build_matrix(rows), seed=0)
     with pytest.raises(TableError, match="test split is empty"):
         split_indices(build_matrix(synthetic_rows(1)), seed=0)
+
+
+def test_partial_split_column_is_honoured_and_the_rest_split_per_dataset() -> None:
+    rows = synthetic_rows(20)
+    for r in rows:
+        if r["dataset"] == "math":
+            r["split"] = "train"
+    m = build_matrix(rows)
+    train, test = split_indices(m, seed=0)
+    assert {m.datasets[i] for i in test} == {"code"} and len(test) == 4
+    assert sum(m.datasets[i] == "math" for i in train) == 20
+
+
+def test_subsample_is_capped_balanced_and_seeded() -> None:
+    from export.labels import subsample_per_dataset
+
+    datasets = ["a"] * 90 + ["b"] * 10
+    idx = np.arange(100)
+    got = subsample_per_dataset(idx, datasets, 20, seed=1)
+    assert len(got) == 20 and sum(datasets[i] == "b" for i in got) == 10
+    assert np.array_equal(got, subsample_per_dataset(idx, datasets, 20, seed=1))
+    assert np.array_equal(subsample_per_dataset(idx, datasets, None, seed=1), idx)
