@@ -16,7 +16,7 @@ import random
 import sys
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -54,6 +54,7 @@ from cloud_bridge.wire import (
 log = logging.getLogger("edgeroute.cloud_bridge")
 T = TypeVar("T")
 MAX_ERROR_BODY = 64 * 1024
+DRAIN_S = 0.5  # how long to wait for a body's end after [DONE]
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ class BridgeClient:
                     line = await self._within_deadline(anext(lines, None), deadline)
                 payload = decoder.feed(line) if line is not None else decoder.flush()
                 if payload == "[DONE]":
+                    await self._drain(lines, deadline)
                     return
                 if payload is not None:
                     content, finish, usage = parse_chunk(name, payload)
@@ -225,6 +227,16 @@ class BridgeClient:
                     raise StreamBroken(name, "stream ended without [DONE]")
         finally:
             await response.aclose()
+
+    async def _drain(self, lines: AsyncIterator[str], deadline: Deadline) -> None:
+        """Read the body's end after [DONE], so the connection goes back to the pool."""
+        async def consume() -> None:
+            async for _ in lines:
+                pass
+
+        # The answer is complete: a torn or late tail only costs the pooled connection.
+        with suppress(httpx.HTTPError, asyncio.TimeoutError):
+            await _bounded(consume(), min(DRAIN_S, max(deadline.remaining(), 0.001)))
 
     # -- shared -----------------------------------------------------------------------
     async def _open(self, body: dict[str, object], deadline: Deadline) -> httpx.Response:
