@@ -16,10 +16,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.admission import Admission, Slot
 from agent.errors import (
     ExpertCallError,
     ExpertUnavailableError,
@@ -28,6 +31,7 @@ from agent.errors import (
 )
 from agent.experts.base import GenerationParams
 from agent.http_limits import BodySizeLimit
+from agent.http_security import BearerToken, HostAllowList, read_token
 from agent.policy import tighter
 from agent.runtime import Hints, Runtime
 from agent.schemas import ChatRequest, chunk_body, completion_body, new_id
@@ -147,7 +151,16 @@ def _sse(obj: Any) -> bytes:
 
 
 async def _stream_events(rt: Runtime, req: ChatRequest, params: GenerationParams,
-                         decision: Any) -> AsyncIterator[bytes]:
+                         decision: Any, slot: Slot) -> AsyncIterator[bytes]:
+    try:
+        async for event in _events(rt, req, params, decision):
+            yield event
+    finally:
+        slot.release()
+
+
+async def _events(rt: Runtime, req: ChatRequest, params: GenerationParams,
+                  decision: Any) -> AsyncIterator[bytes]:
     cid, created = new_id(), int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     first = True
@@ -173,6 +186,19 @@ async def _stream_events(rt: Runtime, req: ChatRequest, params: GenerationParams
     yield b"data: [DONE]\n\n"
 
 
+def _install_guards(app: FastAPI, settings: Settings) -> None:
+    """Outermost first: Host allow-list, CORS (only if origins are listed), bearer token,
+    body size. Starlette runs the last-added middleware first."""
+    srv = settings.server
+    app.add_middleware(BodySizeLimit, max_bytes=srv.max_body_bytes)
+    if srv.api_token_file is not None:
+        app.add_middleware(BearerToken, token=read_token(srv.api_token_file))
+    if srv.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=srv.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(HostAllowList, allowed=srv.allowed_hosts)
+
+
 def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     """The ASGI app for one runtime. Closing the app closes the runtime's experts."""
 
@@ -186,7 +212,13 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             await runtime.aclose()
 
     app = FastAPI(title="edgeroute", version="0.1.0", lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server.max_body_bytes)
+    _install_guards(app, settings)
+    admission = Admission(
+        limits={n: (settings.server.max_inflight_cloud if e.info.kind == "cloud" else 1)
+                for n, e in runtime.experts.items()},
+        max_queue=settings.server.max_queue_per_expert,
+        timeout_s=settings.server.queue_timeout_s,
+    )
     _install_error_handlers(app)
 
     async def _answer(req: ChatRequest, request: Request) -> Any:
@@ -194,13 +226,19 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         params = _params(req, settings)
         messages = req.plain_messages()
         decision = runtime.decide(req.model, messages, params, _hints(req, request))
+        slot = await admission.acquire(decision.expert)
         if req.stream:
             return StreamingResponse(
-                _stream_events(runtime, req, params, decision),
+                _stream_events(runtime, req, params, decision, slot),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Edgeroute-Expert": decision.expert},
+                # Safety net: releases the slot even if the stream never started.
+                background=BackgroundTask(slot.release),
             )
-        completion, decision = await runtime.complete(decision, messages, params)
+        try:
+            completion, decision = await runtime.complete(decision, messages, params)
+        finally:
+            slot.release()
         return completion_body(
             cid=new_id(),
             expert=decision.expert,

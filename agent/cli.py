@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from agent.app import create_app
+    from agent.http_security import check_bind
     from agent.runtime import build_runtime
 
     settings = _settings(args, host=args.host, port=args.port)
@@ -57,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         level=settings.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    check_bind(settings.server.host, settings.server.api_token_file is not None)
     runtime = build_runtime(settings)
     app = create_app(settings, runtime)
     logging.getLogger("edgeroute").info(

@@ -4,13 +4,17 @@ A call first *reserves* its worst-case cost (prompt + max_tokens at the expert's
 in one ``BEGIN IMMEDIATE`` transaction that also checks every cap, so concurrent requests
 can never reserve past a cap together. After the call the row is *settled* to the real
 usage (never above the reservation: the prompt estimate is an upper bound), or
-*released* if the expert never answered. A crash leaves reservations in place; they keep
+*released* if the expert never answered. The reservation is an upper bound by
+construction (see ``runtime.prompt_tokens_upper_bound``). A crash leaves reservations in place; they keep
 counting against the caps (the cloud may have billed them), so a crash can only make the
 ledger more conservative, never overshoot. Committed rows survive a kill -9 (FULL sync).
+The real cost is recorded as billed even in the (logged) case that it passes the
+reservation: the ledger must not under-report spend.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -20,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from agent.errors import RequestError
+
+log = logging.getLogger("edgeroute.ledger")
 
 SCHEMA = [
     # Append-only list of migrations; the index is the schema version.
@@ -142,8 +148,13 @@ class Ledger:
 
     def settle(self, row_id: int, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
         with self._lock:
+            row = self._db.execute("SELECT reserved_usd FROM spend WHERE id=?",
+                                   (row_id,)).fetchone()
+            if row is not None and usd > row[0] + 1e-12:
+                log.warning("call %d cost $%.6f, above its reservation $%.6f", row_id, usd,
+                            row[0])
             self._db.execute(
-                "UPDATE spend SET state='settled', settled_usd=MIN(?, reserved_usd), "
+                "UPDATE spend SET state='settled', settled_usd=?, "
                 "prompt_tokens=?, completion_tokens=? WHERE id=? AND state='reserved'",
                 (usd, prompt_tokens, completion_tokens, row_id))
 

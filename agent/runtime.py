@@ -35,9 +35,10 @@ class Hints:
 
 
 def prompt_tokens_upper_bound(messages: list[Message]) -> int:
-    """Tokens of a chat prompt, from above: no tokenizer yields more tokens than UTF-8
-    bytes, plus a margin per message for the chat template."""
-    return sum(len(m.get("content", "").encode()) + 16 for m in messages) + 16
+    """Tokens of a chat prompt, from above: no BPE tokenizer yields more tokens than UTF-8
+    bytes; add a margin per message for role markers and a fixed one for a template's
+    default system prompt. Over-reserving costs nothing but headroom."""
+    return sum(len(m.get("content", "").encode()) + 32 for m in messages) + 256
 
 
 @dataclass

@@ -81,6 +81,33 @@ class ServerSettings(_Section):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Log level of the daemon."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost", "::1"],
+        description=(
+            "Host header names accepted (any port), against DNS rebinding. Add the "
+            "device's name when binding beyond loopback. '*' disables the check."
+        ),
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed by CORS (none: CORS off)."
+    )
+    api_token_file: Path | None = Field(
+        None,
+        description=(
+            "File holding a bearer token every request must send (except /health); a "
+            "relative name is looked up in $CREDENTIALS_DIRECTORY first. Required to bind "
+            "beyond loopback."
+        ),
+    )
+    max_queue_per_expert: int = Field(
+        32, ge=0, description="Requests that may wait for a busy expert; more are HTTP 503."
+    )
+    queue_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for a busy expert before HTTP 503."
+    )
+    max_inflight_cloud: int = Field(
+        8, ge=1, description="Concurrent calls per cloud expert (a local model runs one)."
+    )
 
 
 class LocalExpertSettings(_Section):

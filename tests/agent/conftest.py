@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -28,19 +29,17 @@ def daemon_settings(qwen_gguf: Path, smollm_gguf: Path, tmp_path_factory: pytest
     )
 
 
-@pytest.fixture(scope="session")
-def daemon(daemon_settings) -> Iterator[str]:
-    """Base URL (no trailing slash) of a running daemon."""
+@contextmanager
+def running_daemon(settings, runtime=None) -> Iterator[str]:
+    """Serve ``settings`` with uvicorn on its port in a thread; yields the base URL."""
     import uvicorn
 
     from agent.app import create_app
     from agent.runtime import build_runtime
 
-    runtime = build_runtime(daemon_settings)
-    app = create_app(daemon_settings, runtime)
-    config = uvicorn.Config(app, host="127.0.0.1", port=daemon_settings.server.port,
-                            log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
+    app = create_app(settings, runtime or build_runtime(settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.server.port,
+                                           log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -48,6 +47,23 @@ def daemon(daemon_settings) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("daemon did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{daemon_settings.server.port}"
-    server.should_exit = True
-    thread.join(timeout=15)
+    try:
+        yield f"http://127.0.0.1:{settings.server.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def runtime(daemon_settings):
+    """The daemon's runtime (real models), shared by in-process app tests."""
+    from agent.runtime import build_runtime
+
+    return build_runtime(daemon_settings)
+
+
+@pytest.fixture(scope="session")
+def daemon(daemon_settings, runtime) -> Iterator[str]:
+    """Base URL (no trailing slash) of a running daemon; its shutdown closes the runtime."""
+    with running_daemon(daemon_settings, runtime) as url:
+        yield url
