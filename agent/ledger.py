@@ -2,14 +2,13 @@
 
 A call first *reserves* its worst-case cost (prompt + max_tokens at the expert's prices)
 in one ``BEGIN IMMEDIATE`` transaction that also checks every cap, so concurrent requests
-can never reserve past a cap together. After the call the row is *settled* to the real
-usage (never above the reservation: the prompt estimate is an upper bound), or
-*released* if the expert never answered. The reservation is an upper bound by
-construction (see ``runtime.prompt_tokens_upper_bound``). A crash leaves reservations in place; they keep
-counting against the caps (the cloud may have billed them), so a crash can only make the
-ledger more conservative, never overshoot. Committed rows survive a kill -9 (FULL sync).
-The real cost is recorded as billed even in the (logged) case that it passes the
-reservation: the ledger must not under-report spend.
+can never reserve past a cap together. The prompt estimate is an upper bound by
+construction (``runtime.prompt_tokens_upper_bound``). After the call the row is *settled*
+to the real usage, or *released* if the expert never answered. The real cost is recorded
+as billed even in the (logged) case that it passes the reservation: the ledger must not
+under-report spend. A crash leaves reservations in place; they keep counting against the
+caps (the cloud may have billed them), so a crash can only make the ledger more
+conservative, never overshoot. Committed rows survive a kill -9 (FULL sync).
 """
 
 from __future__ import annotations
