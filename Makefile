@@ -17,7 +17,7 @@ LLAMA_STAMP := $(VENV)/.llama-built
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 FULL_STAMP := $(VENV)/.full-installed
 
-.PHONY: setup setup-runtime serve test bench router lint clean
+.PHONY: setup setup-runtime serve test bench router lint clean wheel-check
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench: $(FULL_STAMP)
 lint: $(FULL_STAMP)
 	$(PY) -m ruff check agent cloud_bridge export tests bench
 	$(PY) -m mypy
+
+# Build the wheel, install it (--no-deps) into a fresh build/wheel-venv that borrows this
+# venv's dependencies through a .pth line, and serve /health and /predict from it.
+wheel-check: $(RUNTIME_STAMP)
+	$(PY) packaging/wheel_check.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
