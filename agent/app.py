@@ -7,10 +7,12 @@ OpenAI-style body naming the bad field; nothing a client sends can produce a tra
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from agent.admission import Admission, Slot
 from agent.errors import (
+    BundleError,
     ExpertCallError,
     ExpertUnavailableError,
     RequestError,
@@ -186,6 +189,22 @@ async def _events(rt: Runtime, req: ChatRequest, params: GenerationParams,
     yield b"data: [DONE]\n\n"
 
 
+def _on_sighup(runtime: Runtime) -> Callable[[], None]:
+    """SIGHUP reloads the router bundle (main thread only); returns the undo."""
+    loop = asyncio.get_running_loop()
+
+    def reload() -> None:
+        task = loop.create_task(asyncio.to_thread(runtime.reload_router))
+        task.add_done_callback(lambda t: t.exception() and log.error(
+            "router reload on SIGHUP refused: %s", t.exception()))
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+        return lambda: None  # not the main thread (tests) or no SIGHUP (Windows)
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+
 def _install_guards(app: FastAPI, settings: Settings) -> None:
     """Outermost first: Host allow-list, CORS (only if origins are listed), bearer token,
     body size. Starlette runs the last-added middleware first."""
@@ -206,9 +225,11 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = runtime
         app.state.settings = settings
+        hup = _on_sighup(runtime)
         try:
             yield
         finally:
+            hup()
             await runtime.aclose()
 
     app = FastAPI(title="edgeroute", version="0.1.0", lifespan=lifespan)
@@ -266,6 +287,14 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             for name, e in runtime.experts.items()
         ]
         return {"object": "list", "data": data}
+
+    @app.post("/admin/router/reload", summary="Re-read the router bundle; atomic swap.")
+    async def reload_router() -> dict[str, Any]:
+        try:
+            return await asyncio.to_thread(runtime.reload_router)
+        except BundleError as exc:
+            raise RequestError(str(exc), param="router.bundle", code="bundle_refused",
+                               status_code=409) from exc
 
     @app.get("/metrics", summary="Prometheus metrics.", include_in_schema=False)
     async def metrics() -> Response:

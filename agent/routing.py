@@ -35,6 +35,7 @@ class FixedRouter:
             raise ValueError(f"default expert {default_expert!r} not in {experts}")
         self.experts = tuple(experts)
         self.default_expert = default_expert
+        self.note = "router disabled (router.bundle=none): every query goes to the default expert"
 
     def scores(self, text: str) -> dict[str, float]:
         return {e: (1.0 if e == self.default_expert else 0.0) for e in self.experts}
@@ -43,7 +44,7 @@ class FixedRouter:
         return {
             "mode": self.mode,
             "default_expert": self.default_expert,
-            "note": "no router bundle configured: every query goes to the default expert",
+            "note": self.note,
         }
 
 

@@ -12,9 +12,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from agent.errors import ExpertCallError, ExpertUnavailableError, UnknownExpertError
+from agent.errors import (
+    BundleError,
+    ExpertCallError,
+    ExpertUnavailableError,
+    UnknownExpertError,
+)
 from agent.experts.base import Completion, Delta, Expert, GenerationParams, Message, Usage
 from agent.ledger import BudgetExceededError, Caps, Ledger
 from agent.metrics import Metrics, decision_kind
@@ -213,6 +219,15 @@ class Runtime:
             "fallback_expert": self.fallback_expert,
         }
 
+    def reload_router(self) -> dict[str, Any]:
+        """Re-read the router bundle from its path (after an operator replaced it). The
+        swap is atomic; a bad bundle raises BundleError and the old router keeps serving."""
+        swap = getattr(self.router, "swap", None)
+        if swap is None:
+            raise BundleError("no router bundle is loaded (fixed mode); nothing to reload")
+        swap()
+        return self.router.describe()
+
     async def aclose(self) -> None:
         for expert in self.experts.values():
             await expert.aclose()
@@ -242,11 +257,26 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def build_router(settings: Settings, experts: dict[str, Expert]) -> Router:
-    """The configured ONNX bundle, else the embedded default bundle, else FixedRouter."""
-    bundle = settings.router.bundle
-    if bundle is not None and str(bundle).lower() != "none":
-        from agent.router_bundle import OnnxRouter  # built by the export issue
+    """The configured ONNX bundle; else the embedded default bundle when its experts are
+    the configured ones; else FixedRouter (a documented mode, reported in /health)."""
+    from agent.router_bundle import RouterHolder, embedded_bundle
 
-        return OnnxRouter.load(bundle, expected_experts=list(experts),
-                               threads=settings.router.threads)
-    return FixedRouter(list(experts), settings.default_expert())
+    names = list(experts)
+    threads = settings.router.threads
+    configured = settings.router.bundle
+    if configured is not None and str(configured).lower() != "none":
+        return RouterHolder.load(Path(configured), expected_experts=names, threads=threads)
+    fixed = FixedRouter(names, settings.default_expert())
+    if configured is not None:  # explicitly "none"
+        return fixed
+    embedded = embedded_bundle()
+    if embedded is None:
+        fixed.note = "no router bundle installed: every query goes to the default expert"
+        return fixed
+    try:
+        return RouterHolder.load(embedded, expected_experts=names, threads=threads)
+    except BundleError as exc:
+        log.warning("embedded router bundle not used: %s", exc)
+        fixed.note = (f"embedded router bundle does not fit the configured experts ({exc}); "
+                      "every query goes to the default expert; set router.bundle")
+        return fixed

@@ -116,3 +116,17 @@ def test_openai_sdk_sees_unknown_model_as_not_found(daemon: str) -> None:
             model="gpt-nope", messages=[{"role": "user", "content": "hi"}], max_tokens=4
         )
     assert "gpt-nope" in str(info.value)
+
+
+def test_router_reload_in_fixed_mode_is_a_clear_409(daemon: str) -> None:
+    r = httpx.post(f"{daemon}/admin/router/reload", timeout=30)
+    assert r.status_code == 409
+    assert "fixed mode" in r.json()["error"]["message"]
+
+
+def test_metrics_exposes_requests_and_decisions(daemon: str) -> None:
+    httpx.post(f"{daemon}/predict", json={**SEED_BODY, "max_tokens": 2}, timeout=60)
+    text = httpx.get(f"{daemon}/metrics").text
+    assert 'edgeroute_requests_total{expert="qwen2.5-coder-0.5b"}' in text
+    assert 'edgeroute_decisions_total{kind="fixed"}' in text
+    assert "edgeroute_request_latency_seconds_bucket" in text
