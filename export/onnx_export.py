@@ -20,6 +20,7 @@ Steps, each checked before the next:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=sorted(TARGETS), default=None,
                         help="int8 config: arm64 (Jetson), avx2, avx512, avx512_vnni, "
                         "portable (safe everywhere); default: this machine's")
+    parser.add_argument("--keep-fp32", action="append", default=[], metavar="REGEX",
+                        help="leave nodes whose name matches in fp32 (repeatable), e.g. "
+                        r"'layer\.\d+/output/dense' when int8 fails the gates")
     parser.add_argument("--precision", choices=("int8", "fp32"), default="int8",
                         help="fp32 skips quantization (reference bundles, benchmarks)")
     parser.add_argument("--exporter", choices=("auto", "optimum", "torch"), default="auto",
@@ -72,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     spec = read_router(args.router)
     target = args.target or machine_target()
-    quant = TARGETS[target] if args.precision == "int8" else None
+    quant = None
+    if args.precision == "int8":
+        quant = dataclasses.replace(TARGETS[target], keep_fp32=tuple(args.keep_fp32))
     eval_set = load_eval_set(args, spec)
     args.out = Path(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ under its honest name: safe on every target, for a bundle that ships to all of t
 from __future__ import annotations
 
 import platform
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ class QuantConfig:
     reduce_range: bool
     op_types: tuple[str, ...] = OPS_TO_QUANTIZE
     mode: str = "dynamic"
+    keep_fp32: tuple[str, ...] = ()  # regexes of node names left in fp32
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "op_types": list(self.op_types)}
+        return {**asdict(self), "op_types": list(self.op_types),
+                "keep_fp32": list(self.keep_fp32)}
 
 
 TARGETS: dict[str, QuantConfig] = {
@@ -73,10 +76,29 @@ def machine_target() -> str:
     return "avx2" if "avx2" in flags else "portable"
 
 
+def fp32_nodes(src: Path, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the nodes matching ``patterns``: the layers an export keeps in fp32 when
+    their int8 rounding costs too much (in BERT, often the FFN output projections)."""
+    if not patterns:
+        return []
+    import onnx
+
+    try:
+        regexes = [re.compile(p) for p in patterns]
+    except re.error as exc:
+        raise ExportError(f"--keep-fp32: bad regular expression ({exc})") from exc
+    graph = onnx.load(str(src), load_external_data=False).graph
+    names = [n.name for n in graph.node if any(r.search(n.name) for r in regexes)]
+    if not names:
+        raise ExportError(f"--keep-fp32 {list(patterns)} matches no node of {src}")
+    return names
+
+
 def quantize_model(src: Path, dst: Path, config: QuantConfig) -> None:
     """Write the int8 model ``dst`` from the fp32 model ``src``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    exclude = fp32_nodes(src, config.keep_fp32)
     try:
         quantize_dynamic(
             str(src),
@@ -85,6 +107,7 @@ def quantize_model(src: Path, dst: Path, config: QuantConfig) -> None:
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
             weight_type=getattr(QuantType, config.weight_type),
+            nodes_to_exclude=exclude,
             extra_options={"MatMulConstBOnly": True},
         )
     except Exception as exc:  # onnxruntime raises bare Exceptions/ValueErrors here

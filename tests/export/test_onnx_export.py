@@ -1,0 +1,138 @@
+"""``edgeroute export`` on a real BERT-Router trained in the session (tests/export/tiny_router)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agent.router_bundle import OnnxRouter, file_sha256
+from export.errors import ExportError
+from export.onnx_export import check_gates, load_eval_set, read_router
+from tests.export.tiny_router import CODE, EXPERTS, HARD, MAX_LENGTH, export, session_artifacts
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return session_artifacts(tmp_path_factory.getbasetemp() / "tiny-router")
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+
+
+def test_round_trip_bundle_is_complete_and_self_describing(art: dict[str, Path]) -> None:
+    man = _manifest(art["int8"])
+    assert sorted(p.name for p in art["int8"].iterdir()) == [
+        "manifest.json", "model.onnx", "tokenizer.json"]
+    assert man["experts"] == EXPERTS  # label order, as trained
+    assert (man["metric"], man["max_length"], man["precision"]) == ("correct", MAX_LENGTH, "int8")
+    for name, entry in man["files"].items():
+        assert file_sha256(art["int8"] / name) == entry["sha256"]
+    assert man["quantization"]["per_channel"] is True
+    assert man["quantization"]["target"] == "portable"
+    for dist in ("onnxruntime", "transformers", "optimum", "torch", "edgeroute"):
+        assert man["versions"][dist], dist
+    ev = man["evaluation"]
+    assert ev["source"] == "table-test-split" and ev["queries"] == 15
+    assert ev["top1_agreement"] >= 0.99 and ev["gates"]["passed"] is True
+    assert set(ev["quality"]) >= {"fp32", "int8", "relative_loss", "oracle"}
+    assert man["exporter"]["name"] in ("optimum", "torch.onnx.export")
+
+
+def test_int8_model_is_much_smaller_than_fp32(art: dict[str, Path]) -> None:
+    int8 = (art["int8"] / "model.onnx").stat().st_size
+    fp32 = (art["fp32"] / "model.onnx").stat().st_size
+    assert int8 < 0.35 * fp32
+    assert _manifest(art["fp32"])["quantization"] is None
+
+
+def test_runtime_scores_match_the_torch_model(art: dict[str, Path]) -> None:
+    """fp32 bundle = torch within float noise; int8 with the same top-1 and close scores.
+
+    The int8 bound is loose on purpose: this toy head, trained on a frozen encoder's CLS
+    vector, has large weights that amplify int8 rounding (~0.2-0.5 in logits); the real
+    check of an int8 router is the export's agreement gate on its test split."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    hf = art["router"] / "hf"
+    model = AutoModelForSequenceClassification.from_pretrained(hf, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(hf, local_files_only=True)
+    fp32 = OnnxRouter.load(art["fp32"], EXPERTS, threads=1)
+    int8 = OnnxRouter.load(art["int8"], EXPERTS, threads=1)
+    queries = [CODE[0], HARD[3], "Can you help me debug a segfault in my C program?",
+               "hello there " * 80]  # the last is truncated to max_length by both sides
+    for q in queries:
+        with torch.no_grad():
+            enc = tok(q, truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            ref = torch.softmax(model(**enc).logits[0], dim=-1).numpy()
+        got32 = np.array([fp32.scores(q)[e] for e in EXPERTS])
+        got8 = np.array([int8.scores(q)[e] for e in EXPERTS])
+        np.testing.assert_allclose(got32, ref, atol=1e-4)
+        np.testing.assert_allclose(got8, ref, atol=0.3)
+        assert got8.argmax() == ref.argmax(), q
+
+
+def test_export_refuses_a_router_that_is_not_bert(tmp_path: Path) -> None:
+    folder = tmp_path / "mlp"
+    folder.mkdir()
+    meta = {"format": 1, "kind": "mlp", "experts": EXPERTS, "metric": "correct",
+            "temperature": 0.1, "max_length": 64, "seed": 0}
+    (folder / "router.json").write_text(json.dumps(meta), encoding="utf-8")
+    res = export(folder, tmp_path / "out", "--queries", str(tmp_path / "q.txt"))
+    assert res.returncode == 2
+    assert "only 'bert' routers" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_router_names_missing_files(art: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="router.json is missing"):
+        read_router(tmp_path)
+    (tmp_path / "router.json").write_text((art["router"] / "router.json").read_text())
+    with pytest.raises(ExportError, match="config.json is missing"):
+        read_router(tmp_path)
+
+
+def _ns(**kw: object) -> argparse.Namespace:
+    base = {"table": None, "queries": None, "max_eval": 0, "min_agreement": 0.99,
+            "max_quality_loss": 0.01}
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_gates_fail_on_low_agreement_or_quality_loss() -> None:
+    ok = {"top1_agreement": 0.995, "queries": 200,
+          "quality": {"relative_loss": 0.004}}
+    check_gates(ok, _ns())
+    assert ok["gates"]["passed"] is True
+    with pytest.raises(ExportError, match="agreement 0.9800 < 0.99"):
+        check_gates({"top1_agreement": 0.98, "queries": 200}, _ns())
+    with pytest.raises(ExportError, match="loses 3.00%"):
+        check_gates({"top1_agreement": 1.0, "queries": 200,
+                     "quality": {"relative_loss": 0.03}}, _ns())
+
+
+def test_eval_set_from_table_is_the_routers_test_split(art: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    spec = read_router(art["router"])
+    ev = load_eval_set(_ns(table=art["table"]), spec)
+    assert len(ev.queries) == 15 and ev.quality is not None
+    assert ev.quality.shape == (15, len(EXPERTS)) and ev.note == ""
+    other = tmp_path / "other.jsonl"
+    other.write_text(art["table"].read_text() + "\n", encoding="utf-8")
+    assert "differs" in load_eval_set(_ns(table=other), spec).note
+
+
+def test_eval_set_from_query_list_and_nothing(art: dict[str, Path], tmp_path: Path) -> None:
+    spec = read_router(art["router"])
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text('{"query": "a"}\n{"query": "b"}\n{"query": "c"}\n', encoding="utf-8")
+    ev = load_eval_set(_ns(queries=qfile, max_eval=2), spec)
+    assert ev.queries == ["a", "b"] and ev.quality is None
+    with pytest.raises(ExportError, match="give --table"):
+        load_eval_set(_ns(), spec)
