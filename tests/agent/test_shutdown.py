@@ -69,7 +69,9 @@ def test_sigterm_during_stream_completes_it_and_exits_zero(smollm_gguf: Path) ->
         assert content.strip(), "the stream finished but carried no text"
         rc = proc.wait(timeout=GRACE_S + 5)
         elapsed = time.monotonic() - signalled_at
-        assert rc == 0, proc.stdout.read() if proc.stdout else rc
+        # -15: uvicorn re-raised the captured SIGTERM after its graceful shutdown; the
+        # serve command must swallow it (a no-op SIGTERM handler before uvicorn.run).
+        assert rc == 0, f"exit status {rc}: {proc.stdout.read() if proc.stdout else ''}"
         assert elapsed < GRACE_S + 5
     finally:
         if proc.poll() is None:

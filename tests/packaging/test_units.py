@@ -4,6 +4,7 @@ state/cache dirs wired to the settings, restart, readiness, stop grace)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from agent.settings import SMOLLM2_DEFAULT
+from tests.conftest import REPO, free_port
 
 SYSTEM_UNIT = REPO / "packaging" / "systemd" / "edgeroute.service"
 USER_UNIT = REPO / "packaging" / "systemd" / "user" / "edgeroute.service"
@@ -123,3 +125,38 @@ def test_user_unit_layers_the_users_file_last() -> None:
         "-%E/edgeroute/edgeroute.env"]
     assert values(unit, "Service", "Restart") == ["on-failure"]
     assert values(unit, "Install", "WantedBy") == ["default.target"]
+
+
+def _readiness_script(seconds: int) -> str:
+    """The unit's ExecStartPost shell line as systemd hands it to sh ($$ unescaped)."""
+    (post,) = values(parse_unit(SYSTEM_UNIT), "Service", "ExecStartPost")
+    prefix = "/bin/sh -c '"
+    assert post.startswith(prefix) and post.endswith("'")
+    script = post[len(prefix):-1].replace("$$", "$")
+    assert "seq 1 600" in script
+    return script.replace("seq 1 600", f"seq 1 {seconds * 2}")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="no curl")
+def test_readiness_poll_waits_for_health_and_gives_up(tmp_path: Path) -> None:
+    """The poll against a real daemon (SmolLM2 only) succeeds; against a dead port it fails.
+
+    The daemon is started by hand after the poll begins, as systemd would start both."""
+    port = free_port()
+    env = {**os.environ, "EDGEROUTE_SERVER__PORT": str(port)}
+    dead = subprocess.run(["/bin/sh", "-c", _readiness_script(1)], env=env,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert dead.returncode == 1 and "did not answer" in dead.stderr
+    env["EDGEROUTE_LOCAL_EXPERTS"] = json.dumps(
+        [{"name": "smol", "model": SMOLLM2_DEFAULT, "n_threads": 1, "n_ctx": 256}])
+    env["EDGEROUTE_ROUTER__BUNDLE"] = "none"
+    poll = subprocess.Popen(["/bin/sh", "-c", _readiness_script(60)], env=env)
+    daemon = subprocess.Popen([sys.executable, "-m", "agent", "serve"], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert poll.wait(timeout=90) == 0
+        assert daemon.poll() is None
+    finally:
+        poll.kill()
+        daemon.terminate()
+        daemon.wait(timeout=20)
