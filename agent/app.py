@@ -37,7 +37,7 @@ from agent.http_limits import BodySizeLimit
 from agent.http_security import BearerToken, HostAllowList, read_token
 from agent.policy import tighter
 from agent.runtime import Hints, Runtime
-from agent.schemas import ChatRequest, chunk_body, completion_body, new_id
+from agent.schemas import ERROR_RESPONSES, ChatRequest, chunk_body, completion_body, new_id
 from agent.settings import Settings
 
 log = logging.getLogger("edgeroute.app")
@@ -269,15 +269,17 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             routing=decision.as_dict(),
         )
 
-    @app.post("/predict", summary="Route one chat query and answer it (seed API).")
+    @app.post("/predict", summary="Route one chat query and answer it (seed API).",
+              responses=ERROR_RESPONSES)
     async def predict(req: ChatRequest, request: Request) -> Any:
         return await _answer(req, request)
 
-    @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completions.")
+    @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completions.",
+              responses=ERROR_RESPONSES)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         return await _answer(req, request)
 
-    @app.get("/v1/models", summary="The experts, plus 'auto'.")
+    @app.get("/v1/models", summary="The experts, plus 'auto'.", responses=ERROR_RESPONSES)
     async def models() -> dict[str, Any]:
         created = int(runtime.started_at)
         data = [{"id": "auto", "object": "model", "created": created, "owned_by": "edgeroute"}]
@@ -288,7 +290,8 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         ]
         return {"object": "list", "data": data}
 
-    @app.post("/admin/router/reload", summary="Re-read the router bundle; atomic swap.")
+    @app.post("/admin/router/reload", summary="Re-read the router bundle; atomic swap.",
+              responses=ERROR_RESPONSES)
     async def reload_router() -> dict[str, Any]:
         try:
             return await asyncio.to_thread(runtime.reload_router)
@@ -300,7 +303,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     async def metrics() -> Response:
         return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/health", summary="Liveness and what is loaded.")
+    @app.get("/health", summary="Liveness and what is loaded.", responses=ERROR_RESPONSES)
     async def health() -> dict[str, Any]:
         return runtime.health()
 

@@ -70,6 +70,34 @@ class ChatRequest(BaseModel):
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer: OpenAI's error shape."""
+
+    error: ErrorDetail
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "Bad request: the body names the field"),
+        (401, "Missing or wrong bearer token"),
+        (404, "Unknown expert or path"),
+        (409, "Router bundle refused"),
+        (413, "Request body too large"),
+        (429, "Refused by a budget"),
+        (502, "The expert failed"),
+        (503, "Experts busy or unavailable; see Retry-After"),
+    )
+}
+
+
 def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
