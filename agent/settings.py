@@ -162,8 +162,12 @@ class CloudExpertSettings(_Section):
     connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
     read_timeout_s: float = Field(30.0, gt=0, description="Longest silence between bytes.")
     first_byte_timeout_s: float = Field(15.0, gt=0, description="Longest wait for the first byte.")
-    deadline_s: float = Field(60.0, gt=0, description="Overall deadline of one call, retries included.")
-    max_retries: int = Field(2, ge=0, le=10, description="Retries on connect errors, 408, 429, 5xx.")
+    deadline_s: float = Field(
+        60.0, gt=0, description="Overall deadline of one call, retries included."
+    )
+    max_retries: int = Field(
+        2, ge=0, le=10, description="Retries on connect errors, 408, 429, 5xx."
+    )
     retry_backoff_base_s: float = Field(
         0.25, gt=0, description="First retry's backoff ceiling; doubles per retry (full jitter)."
     )

@@ -49,8 +49,10 @@ def test_no_5xx_and_responses_match_schema(fuzz_url: str) -> None:
         @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck),
                   derandomize=True)
         def run(case) -> None:
-            case.call_and_validate(base_url=fuzz_url, checks=[not_a_server_error, status_code_conformance,
-                                           content_type_conformance,
-                                           response_schema_conformance])
+            case.call_and_validate(
+                base_url=fuzz_url,
+                checks=[not_a_server_error, status_code_conformance,
+                        content_type_conformance, response_schema_conformance],
+            )
 
         run()
