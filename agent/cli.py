@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,6 +66,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "serving %s on http://%s:%d", list(runtime.experts), settings.server.host,
         settings.server.port,
     )
+    # uvicorn re-raises a captured SIGTERM after its graceful shutdown; swallow it so a
+    # clean stop exits 0 (a SIGTERM while models load above still kills the process).
+    signal.signal(signal.SIGTERM, lambda *_: None)
     uvicorn.run(
         app,
         host=settings.server.host,
