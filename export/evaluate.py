@@ -36,6 +36,7 @@ from export.labels import (
     labelled_rows,
     metric_values,
     split_indices,
+    subsample_per_dataset,
     table_sha256,
 )
 from export.routers import baselines
@@ -76,6 +77,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--report", type=Path, default=None, help="write Markdown + PNG report here")
+    p.add_argument(
+        "--max-test-queries",
+        type=int,
+        default=None,
+        help="evaluate on a seeded sample of the test split, drawn evenly over datasets",
+    )
     p.add_argument("--random-seed", type=int, default=0, help="seed of the Random baseline")
 
 
@@ -188,8 +195,8 @@ def load_routers(dirs: list[Path]) -> dict[str, TrainedRouter]:
     return routers
 
 
-def test_split(
-    table: Path, meta: RouterMeta
+def held_out(
+    table: Path, meta: RouterMeta, max_test: int | None = None
 ) -> tuple[OutcomeMatrix, OutcomeMatrix, np.ndarray, np.ndarray]:
     """(full matrix, test matrix, test values, train indices) for a router's settings."""
     from export.table import read_table
@@ -207,15 +214,18 @@ def test_split(
     values = metric_values(m, LabelSpec(**meta.label_spec))
     train, test = split_indices(m, meta.seed, meta.test_fraction)
     test = np.intersect1d(test, labelled_rows(values))
+    test = subsample_per_dataset(test, m.datasets, max_test, meta.seed)
     if len(test) == 0:
         raise TableError(f"no test query of {table} has a {meta.metric!r} value")
     return m, m.subset(test), values[test], train
 
 
-def evaluate(table: Path, router_dirs: list[Path], random_seed: int = 0) -> dict[str, Any]:
+def evaluate(
+    table: Path, router_dirs: list[Path], random_seed: int = 0, max_test: int | None = None
+) -> dict[str, Any]:
     routers = load_routers(router_dirs)
     meta = next(iter(routers.values())).meta
-    m, mt, q, train = test_split(table, meta)
+    m, mt, q, train = held_out(table, meta, max_test)
     scores = {}
     for name, r in routers.items():
         order = [list(r.experts).index(e) for e in mt.experts]
@@ -309,7 +319,7 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(args.table, args.router, args.random_seed)
+    result = evaluate(args.table, args.router, args.random_seed, args.max_test_queries)
     if args.report is not None:
         from export.report import write_report
 

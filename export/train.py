@@ -37,7 +37,7 @@ from export.routers.training import FitConfig, validation_split
 # Per kind: epochs, batch size, learning rate, early-stopping patience.
 DEFAULTS: dict[str, tuple[int, int, float, int]] = {
     "mlp": (60, 32, 1e-3, 4),
-    "bert": (4, 16, 5e-5, 1),
+    "bert": (4, 16, 1e-4, 1),
     "knn": (0, 0, 0.0, 0),
 }
 

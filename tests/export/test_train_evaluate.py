@@ -152,3 +152,26 @@ def test_bad_tables_give_one_line_errors(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_evaluate_on_a_capped_test_sample(
+    trained: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    table, mlp, _ = trained
+    argv = [
+        "evaluate",
+        "--table",
+        str(table),
+        "--router",
+        str(mlp),
+        "--json",
+        "--max-test-queries",
+        "6",
+    ]
+    assert main(argv) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["test_queries"] == 6
+    assert {d: r["zero"]["queries"] for d, r in res["per_dataset"].items()} == {
+        "code": 3,
+        "math": 3,
+    }
