@@ -54,9 +54,9 @@ def _isolated_user_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("EDGEROUTE_PATHS__CACHE_DIR", str(MODEL_CACHE))
     monkeypatch.setenv("EDGEROUTE_ENV_FILES", "")
     for key in list(os.environ):
-        if key.startswith("EDGEROUTE_") and key not in {
+        if key.startswith("EDGEROUTE_") and not key.startswith("EDGEROUTE_TEST_") and key not in {
             "EDGEROUTE_PATHS__DATA_DIR", "EDGEROUTE_PATHS__CONFIG_DIR",
-            "EDGEROUTE_PATHS__CACHE_DIR", "EDGEROUTE_ENV_FILES", "EDGEROUTE_TEST_MODEL_CACHE",
+            "EDGEROUTE_PATHS__CACHE_DIR", "EDGEROUTE_ENV_FILES",
         }:
             monkeypatch.delenv(key)
 
