@@ -52,6 +52,18 @@ test: $(FULL_STAMP)
 bench: $(FULL_STAMP)
 	$(PY) -m bench
 
+# Rebuild the embedded default router bundle (agent/assets/router, package data) from the
+# committed expert table: train the BERT-Router, then export it to ONNX int8. `portable`
+# quantization (7-bit weights) is safe on every CPU the bundle ships to (x86 and Jetson);
+# the export refuses to write a bundle that fails its int8-vs-fp32 gates.
+ROUTER_TABLE ?= artifacts/expert_table.jsonl.gz
+ROUTER_METRIC ?= bertsim
+router: $(FULL_STAMP)
+	$(VENV)/bin/edgeroute train --table $(ROUTER_TABLE) --router bert \
+		--metric $(ROUTER_METRIC) --out build/router-bert
+	$(VENV)/bin/edgeroute export --router build/router-bert --table $(ROUTER_TABLE) \
+		--target portable --out agent/assets/router
+
 lint: $(FULL_STAMP)
 	$(PY) -m ruff check agent cloud_bridge export tests bench
 	$(PY) -m mypy
