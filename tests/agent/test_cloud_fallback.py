@@ -190,8 +190,8 @@ async def test_mid_stream_failure_ends_in_band_and_counts_partial_usage(
 
     fault_proxy.options.reset_after_body_bytes = 700  # a few deltas pass, then RST
     fault_proxy.set_plan([], default=Fault.RESET_MID_BODY)
-    _env(monkeypatch, smollm_gguf, _cloud(fault_proxy.base_url(), key_file, deadline_s=30,
-                                          first_byte_timeout_s=20, read_timeout_s=20))
+    _env(monkeypatch, smollm_gguf, _cloud(fault_proxy.base_url(), key_file, deadline_s=60,
+                                          first_byte_timeout_s=30, read_timeout_s=30))
     ask = ASK | {"model": "cloud", "stream": True, "max_tokens": 24}
     async with _daemon() as (client, runtime):
         r = await client.post("/v1/chat/completions", json=ask)

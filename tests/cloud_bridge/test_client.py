@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from cloud_bridge.client import BridgeClient, Endpoint
 from cloud_bridge.errors import RedirectRefused
+from cloud_bridge.timeouts import Timeouts
 from cloud_bridge.usage import Prices
 from cloud_bridge.wire import SamplingParams, StreamPiece
 from tests.cloud_bridge.faultproxy import Fault, FaultProxy, ProxyOptions, read_request
@@ -25,8 +26,10 @@ SECRET = "sk-test-DO-NOT-LOG-1f3a9c"
 
 
 def _endpoint(base_url: str, **kw: object) -> Endpoint:
+    """Generous timeouts: the real server shares a loaded 2-core machine."""
+    timeouts = Timeouts(first_byte_s=60.0, read_s=60.0, deadline_s=120.0)
     return Endpoint(name="smollm2-cloud", base_url=base_url, model=MODEL, prices=PRICES,
-                    **kw)  # type: ignore[arg-type]
+                    timeouts=timeouts, **kw)  # type: ignore[arg-type]
 
 
 async def test_plain_completion_usage_and_cost(cloud_server: str) -> None:
