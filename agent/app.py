@@ -193,16 +193,21 @@ def _on_sighup(runtime: Runtime) -> Callable[[], None]:
     """SIGHUP reloads the router bundle (main thread only); returns the undo."""
     loop = asyncio.get_running_loop()
 
+    def report(task: asyncio.Task[Any]) -> None:
+        if task.exception() is not None:
+            log.error("router reload on SIGHUP refused: %s", task.exception())
+
     def reload() -> None:
-        task = loop.create_task(asyncio.to_thread(runtime.reload_router))
-        task.add_done_callback(lambda t: t.exception() and log.error(
-            "router reload on SIGHUP refused: %s", t.exception()))
+        loop.create_task(asyncio.to_thread(runtime.reload_router)).add_done_callback(report)
+
+    def undo() -> None:
+        loop.remove_signal_handler(signal.SIGHUP)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, reload)
     except (RuntimeError, ValueError, NotImplementedError, AttributeError):
         return lambda: None  # not the main thread (tests) or no SIGHUP (Windows)
-    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+    return undo
 
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from agent.errors import RequestError
 
@@ -169,7 +170,7 @@ class Ledger:
             self._db.execute(
                 "UPDATE spend SET state='released' WHERE id=? AND state='reserved'", (row_id,))
 
-    def usage(self, now: float | None = None) -> dict[str, object]:
+    def usage(self, now: float | None = None) -> dict[str, Any]:
         """Spend per expert for today and this month, plus the caps' remaining budget."""
         day, month = _periods(now or time.time())
         with self._lock:

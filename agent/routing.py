@@ -13,8 +13,15 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class Router(Protocol):
-    mode: str
-    experts: tuple[str, ...]
+    @property
+    def mode(self) -> str:
+        """'fixed' or 'onnx': reported in /health and in every decision."""
+        ...
+
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """The experts scored, in label order."""
+        ...
 
     def scores(self, text: str) -> dict[str, float]:
         """Score every expert in ``experts`` for one query."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +16,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.settings import load_settings
 
     settings = load_settings()
+    usage: dict[str, Any]
     ledger = open_ledger(settings)
     try:
         usage = ledger.usage()
@@ -26,10 +28,10 @@ def run(args: argparse.Namespace) -> int:
     caps = usage["caps"]
     print(f"cloud spend, day {usage['day']} / month {usage['month']} (USD)")
     print(f"  {'expert':<24} {'today':>12} {'month':>12} {'calls':>7} {'open':>5}")
-    for name, row in usage["experts"].items():  # type: ignore[union-attr]
+    for name, row in usage["experts"].items():
         print(f"  {name:<24} {row['day_usd']:>12.6f} {row['month_usd']:>12.6f} "
               f"{row['settled_calls']:>7} {row['open_reservations']:>5}")
     total = usage["total"]
-    print(f"  {'total':<24} {total['day_usd']:>12.6f} {total['month_usd']:>12.6f}")  # type: ignore[index]
-    print(f"  caps: daily {caps['daily_usd']}, monthly {caps['monthly_usd']}")  # type: ignore[index]
+    print(f"  {'total':<24} {total['day_usd']:>12.6f} {total['month_usd']:>12.6f}")
+    print(f"  caps: daily {caps['daily_usd']}, monthly {caps['monthly_usd']}")
     return 0
