@@ -289,22 +289,28 @@ def evaluate(fp32: Path, model: Path, tokenizer: Path, spec: dict[str, Any],
     }
     if ev.note:
         figures["note"] = ev.note
-    if ev.quality is not None:
-        figures["quality"] = _quality(ev.quality, c32, c8, spec)
+    quality = _quality(ev.quality, c32, c8, spec) if ev.quality is not None else None
+    if quality is not None:
+        figures["quality"] = quality
     return figures
 
 
 def _quality(values: np.ndarray, c32: np.ndarray, c8: np.ndarray,
-             spec: dict[str, Any]) -> dict[str, Any]:
-    rows = np.arange(len(values))
-    q32, q8 = float(np.nanmean(values[rows, c32])), float(np.nanmean(values[rows, c8]))
+             spec: dict[str, Any]) -> dict[str, Any] | None:
+    """Mean quality of the chosen experts, over queries where every expert has a value
+    (elsewhere a missing outcome would silently drop a query from one side only)."""
+    rows = np.flatnonzero(~np.isnan(values).any(axis=1))
+    if rows.size == 0:
+        return None
+    v = values[rows]
+    q32, q8 = float(v[np.arange(len(v)), c32[rows]].mean()), float(
+        v[np.arange(len(v)), c8[rows]].mean())
     loss = (q32 - q8) / abs(q32) if abs(q32) > 1e-12 else q32 - q8
-    with np.errstate(all="ignore"):
-        per_expert = {e: float(np.nanmean(values[:, j])) for j, e in enumerate(spec["experts"])}
-    return {"metric": spec.get("label_spec", {}).get("metric", spec["metric"]),
-            "orientation": "higher is better (nll negated)", "fp32": q32, "int8": q8,
-            "relative_loss": float(loss), "oracle": float(np.nanmean(np.nanmax(values, axis=1))),
-            "per_expert": per_expert}
+    return {"metric": (spec.get("label_spec") or {}).get("metric", spec["metric"]),
+            "orientation": "higher is better (nll negated)", "queries": int(rows.size),
+            "fp32": q32, "int8": q8, "relative_loss": float(loss),
+            "oracle": float(v.max(axis=1).mean()),
+            "per_expert": {e: float(v[:, j].mean()) for j, e in enumerate(spec["experts"])}}
 
 
 def check_gates(figures: dict[str, Any], args: argparse.Namespace) -> None:

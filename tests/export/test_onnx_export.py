@@ -136,3 +136,19 @@ def test_eval_set_from_query_list_and_nothing(art: dict[str, Path], tmp_path: Pa
     assert ev.queries == ["a", "b"] and ev.quality is None
     with pytest.raises(ExportError, match="give --table"):
         load_eval_set(_ns(), spec)
+
+
+def test_quality_compares_only_queries_every_expert_answered() -> None:
+    from export.onnx_export import _quality
+
+    nan = float("nan")
+    values = np.array([[0.9, 0.1], [0.2, 0.8], [nan, 0.5], [0.4, 0.6]])
+    chose32, chose8 = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
+    q = _quality(values, chose32, chose8, {"metric": "bertsim", "experts": ["a", "b"]})
+    assert q is not None and q["queries"] == 3  # the row with a missing outcome is left out
+    assert q["fp32"] == pytest.approx((0.9 + 0.8 + 0.6) / 3)
+    assert q["int8"] == pytest.approx((0.9 + 0.2 + 0.6) / 3)
+    assert q["relative_loss"] == pytest.approx((0.8 - 0.2) / 3 / q["fp32"])
+    assert q["oracle"] == pytest.approx(q["fp32"])
+    assert _quality(np.full((2, 2), nan), chose32[:2], chose8[:2],
+                    {"metric": "bertsim", "experts": ["a", "b"]}) is None
