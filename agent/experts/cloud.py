@@ -105,8 +105,9 @@ class CloudExpert:
         return f"CloudExpert({self.client!r})"
 
     def available(self) -> bool:
-        """False while the circuit breaker is open: the policy routes elsewhere."""
-        return self.client.breaker.state != "open"
+        """False while the circuit breaker is open, so the policy routes elsewhere; always
+        True with fallback_to_local off, so the call fails as configured (HTTP 503)."""
+        return not self.fallback_to_local or self.client.breaker.state != "open"
 
     def _fail(self, exc: BridgeError) -> NoReturn:
         """The one place bridge errors become the daemon's."""

@@ -219,13 +219,18 @@ async def test_fallback_off_is_a_503(
 ) -> None:
     fault_proxy.refuse()
     _env(monkeypatch, smollm_gguf,
-         _cloud(fault_proxy.base_url(), key_file, fallback_to_local=False))
+         _cloud(fault_proxy.base_url(), key_file, fallback_to_local=False,
+                breaker_failure_threshold=1, breaker_cooldown_s=60))
     async with _daemon() as (client, _):
         r = await client.post("/v1/chat/completions", json=ASK | {"model": "cloud"})
+        again = await client.post("/v1/chat/completions", json=ASK | {"model": "cloud"})
     assert r.status_code == 503, r.text
     err = r.json()["error"]
     assert "fallback_to_local is off" in err["message"] and "cannot connect" in err["message"]
     assert SECRET not in r.text
+    # Breaker now open: still a 503 (not a silent local answer), with a Retry-After.
+    assert again.status_code == 503 and "circuit open" in again.json()["error"]["message"]
+    assert 0 < int(again.headers["retry-after"]) <= 60
 
 
 async def test_open_breaker_skips_the_cloud_without_a_call(
