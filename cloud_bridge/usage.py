@@ -3,8 +3,8 @@
 The peer's ``usage`` is authoritative. When it sends none (a stream cut short, or a
 server that ignores ``stream_options.include_usage``) the bridge counts: one token per
 streamed content delta (OpenAI-compatible servers stream one token per chunk) and about
-four characters per prompt token. Counted usage is marked ``estimated`` so a ledger can
-tell billed numbers from guesses.
+four characters per prompt token, plus a few per message for the chat template. Counted
+usage is marked ``estimated`` so a ledger can tell billed numbers from guesses.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 
 CHARS_PER_TOKEN = 4
+TEMPLATE_TOKENS_PER_MESSAGE = 8  # role markers and separators a chat template adds
 
 
 @dataclass(frozen=True)
@@ -41,9 +42,10 @@ class Prices:
 
 
 def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
-    """A rough prompt size for when the peer reports none (about 4 characters a token)."""
+    """A rough prompt size for when the peer reports none (about 4 characters a token,
+    plus the chat template's markers per message)."""
     chars = sum(len(m.get("content", "")) + len(m.get("role", "")) for m in messages)
-    return math.ceil(chars / CHARS_PER_TOKEN)
+    return math.ceil(chars / CHARS_PER_TOKEN) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
 
 
 def counted_usage(messages: list[dict[str, str]], n_deltas: int) -> TokenUsage:

@@ -48,4 +48,4 @@ def test_error_detail_prefers_openai_message() -> None:
 def test_cost_from_prices_and_counted_usage_is_marked() -> None:
     assert Prices(2.5, 10.0).cost_usd(TokenUsage(1000, 100)) == pytest.approx(0.0035)
     u = counted_usage([{"role": "user", "content": "x" * 40}], 5)
-    assert u.estimated and u.completion_tokens == 5 and u.prompt_tokens == 11
+    assert u.estimated and u.completion_tokens == 5 and u.prompt_tokens == 11 + 8
