@@ -32,10 +32,10 @@ from agent.errors import (
     RequestError,
     openai_error_body,
 )
-from agent.experts.base import GenerationParams
+from agent.experts.base import Delta, GenerationParams
 from agent.http_limits import BodySizeLimit
 from agent.http_security import BearerToken, HostAllowList, read_token
-from agent.policy import tighter
+from agent.policy import Decision, tighter
 from agent.runtime import Hints, Runtime
 from agent.schemas import ERROR_RESPONSES, ChatRequest, chunk_body, completion_body, new_id
 from agent.settings import Settings
@@ -153,22 +153,42 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _stream_events(rt: Runtime, req: ChatRequest, params: GenerationParams,
-                         decision: Any, slot: Slot) -> AsyncIterator[bytes]:
+async def _open_stream(rt: Runtime, req: ChatRequest, params: GenerationParams,
+                       decision: Decision) -> AsyncIterator[tuple[Delta, Decision]]:
+    """Start the expert's stream and wait for its first delta *before* the HTTP response
+    starts, so that a failure before the first byte is a real status code (503/502), not
+    a cut-off 200 stream. Returns an iterator that replays that first delta."""
+    it = rt.stream(decision, req.plain_messages(), params).__aiter__()
     try:
-        async for event in _events(rt, req, params, decision):
+        first = await it.__anext__()
+    except StopAsyncIteration:
+        first = None
+
+    async def replay() -> AsyncIterator[tuple[Delta, Decision]]:
+        if first is not None:
+            yield first
+            async for item in it:
+                yield item
+
+    return replay()
+
+
+async def _stream_events(stream: AsyncIterator[tuple[Delta, Decision]], req: ChatRequest,
+                         slot: Slot) -> AsyncIterator[bytes]:
+    try:
+        async for event in _events(stream, req):
             yield event
     finally:
         slot.release()
 
 
-async def _events(rt: Runtime, req: ChatRequest, params: GenerationParams,
-                  decision: Any) -> AsyncIterator[bytes]:
+async def _events(stream: AsyncIterator[tuple[Delta, Decision]],
+                  req: ChatRequest) -> AsyncIterator[bytes]:
     cid, created = new_id(), int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     first = True
     try:
-        async for delta, dec in rt.stream(decision, req.plain_messages(), params):
+        async for delta, dec in stream:
             if first:
                 yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
                                       delta={"role": "assistant", "content": ""},
@@ -183,7 +203,8 @@ async def _events(rt: Runtime, req: ChatRequest, params: GenerationParams,
                 if include_usage and delta.usage is not None:
                     yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
                                           delta={}, usage=delta.usage))
-    except ExpertCallError as exc:
+    except (ExpertCallError, ExpertUnavailableError) as exc:
+        # After the first byte the status is sent: end with an in-band error, no [DONE].
         yield _sse(openai_error_body(str(exc), "upstream_error", "model", "expert_failed"))
         return
     yield b"data: [DONE]\n\n"
@@ -254,10 +275,15 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         decision = runtime.decide(req.model, messages, params, _hints(req, request))
         slot = await admission.acquire(decision.expert)
         if req.stream:
+            try:
+                stream = await _open_stream(runtime, req, params, decision)
+            except BaseException:
+                slot.release()
+                raise
             return StreamingResponse(
-                _stream_events(runtime, req, params, decision, slot),
+                _stream_events(stream, req, slot),
                 media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Edgeroute-Expert": decision.expert},
+                headers={"Cache-Control": "no-cache"},
                 # Safety net: releases the slot even if the stream never started.
                 background=BackgroundTask(slot.release),
             )

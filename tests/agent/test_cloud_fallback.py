@@ -233,6 +233,21 @@ async def test_fallback_off_is_a_503(
     assert 0 < int(again.headers["retry-after"]) <= 60
 
 
+async def test_fallback_off_stream_is_a_503_not_a_cut_off_stream(
+    monkeypatch: pytest.MonkeyPatch, smollm_gguf: Path, key_file: Path,
+    fault_proxy: FaultProxy,  # noqa: F811
+) -> None:
+    """A failure before the first byte is a real status code even when streaming."""
+    fault_proxy.refuse()
+    _env(monkeypatch, smollm_gguf,
+         _cloud(fault_proxy.base_url(), key_file, fallback_to_local=False))
+    async with _daemon() as (client, _):
+        r = await client.post("/v1/chat/completions",
+                              json=ASK | {"model": "cloud", "stream": True})
+    assert r.status_code == 503, r.text
+    assert "fallback_to_local is off" in r.json()["error"]["message"]
+
+
 async def test_open_breaker_skips_the_cloud_without_a_call(
     monkeypatch: pytest.MonkeyPatch, smollm_gguf: Path, key_file: Path,
     fault_proxy: FaultProxy,  # noqa: F811
