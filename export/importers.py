@@ -325,6 +325,27 @@ def add_bertsim(rows: list[dict[str, Any]], bertsim: Any) -> None:
         r["bertsim"] = s
 
 
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    """Rows, mean BERTSim / correctness / NLL / latency / cost per (expert, dataset)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["expert"], r["dataset"]), []).append(r)
+
+    def mean(items: list[dict[str, Any]], col: str, fmt: str) -> str:
+        vals = [r[col] for r in items if r.get(col) is not None]
+        return format(sum(vals) / len(vals), fmt) if vals else "-"
+
+    lines = ["| expert | dataset | rows | BERTSim | correct | NLL | latency s | cost USD/query |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for (expert, dataset), items in sorted(groups.items()):
+        lines.append(
+            f"| {expert} | {dataset} | {len(items)} | {mean(items, 'bertsim', '.3f')} | "
+            f"{mean(items, 'correct', '.3f')} | {mean(items, 'nll', '.1f')} | "
+            f"{mean(items, 'latency_s', '.2f')} | {mean(items, 'cost_usd', '.6f')} |"
+        )
+    return "\n".join(lines)
+
+
 # -- CLI ------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="table_cmd", required=True)
@@ -336,6 +357,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     join.add_argument("collected", type=Path, help="table written by 'edgeroute collect'")
     join.add_argument("--out", type=Path, required=True, help="joined table (.jsonl.gz)")
     join.add_argument("--no-bertsim", action="store_true", help="skip BERTSim (faster)")
+    summ = sub.add_parser("summary", help="per-expert, per-dataset means as a Markdown table")
+    summ.add_argument("table", type=Path, help="a table file")
     for p in (imp, join):
         p.add_argument("--data-dir", type=Path, default=None,
                        help="shared data dir (default: $EDGEROUTE_SHARED_DATA or ../shared/data)")
@@ -352,6 +375,9 @@ def _bertsim(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     from export.table import read_table, write_table
 
+    if args.table_cmd == "summary":
+        print(summary_markdown(read_table(args.table)))
+        return 0
     data_dir = args.data_dir or shared_data_dir()
     if args.table_cmd == "import":
         names = list(SOURCES) if "all" in args.sources else list(dict.fromkeys(args.sources))

