@@ -150,3 +150,28 @@ def test_failed_swap_keeps_the_old_router_serving(art: dict[str, Path], bundle: 
     assert holder.current is before and holder.swaps == 0
     assert set(holder.scores(HARD[0])) == set(EXPERTS)
     assert holder.try_swap() is True and holder.current is not before  # re-read same path
+
+
+def test_sighup_reloads_the_bundle_from_disk(art: dict[str, Path], bundle: Path) -> None:
+    import asyncio
+    import os
+    import signal
+
+    holder = RouterHolder.load(bundle, EXPERTS, threads=1)
+    shutil.copyfile(art["fp32"] / "model.onnx", bundle / "model.onnx")  # bundle swapped on disk
+    shutil.copyfile(art["fp32"] / "manifest.json", bundle / "manifest.json")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert holder.install_sighup(loop)
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+            for _ in range(600):
+                if holder.swaps:
+                    return
+                await asyncio.sleep(0.05)
+        finally:
+            loop.remove_signal_handler(signal.SIGHUP)
+
+    asyncio.run(main())
+    assert holder.swaps == 1 and holder.describe()["precision"] == "fp32"
