@@ -82,16 +82,16 @@ def test_collect_local_cloud_and_unreachable(
 
 def test_killed_run_resumes_without_loss(smollm_gguf: Path, tmp_path: Path) -> None:
     out = tmp_path / "table.jsonl"
-    user = _queries(tmp_path / "q.jsonl", 12)
+    user = _queries(tmp_path / "q.jsonl", 6)
     env = dict(os.environ, EDGEROUTE_LOCAL_EXPERTS=json.dumps([_local(smollm_gguf)]))
     cmd = [sys.executable, "-m", "agent.cli", "collect", "--out", str(out), "--datasets", "",
-           "--user-jsonl", str(user), "--max-tokens", "24", "--no-nll"]
+           "--user-jsonl", str(user), "--max-tokens", "8", "--no-nll"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if out.exists() and out.read_text().count("\n") >= 3:  # header + 2 rows
+            if out.exists() and out.read_text().count("\n") >= 2:  # header + 1 row
                 break
             time.sleep(0.05)
         assert proc.poll() is None, "collect finished before it could be killed"
@@ -102,15 +102,15 @@ def test_killed_run_resumes_without_loss(smollm_gguf: Path, tmp_path: Path) -> N
             proc.kill()
     committed = [ln for ln in out.read_text().splitlines(keepends=True) if ln.endswith("\n")]
     done_before = len(committed) - 1
-    assert 2 <= done_before < 12
+    assert 1 <= done_before < 6
     with out.open("a") as f:  # also simulate a row torn by the kill
-        f.write('{"query_id": "q11", "dataset": "to')
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        f.write('{"query_id": "q5", "dataset": "to')
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     text = out.read_text()
     assert text.startswith("".join(committed))  # nothing committed was lost or rewritten
     rows = read_table(out)
-    assert sorted(r["query_id"] for r in rows) == sorted(f"q{i}" for i in range(12))
+    assert sorted(r["query_id"] for r in rows) == sorted(f"q{i}" for i in range(6))
 
 
 def test_sink_skips_done_pairs(tmp_path: Path) -> None:
