@@ -100,3 +100,16 @@ def test_cli_import_without_bertsim(tmp_path: Path) -> None:
     assert run(args) == 0
     rows = read_table(out)
     assert len(rows) == 1618 and sum(r["cost_usd"] for r in rows) == pytest.approx(0.18, abs=0.01)
+
+
+def test_summary_lists_each_expert_and_dataset() -> None:
+    from export.importers import summary_markdown
+
+    rows = [
+        {"expert": "a", "dataset": "x", "bertsim": 0.5, "correct": 1.0, "cost_usd": 0.0},
+        {"expert": "a", "dataset": "x", "bertsim": 0.7, "correct": 0.0, "cost_usd": 0.0},
+        {"expert": "b", "dataset": "x", "bertsim": None, "correct": None, "cost_usd": 0.01},
+    ]
+    text = summary_markdown(rows)
+    assert "| a | x | 2 | 0.600 | 0.500 |" in text
+    assert "| b | x | 1 | - | - |" in text

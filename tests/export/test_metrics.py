@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ def bertsim() -> BertSim:
 
 
 @pytest.fixture(scope="module")
-def scorer(smollm_gguf: Path) -> NllScorer:
+def scorer(smollm_gguf: Path) -> Iterator[NllScorer]:
     s = NllScorer(smollm_gguf, n_ctx=512, n_threads=2)
     yield s
     s.close()
