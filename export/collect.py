@@ -104,11 +104,25 @@ class TableSink:
         if self.path.suffix == ".gz":
             raise PipelineError(f"--out {path}: collect appends to plain .jsonl; gzip it after")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = self._take_lock()
         self.done: set[tuple[str, str]] = set()
         self._repair_and_scan()
         self._f = self.path.open("a", encoding="utf-8")
         if self.path.stat().st_size == 0:
             self._write({"_edgeroute_table": FORMAT_VERSION, **header})
+
+    def _take_lock(self) -> Any:
+        """One writer per table: a second collect on the same file would interleave rows."""
+        import fcntl
+
+        lock = self.path.with_name(self.path.name + ".lock").open("w")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            lock.close()
+            raise PipelineError(f"another 'edgeroute collect' is writing {self.path}; "
+                                "wait for it or stop it first") from exc
+        return lock
 
     def _repair_and_scan(self) -> None:
         if not self.path.exists():
@@ -141,6 +155,7 @@ class TableSink:
 
     def close(self) -> None:
         self._f.close()
+        self._lock.close()
 
 
 # -- experts --------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from export.collect import TableSink, run
+from export.errors import PipelineError
 from export.table import COLUMNS, read_table
 from tests.conftest import free_port
 
@@ -119,5 +120,7 @@ def test_sink_skips_done_pairs(tmp_path: Path) -> None:
     sink.close()
     again = TableSink(tmp_path / "t.jsonl", {"tool": "test"})
     assert again.done == {("a", "e")}
+    with pytest.raises(PipelineError, match="another 'edgeroute collect'"):
+        TableSink(tmp_path / "t.jsonl", {"tool": "test"})
     again.close()
     assert (tmp_path / "t.jsonl").read_text().count("_edgeroute_table") == 1
