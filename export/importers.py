@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from export.datasets import Query, load_dataset, normalise_text, shared_data_dir
-from export.errors import DatasetError, PipelineError
+from export.errors import DatasetError, PipelineError, TableError
 
 GPT4 = "gpt-4-1106-preview"
 MIXTRAL = "mixtral-8x7b-instruct"
@@ -346,6 +346,25 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def select_experts(rows: list[dict[str, Any]], experts: str, complete: bool
+                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of the named experts; with ``complete``, only queries all of them answered."""
+    names = [e.strip() for e in experts.split(",") if e.strip()]
+    present = {r["expert"] for r in rows}
+    missing = [e for e in names if e not in present]
+    if missing:
+        raise TableError(f"experts {missing} are not in the table; it has {sorted(present)}")
+    kept = [r for r in rows if r["expert"] in names]
+    if complete:
+        by_query: dict[str, set[str]] = {}
+        for r in kept:
+            by_query.setdefault(r["query_id"], set()).add(r["expert"])
+        kept = [r for r in kept if by_query[r["query_id"]] >= set(names)]
+    if not kept:
+        raise TableError(f"no query was answered by every one of {names}")
+    return kept, {"tool": "edgeroute table select", "experts": names, "complete": complete}
+
+
 # -- CLI ------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="table_cmd", required=True)
@@ -359,6 +378,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     join.add_argument("--no-bertsim", action="store_true", help="skip BERTSim (faster)")
     summ = sub.add_parser("summary", help="per-expert, per-dataset means as a Markdown table")
     summ.add_argument("table", type=Path, help="a table file")
+    sel = sub.add_parser("select", help="keep some experts' rows (e.g. a device's experts)")
+    sel.add_argument("table", type=Path, help="a table file")
+    sel.add_argument("--experts", required=True, help="comma-separated expert names to keep")
+    sel.add_argument("--complete", action="store_true",
+                     help="keep only queries that every listed expert answered")
+    sel.add_argument("--out", type=Path, required=True, help="selected table")
     for p in (imp, join):
         p.add_argument("--data-dir", type=Path, default=None,
                        help="shared data dir (default: $EDGEROUTE_SHARED_DATA or ../shared/data)")
@@ -377,6 +402,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.table_cmd == "summary":
         print(summary_markdown(read_table(args.table)))
+        return 0
+    if args.table_cmd == "select":
+        rows, header = select_experts(read_table(args.table), args.experts, args.complete)
+        n = write_table(args.out, rows, header | {"source": str(args.table)})
+        print(f"wrote {n} rows to {args.out}", file=sys.stderr)
         return 0
     data_dir = args.data_dir or shared_data_dir()
     if args.table_cmd == "import":

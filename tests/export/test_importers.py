@@ -113,3 +113,28 @@ def test_summary_lists_each_expert_and_dataset() -> None:
     text = summary_markdown(rows)
     assert "| a | x | 2 | 0.600 | 0.500 |" in text
     assert "| b | x | 1 | - | - |" in text
+
+
+def test_select_keeps_experts_and_complete_queries() -> None:
+    from export.importers import select_experts
+
+    rows = [
+        {"query_id": "q1", "expert": "a"}, {"query_id": "q1", "expert": "b"},
+        {"query_id": "q1", "expert": "c"}, {"query_id": "q2", "expert": "a"},
+    ]
+    kept, header = select_experts(rows, "a,b", complete=False)
+    assert [(r["query_id"], r["expert"]) for r in kept] == [("q1", "a"), ("q1", "b"),
+                                                             ("q2", "a")]
+    kept, _ = select_experts(rows, "a,b", complete=True)
+    assert {r["query_id"] for r in kept} == {"q1"}
+    assert header["experts"] == ["a", "b"]
+
+
+def test_select_names_unknown_experts() -> None:
+    import pytest
+
+    from export.errors import TableError
+    from export.importers import select_experts
+
+    with pytest.raises(TableError, match="zzz"):
+        select_experts([{"query_id": "q", "expert": "a"}], "a,zzz", complete=False)
