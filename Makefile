@@ -58,6 +58,7 @@ bench: $(FULL_STAMP)
 # the export refuses to write a bundle that fails its int8-vs-fp32 gates.
 ROUTER_TABLE ?= artifacts/expert_table.jsonl.gz
 ROUTER_METRIC ?= bertsim
+ROUTER_TRAIN_ARGS ?= --max-length 128 --epochs 4 --seed 0
 # The embedded default routes between the two local experts a fresh daemon has, so it is
 # trained on their rows (queries both answered) of the committed table.
 ROUTER_EXPERTS ?= qwen2.5-coder-0.5b,smollm2-135m
@@ -65,7 +66,7 @@ router: $(FULL_STAMP)
 	$(VENV)/bin/edgeroute table select $(ROUTER_TABLE) --experts $(ROUTER_EXPERTS) \
 		--complete --out build/router-table.jsonl.gz
 	$(VENV)/bin/edgeroute train --table build/router-table.jsonl.gz --router bert \
-		--metric $(ROUTER_METRIC) --out build/router-bert
+		--metric $(ROUTER_METRIC) $(ROUTER_TRAIN_ARGS) --out build/router-bert
 	$(VENV)/bin/edgeroute export --router build/router-bert \
 		--table build/router-table.jsonl.gz --target portable --out agent/assets/router
 
