@@ -13,5 +13,6 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("table", "export.importers", "expert tables: import public routing tables"),
     ("train", "export.train", "train a router on an expert table"),
     ("evaluate", "export.evaluate", "evaluate routers and baselines on an expert table"),
+    ("calibrate", "export.calibrate", "pick the cost weight for a target cloud share/quality"),
     ("export", "export.onnx_export", "export a trained router to an ONNX int8 bundle"),
 )
