@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from export.errors import DatasetError
+from export.table import json_objects
 
 SHARED_DATA_VAR = "EDGEROUTE_SHARED_DATA"
 LETTERS = "ABCDE"
@@ -66,16 +67,7 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line; bad lines raise naming file:line."""
     try:
         with _open(path) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DatasetError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(obj, dict):
-                    raise DatasetError(f"{path}:{lineno}: expected a JSON object per line")
-                yield lineno, obj
+            yield from json_objects(f, path, DatasetError)
     except (OSError, EOFError, UnicodeDecodeError) as exc:
         raise DatasetError(f"{path}: cannot read ({exc})") from exc
 

@@ -39,6 +39,7 @@ from export.labels import (
     subsample_per_dataset,
     table_sha256,
 )
+from export.report import COLUMNS
 from export.routers import baselines
 from export.routers.base import RouterMeta, TrainedRouter, load_router
 
@@ -302,16 +303,7 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 
 def format_table(res: dict[str, Any]) -> str:
-    cols = (
-        "quality",
-        "apgr",
-        "cost_usd",
-        "cost_per_mtok",
-        "throughput_tps",
-        "bertsim",
-        "nll",
-        "accuracy",
-    )
+    cols = COLUMNS
     lines = [f"{'policy':<44}" + "".join(f"{c:>15}" for c in cols)]
     for name, r in res.items():
         lines.append(f"{name[:44]:<44}" + "".join(f"{_fmt(r.get(c)):>15}" for c in cols))

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from export.errors import TableError
+from export.errors import PipelineError, TableError
 
 FORMAT_VERSION = 1
 COLUMNS: tuple[str, ...] = (
@@ -77,6 +77,23 @@ def normalise_row(row: dict[str, Any], where: str = "") -> dict[str, Any]:
     return out
 
 
+def json_objects(
+    lines: Iterable[str], path: Path, error: type[PipelineError]
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank JSON line; a bad line raises ``error`` naming
+    ``path:line``. Shared by the table and dataset readers."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise error(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise error(f"{path}:{lineno}: expected a JSON object per line")
+        yield lineno, obj
+
+
 def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
     """Rows of a table file, validated; errors name the file and line."""
     path = Path(path)
@@ -87,15 +104,7 @@ def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
         return
     try:
         with _open_text(path, "r") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TableError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(obj, dict):
-                    raise TableError(f"{path}:{lineno}: a row must be a JSON object")
+            for lineno, obj in json_objects(f, path, TableError):
                 if "_edgeroute_table" in obj:
                     continue
                 yield normalise_row(obj, f"{path}:{lineno}: ")
