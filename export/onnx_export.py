@@ -6,13 +6,15 @@ Steps, each checked before the next:
 2. export fp32 ONNX with optimum's exporter (``--exporter torch`` or a failing optimum
    falls back to plain ``torch.onnx.export``; the manifest says which ran), and check its
    logits against the torch model;
-3. dynamic int8 quantization (``export.quantize``, one config per ``--target``);
-4. score the evaluation queries with fp32 and int8 through the daemon's own scorer
-   (``agent.router_bundle.OnnxScorer``): the router's test split of ``--table``, or the
-   ``--queries`` list. Gates: top-1 agreement >= ``--min-agreement`` and a relative loss
-   in mean quality of the chosen experts <= ``--max-quality-loss``; a failed gate writes
-   nothing and exits non-zero;
-5. write the bundle atomically (a staged folder renamed into place): ``model.onnx``,
+3. fuse attention, LayerNorm and GELU into onnxruntime's contrib ops (``export.fusion``;
+   ``--no-fuse`` skips it);
+4. dynamic int8 quantization (``export.quantize``, one config per ``--target``);
+5. score the evaluation queries with the plain fp32 graph and the bundle's model through
+   the daemon's own scorer (``agent.router_bundle.OnnxScorer``): the router's test split
+   of ``--table``, or the ``--queries`` list. Gates: top-1 agreement >=
+   ``--min-agreement`` and a relative loss in mean quality of the chosen experts <=
+   ``--max-quality-loss``; a failed gate writes nothing and exits non-zero;
+6. write the bundle atomically (a staged folder renamed into place): ``model.onnx``,
    ``tokenizer.json``, ``manifest.json`` (experts in label order, metric, temperature,
    max length, sha256 of every file, versions, quantization config, the figures).
 """
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from export.errors import ExportError
+from export.fusion import bert_shape, fuse_bert
 from export.quantize import TARGETS, QuantConfig, machine_target, quantize_model
 
 log = logging.getLogger("edgeroute.export")
@@ -64,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exporter", choices=("auto", "optimum", "torch"), default="auto",
                         help="auto: optimum, falling back to torch.onnx.export if it fails")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    parser.add_argument("--no-fuse", dest="fuse", action="store_false",
+                        help="keep optimum's op-by-op graph (default: fuse attention, "
+                        "LayerNorm and GELU with onnxruntime's transformer optimizer)")
     parser.add_argument("--min-agreement", type=float, default=0.99,
                         help="gate: int8 vs fp32 top-1 agreement on the evaluation queries")
     parser.add_argument("--max-quality-loss", type=float, default=0.01,
@@ -87,14 +93,19 @@ def run(args: argparse.Namespace) -> int:
         fp32, exporter = export_fp32(Path(args.router) / "hf", work / "fp32", args)
         parity = torch_parity(Path(args.router) / "hf", fp32, eval_set.queries, spec)
         model = fp32
+        fusion = None
+        if args.fuse:
+            model = work / "model.fused.onnx"
+            fusion = fuse_bert(fp32, model, Path(args.router) / "hf")
         if quant is not None:
-            model = work / "model.int8.onnx"
-            quantize_model(fp32, model, quant)
+            quantized = work / "model.int8.onnx"
+            quantize_model(model, quantized, quant)
+            model = quantized
         tokenizer = Path(args.router) / "hf" / "tokenizer.json"
         figures = evaluate(fp32, model, tokenizer, spec, eval_set, args.threads)
         figures["torch_parity_max_abs_logit_diff"] = parity
         check_gates(figures, args)
-        manifest = build_manifest(spec, args, quant, exporter, figures)
+        manifest = build_manifest(spec, args, quant, {**exporter, "fusion": fusion}, figures)
         stage = work / "bundle"
         stage.mkdir()
         shutil.copyfile(model, stage / "model.onnx")
@@ -133,7 +144,8 @@ def read_router(folder: Path) -> dict[str, Any]:
         if not (folder / "hf" / need).is_file():
             raise ExportError(f"{folder / 'hf' / need} is missing: the router folder is "
                               "incomplete (tokenizer.json needs a fast tokenizer); retrain it")
-    return dict(spec)
+    heads, hidden, layers = bert_shape(folder / "hf")
+    return {**spec, "layers": layers, "hidden_size": hidden, "attention_heads": heads}
 
 
 class EvalSet:
@@ -342,7 +354,8 @@ def _versions() -> dict[str, str | None]:
 def build_manifest(spec: dict[str, Any], args: argparse.Namespace, quant: QuantConfig | None,
                    exporter: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
     provenance = {k: spec.get(k) for k in ("seed", "table_sha256", "train_queries", "datasets",
-                                           "label_spec", "test_fraction")}
+                                           "label_spec", "test_fraction", "layers",
+                                           "hidden_size", "attention_heads")}
     return {
         "format": BUNDLE_FORMAT,
         "kind": "bert",

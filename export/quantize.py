@@ -23,7 +23,9 @@ from typing import Any
 from export.errors import ExportError
 
 # Linear layers, the embedding table and the attention op when fused: where the weights are.
-OPS_TO_QUANTIZE: tuple[str, ...] = ("MatMul", "Gemm", "Gather", "Attention")
+OPS_TO_QUANTIZE: tuple[str, ...] = ("MatMul", "Gemm", "Gather", "Attention",
+                                     "EmbedLayerNormalization")
+_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,9 @@ def quantize_model(src: Path, dst: Path, config: QuantConfig) -> None:
             reduce_range=config.reduce_range,
             weight_type=getattr(QuantType, config.weight_type),
             nodes_to_exclude=exclude,
-            extra_options={"MatMulConstBOnly": True},
+            # fused graphs carry contrib ops shape inference cannot type: their outputs
+            # are fp32 activations
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": _FLOAT},
         )
     except Exception as exc:  # onnxruntime raises bare Exceptions/ValueErrors here
         raise ExportError(f"int8 quantization of {src} failed ({type(exc).__name__}: {exc})"

@@ -179,17 +179,28 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
         "",
     ]
     if result.get("acceptance"):
+        strongest = result["strongest_expert"]
         out += [
-            "## Cost-quality (read off the curve)",
+            "## Acceptance figures",
             "",
-            "| router | cost ratio at strongest expert's quality "
-            "| best quality within 40% of its cost |",
-            "|---|---|---|",
+            "Each router against each single expert on the test queries that expert has an "
+            f"outcome for (paired); the cost-quality columns are read off the curve on "
+            f"`{strongest}`'s queries.",
+            "",
+            "| router | beats every expert | cost ratio at strongest expert's quality "
+            "| best quality within 40% of its cost | paired: router vs expert (queries) |",
+            "|---|---|---|---|---|",
         ]
         for name, a in result["acceptance"].items():
+            pairs = "; ".join(
+                f"{e.removeprefix('expert:')} {_fmt(v['router_quality'])} vs "
+                f"{_fmt(v['expert_quality'])} ({v['queries']})"
+                for e, v in a.get("versus_experts", {}).items()
+            )
             out.append(
-                f"| {name} | {_fmt(a['cost_ratio_at_strongest_quality'])} | "
-                f"{_fmt(a['best_quality_within_40pct_cost'])} |"
+                f"| {name} | {'yes' if a.get('beats_every_expert') else 'no'} | "
+                f"{_fmt(a.get('cost_ratio_at_strongest_quality'))} | "
+                f"{_fmt(a.get('best_quality_within_40pct_cost'))} | {pairs} |"
             )
         out.append("")
     out += [

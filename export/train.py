@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from export.errors import TableError
+from export.errors import PipelineError, TableError
 from export.labels import (
     METRICS,
     LabelSpec,
@@ -55,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--max-length", type=int, default=256, help="max tokens per query (bert, knn)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="bert: keep the first N of MiniLM's 6 encoder layers (faster router, "
+                   "see bench.router_latency); default all")
     p.add_argument("--test-fraction", type=float, default=0.2, help="test share per dataset")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share of train")
     p.add_argument(
@@ -87,6 +90,7 @@ def fit_config(args: argparse.Namespace) -> FitConfig:
         seed=args.seed,
         threads=args.threads,
         progress=not args.no_progress,
+        layers=args.layers,
     )
 
 
@@ -95,6 +99,8 @@ def train(args: argparse.Namespace) -> tuple[TrainedRouter, dict[str, Any]]:
     t0 = time.monotonic()
     from export.table import read_table
 
+    if args.layers is not None and (args.router != "bert" or args.layers < 1):
+        raise PipelineError(f"--layers {args.layers}: only for --router bert, and at least 1")
     spec = LabelSpec(
         metric=args.metric,
         temperature=args.temperature,
@@ -130,6 +136,7 @@ def train(args: argparse.Namespace) -> tuple[TrainedRouter, dict[str, Any]]:
     meta.extra = {"train_wall_s": round(time.monotonic() - t0, 2)}
     if args.router == "bert":
         meta.extra["head"] = "BertForSequenceClassification ([CLS] pooler + linear)"
+        meta.extra["layers"] = router.layers  # type: ignore[attr-defined]
     router.save(args.out)
     log = {**log, "train_wall_s": meta.extra["train_wall_s"], "fit_config": cfg.__dict__}
     (args.out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")

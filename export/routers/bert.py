@@ -3,6 +3,11 @@ sequence-classification head ([CLS] pooler + linear, ``BertForSequenceClassifica
 fine-tuned end to end with cross-entropy on the soft labels; early stopping on a
 validation split carved from the training queries.
 
+``--layers N`` keeps only the first N encoder layers (layer dropping: the lower layers of a
+pre-trained BERT carry most of what a sentence-level task needs, and each layer dropped
+takes a sixth off the router's latency; ``bench.router_latency`` measures it and the
+evaluation says what it costs in routing quality).
+
 Saved as ``hf/`` via ``save_pretrained`` (model and tokenizer), so the ONNX exporter can
 export exactly that folder: ``softmax(model(**tokenizer(text, truncation=True,
 max_length=max_length)).logits)`` are the scores in label order.
@@ -15,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from export.errors import PipelineError
 from export.routers.base import RouterMeta, TrainedRouter, softmax_rows
 from export.routers.encoder import length_batches, minilm_dir, offline
 from export.routers.training import FitConfig
@@ -25,6 +31,7 @@ class BertRouter(TrainedRouter):
         super().__init__(meta)
         self.model = model
         self.tokenizer = tokenizer
+        self.layers = int(model.config.num_hidden_layers)
 
     def score_batch(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         import torch
@@ -60,6 +67,17 @@ class BertRouter(TrainedRouter):
         return cls(meta, model, AutoTokenizer.from_pretrained(hf))
 
 
+def _encoder_depth(path: Path, layers: int | None) -> int:
+    import json
+
+    have = int(json.loads((path / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
+    if layers is None:
+        return have
+    if not 1 <= layers <= have:
+        raise PipelineError(f"--layers {layers}: the encoder has {have} layers; choose 1..{have}")
+    return layers
+
+
 def train_bert(
     meta: RouterMeta,
     queries: list[str],
@@ -81,8 +99,10 @@ def train_bert(
     path = minilm_dir()
     tok = AutoTokenizer.from_pretrained(path)
     experts = meta.experts
+    depth = _encoder_depth(path, cfg.layers)
     model = AutoModelForSequenceClassification.from_pretrained(
         path,
+        num_hidden_layers=depth,  # the first `depth` layers' weights; the rest are dropped
         num_labels=len(experts),
         id2label=dict(enumerate(experts)),
         label2id={e: i for i, e in enumerate(experts)},

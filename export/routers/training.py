@@ -28,6 +28,7 @@ class FitConfig:
     seed: int = 0
     threads: int = 2
     progress: bool = True
+    layers: int | None = None  # bert: encoder layers kept (None: all)
 
 
 def seed_everything(seed: int, threads: int) -> None:

@@ -42,6 +42,9 @@ def test_round_trip_bundle_is_complete_and_self_describing(art: dict[str, Path])
     assert ev["top1_agreement"] >= 0.99 and ev["gates"]["passed"] is True
     assert set(ev["quality"]) >= {"fp32", "int8", "relative_loss", "oracle"}
     assert man["exporter"]["name"] in ("optimum", "torch.onnx.export")
+    # every one of MiniLM's 6 layers fused into one Attention and two SkipLayerNorms
+    fused = man["exporter"]["fusion"]["fused_ops"]
+    assert fused["Attention"] == 6 and fused["SkipLayerNormalization"] == 12, fused
 
 
 def test_int8_model_is_much_smaller_than_fp32(art: dict[str, Path]) -> None:

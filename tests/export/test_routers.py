@@ -65,17 +65,24 @@ def test_mlp_separates_datasets_and_is_deterministic() -> None:
     assert list(np.array(a.experts)[sa.argmax(axis=1)]) == want
 
 
-def test_tiny_bert_learns_the_always_best_expert_and_keeps_the_contract(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layers", [None, 2])
+def test_tiny_bert_learns_the_always_best_expert_and_keeps_the_contract(
+    tmp_path: Path, layers: int | None
+) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from export.routers.bert import train_bert
 
     meta, queries, labels, mask, train, test = _data(20, ALWAYS_MID)  # 40 queries
     meta.kind = "bert"
-    cfg = FitConfig(epochs=1, lr=2e-3, batch_size=8, seed=0, threads=2, progress=False)
+    cfg = FitConfig(epochs=1, lr=2e-3, batch_size=8, seed=0, threads=2, progress=False,
+                    layers=layers)
     router, log = train_bert(meta, queries, labels, mask, train, np.array([], dtype=int), cfg)
     assert log["history"][0]["train_loss"] > 0
+    assert router.layers == (layers or 6)
     router.save(tmp_path / "b")
+    saved = json.loads((tmp_path / "b" / "hf" / "config.json").read_text())
+    assert saved["num_hidden_layers"] == (layers or 6)
     picks = np.array(router.experts)[router.score_batch([queries[i] for i in test]).argmax(axis=1)]
     assert set(picks) == {"mid"}
     # The exporter's view: router.json + hf/ reproduce the scores on their own.
@@ -140,6 +147,17 @@ def test_baseline_policies() -> None:
     cost = np.array([[2.0, 1.0, 0.0], [1.0, 3.0, 2.0], [1.0] * 3])
     o = baselines.optimal_weights(quality, cost)
     assert o[0].tolist() == [0, 1, 0] and o[1].tolist() == [0, 0, 1] and o[2].sum() == 0
+
+
+@pytest.mark.parametrize("layers", [0, 7])
+def test_bert_layers_out_of_range_is_a_clear_error(layers: int) -> None:
+    from export.errors import PipelineError
+    from export.routers.bert import train_bert
+
+    meta, queries, labels, mask, train, _ = _data(4, ALWAYS_MID)
+    cfg = FitConfig(epochs=1, progress=False, layers=layers)
+    with pytest.raises(PipelineError, match=f"--layers {layers}: the encoder has 6 layers"):
+        train_bert(meta, queries, labels, mask, train, np.array([], dtype=int), cfg)
 
 
 @pytest.mark.parametrize("kind", ["bert", "mlp", "knn", "nope"])

@@ -94,6 +94,13 @@ def test_evaluate_json_covers_every_policy_and_optimal_bounds_them(
     assert overall["mlp"]["quality"] > max(overall["zero"]["quality"], overall["random"]["quality"])
     assert sum(overall["mlp"]["queries_per_expert"].values()) == res["test_queries"]
     assert len(res["curves"]["mlp"]) > 3 and res["strongest_expert"].startswith("expert:")
+    # paired: each expert is compared on the queries it has an outcome for ('mid' lacks some)
+    versus = res["acceptance"]["mlp"]["versus_experts"]
+    assert versus["expert:big"]["queries"] == res["test_queries"]
+    assert 0 < versus["expert:mid"]["queries"] < res["test_queries"]
+    assert versus["expert:mid"]["expert_quality"] == overall["expert:mid"]["quality"]
+    # the table's best expert differs per dataset, so a router that learned it beats them all
+    assert res["acceptance"]["mlp"]["beats_every_expert"] is True
     report = tmp_path / "report"
     assert {
         "README.md",
@@ -104,6 +111,7 @@ def test_evaluate_json_covers_every_policy_and_optimal_bounds_them(
         "cost_quality.png",
     } <= {p.name for p in report.iterdir()}
     assert "| mlp |" in (report / "README.md").read_text()
+    assert "| mlp | yes |" in (report / "README.md").read_text()
 
 
 def test_training_is_deterministic(trained: tuple[Path, Path, Path], tmp_path: Path) -> None:
