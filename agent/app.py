@@ -210,8 +210,10 @@ async def _events(stream: AsyncIterator[tuple[Delta, Decision]],
     yield b"data: [DONE]\n\n"
 
 
-def _on_sighup(runtime: Runtime) -> Callable[[], None]:
-    """SIGHUP reloads the router bundle (main thread only); returns the undo."""
+def install_sighup_reload(reload_router: Callable[[], object]) -> Callable[[], None]:
+    """SIGHUP (``kill -HUP``, ``systemctl reload``) runs ``reload_router`` off the event
+    loop; a refused bundle is logged and the old router keeps serving. Main thread only
+    (elsewhere, and where there is no SIGHUP, it installs nothing). Returns the undo."""
     loop = asyncio.get_running_loop()
 
     def report(task: asyncio.Task[Any]) -> None:
@@ -219,7 +221,7 @@ def _on_sighup(runtime: Runtime) -> Callable[[], None]:
             log.error("router reload on SIGHUP refused: %s", task.exception())
 
     def reload() -> None:
-        loop.create_task(asyncio.to_thread(runtime.reload_router)).add_done_callback(report)
+        loop.create_task(asyncio.to_thread(reload_router)).add_done_callback(report)
 
     def undo() -> None:
         loop.remove_signal_handler(signal.SIGHUP)
@@ -251,7 +253,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.runtime = runtime
         app.state.settings = settings
-        hup = _on_sighup(runtime)
+        hup = install_sighup_reload(runtime.reload_router)
         try:
             yield
         finally:

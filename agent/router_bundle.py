@@ -20,11 +20,9 @@ and no request waits for or fails because of a swap.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -276,21 +274,3 @@ class RouterHolder:
         log.info("router bundle swapped to %s (model %s)", target,
                  new.manifest.files["model.onnx"][:12])
         return new
-
-    def install_sighup(self, loop: asyncio.AbstractEventLoop) -> bool:
-        """Re-read the bundle on SIGHUP (``kill -HUP``, ``systemctl reload``), off the event
-        loop. Returns False where the platform has no SIGHUP."""
-        sighup = getattr(signal, "SIGHUP", None)
-        if sighup is None:
-            return False
-        loop.add_signal_handler(sighup, lambda: loop.run_in_executor(None, self.try_swap))
-        return True
-
-    def try_swap(self, bundle: Path | None = None) -> bool:
-        """``swap`` for callers with no one to report to (SIGHUP): log, keep the old one."""
-        try:
-            self.swap(bundle)
-        except BundleError as exc:
-            log.error("router reload refused, still serving the previous bundle: %s", exc)
-            return False
-        return True
