@@ -353,6 +353,12 @@ def run(args: argparse.Namespace) -> int:
     for ds, res in result["per_dataset"].items():
         print(f"\n[{ds}]")
         print(format_table(res))
+    strongest = result.get("strongest_expert")
     for name, a in result.get("acceptance", {}).items():
-        print(f"{name}: {a} (strongest expert {result['strongest_expert']})", file=sys.stderr)
+        vs = a["versus_experts"].get(strongest, {})
+        print(f"{name}: beats every expert: {a['beats_every_expert']}; vs {strongest} on its "
+              f"{vs.get('queries')} queries: {_fmt(vs.get('router_quality'))} vs "
+              f"{_fmt(vs.get('expert_quality'))}; cost ratio at its quality: "
+              f"{_fmt(a.get('cost_ratio_at_strongest_quality'))}; best quality within 40% of "
+              f"its cost: {_fmt(a.get('best_quality_within_40pct_cost'))}", file=sys.stderr)
     return 0

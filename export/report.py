@@ -187,20 +187,26 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
             f"outcome for (paired); the cost-quality columns are read off the curve on "
             f"`{strongest}`'s queries.",
             "",
-            "| router | beats every expert | cost ratio at strongest expert's quality "
-            "| best quality within 40% of its cost | paired: router vs expert (queries) |",
-            "|---|---|---|---|---|",
+            "| router | beats every expert | router vs strongest expert (paired) "
+            "| cost ratio at strongest expert's quality "
+            "| best quality within 40% of its cost | experts it does not beat |",
+            "|---|---|---|---|---|---|",
         ]
         for name, a in result["acceptance"].items():
-            pairs = "; ".join(
-                f"{e.removeprefix('expert:')} {_fmt(v['router_quality'])} vs "
-                f"{_fmt(v['expert_quality'])} ({v['queries']})"
-                for e, v in a.get("versus_experts", {}).items()
+            versus = a.get("versus_experts", {})
+            vs = versus.get(strongest, {})
+            losses = ", ".join(
+                f"{e.removeprefix('expert:')} ({_fmt(v['router_quality'])} vs "
+                f"{_fmt(v['expert_quality'])})"
+                for e, v in versus.items()
+                if v["router_quality"] is None or v["router_quality"] <= v["expert_quality"]
             )
             out.append(
                 f"| {name} | {'yes' if a.get('beats_every_expert') else 'no'} | "
+                f"{_fmt(vs.get('router_quality'))} vs {_fmt(vs.get('expert_quality'))} "
+                f"({vs.get('queries', '-')} queries) | "
                 f"{_fmt(a.get('cost_ratio_at_strongest_quality'))} | "
-                f"{_fmt(a.get('best_quality_within_40pct_cost'))} | {pairs} |"
+                f"{_fmt(a.get('best_quality_within_40pct_cost'))} | {losses or '-'} |"
             )
         out.append("")
     out += [
