@@ -39,13 +39,12 @@ TEXT = (
 
 def shipped_layers() -> int:
     """Encoder depth of the embedded bundle (6 when there is none)."""
-    from agent.router_bundle import embedded_bundle
+    from agent.router_bundle import BundleManifest, embedded_bundle
 
     bundle = embedded_bundle()
     if bundle is None:
         return 6
-    cfg = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    return int(cfg.get("router", {}).get("layers") or 6)
+    return int(BundleManifest.read(bundle).raw.get("router", {}).get("layers") or 6)
 
 
 def default_router(folder: Path, layers: int = 6) -> Path:

@@ -252,7 +252,7 @@ def evaluate(
         result["per_dataset"][ds] = summarise(
             mt.subset(idx), q[idx], {k: w[idx] for k, w in weights.items()}
         )
-    _add_curves(result, m, mt, q, train, scores)
+    _add_curves(result, m, mt, q, train, scores, weights)
     return _json_safe(result)
 
 
@@ -263,6 +263,7 @@ def _add_curves(
     q: np.ndarray,
     train: np.ndarray,
     scores: dict[str, np.ndarray],
+    weights: dict[str, np.ndarray],
 ) -> None:
     """Cost-quality curves and the acceptance figures, each router against each expert on
     the queries that expert has an outcome for (paired).
@@ -282,7 +283,7 @@ def _add_curves(
     cost_norm = _cost_norm(m, cost_train) if has_cost else None
     covered = {e: ~np.isnan(q[:, mt.experts.index(e.removeprefix("expert:"))]) for e in experts}
     for name, sc in scores.items():
-        w = baselines.choose(sc, ~np.isnan(q))
+        w = weights[name]
         versus = {}
         for e, rows in covered.items():
             idx = np.flatnonzero(rows)

@@ -37,15 +37,15 @@ def bert_shape(hf: Path) -> tuple[int, int, int]:
         raise ExportError(f"{hf}/config.json: cannot read the BERT shape ({exc})") from exc
 
 
-def fuse_bert(src: Path, dst: Path, hf: Path) -> dict[str, Any]:
+def fuse_bert(src: Path, dst: Path, heads: int, hidden: int, layers: int) -> dict[str, Any]:
     """Write the fused graph of ``src`` to ``dst``; returns what was fused (for the manifest).
+    ``heads``, ``hidden`` and ``layers`` are the model's shape (``bert_shape``).
 
     Raises ExportError when the optimizer fails or fuses fewer attention blocks than the
     model has layers (an exporter change the fusion patterns no longer match): a silently
     half-fused graph would be slower than the plain one."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    heads, hidden, layers = bert_shape(hf)
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     try:
         model = optimize_model(str(src), model_type="bert", num_heads=heads,

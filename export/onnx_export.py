@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         fusion = None
         if args.fuse:
             model = work / "model.fused.onnx"
-            fusion = fuse_bert(fp32, model, Path(args.router) / "hf")
+            fusion = fuse_bert(fp32, model, spec["attention_heads"], spec["hidden_size"],
+                               spec["layers"])
         if quant is not None:
             quantized = work / "model.int8.onnx"
             quantize_model(model, quantized, quant)

@@ -25,7 +25,6 @@ from export.errors import ExportError
 # Linear layers, the embedding table and the attention op when fused: where the weights are.
 OPS_TO_QUANTIZE: tuple[str, ...] = ("MatMul", "Gemm", "Gather", "Attention",
                                      "EmbedLayerNormalization")
-_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,7 @@ def fp32_nodes(src: Path, patterns: tuple[str, ...]) -> list[str]:
 
 def quantize_model(src: Path, dst: Path, config: QuantConfig) -> None:
     """Write the int8 model ``dst`` from the fp32 model ``src``."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     exclude = fp32_nodes(src, config.keep_fp32)
@@ -112,7 +112,7 @@ def quantize_model(src: Path, dst: Path, config: QuantConfig) -> None:
             nodes_to_exclude=exclude,
             # fused graphs carry contrib ops shape inference cannot type: their outputs
             # are fp32 activations
-            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": _FLOAT},
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
         )
     except Exception as exc:  # onnxruntime raises bare Exceptions/ValueErrors here
         raise ExportError(f"int8 quantization of {src} failed ({type(exc).__name__}: {exc})"

@@ -99,8 +99,8 @@ def train(args: argparse.Namespace) -> tuple[TrainedRouter, dict[str, Any]]:
     t0 = time.monotonic()
     from export.table import read_table
 
-    if args.layers is not None and (args.router != "bert" or args.layers < 1):
-        raise PipelineError(f"--layers {args.layers}: only for --router bert, and at least 1")
+    if args.layers is not None and args.router != "bert":
+        raise PipelineError(f"--layers {args.layers}: only for --router bert")
     spec = LabelSpec(
         metric=args.metric,
         temperature=args.temperature,

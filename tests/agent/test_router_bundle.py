@@ -153,7 +153,7 @@ def test_failed_swap_keeps_the_old_router_serving(art: dict[str, Path], bundle: 
 
 
 def test_sighup_reloads_the_bundle_from_disk(art: dict[str, Path], bundle: Path) -> None:
-    """The daemon's SIGHUP handler (agent.app) swaps the bundle; a refused one is logged."""
+    """The daemon's SIGHUP handler (agent.app) swaps in the bundle replaced on disk."""
     import asyncio
     import os
     import signal
