@@ -54,21 +54,25 @@ bench: $(FULL_STAMP)
 
 # Rebuild the embedded default router bundle (agent/assets/router, package data) from the
 # committed expert table: train the BERT-Router, then export it to ONNX int8. `portable`
-# quantization (7-bit weights) is safe on every CPU the bundle ships to (x86 and Jetson);
-# the export refuses to write a bundle that fails its int8-vs-fp32 gates.
+# quantization (u8 weights, no saturating kernel) is safe on every CPU the bundle ships to
+# (x86 and Jetson); the export refuses to write a bundle that fails its int8-vs-fp32 gates.
+# 3 of MiniLM's 6 layers: half the latency, and on this table the better router (README).
 ROUTER_TABLE ?= artifacts/expert_table.jsonl.gz
 ROUTER_METRIC ?= bertsim
-ROUTER_TRAIN_ARGS ?= --max-length 128 --epochs 4 --seed 0
+ROUTER_TRAIN_ARGS ?= --max-length 128 --epochs 6 --layers 3 --seed 0
 # The embedded default routes between the two local experts a fresh daemon has, so it is
 # trained on their rows (queries both answered) of the committed table.
 ROUTER_EXPERTS ?= qwen2.5-coder-0.5b,smollm2-135m
+# The int8 config: portable ships everywhere; a fleet of one CPU kind can take its own
+# (avx512_vnni, arm64: faster, see BENCHMARKS.md).
+ROUTER_TARGET ?= portable
 router: $(FULL_STAMP)
 	$(VENV)/bin/edgeroute table select $(ROUTER_TABLE) --experts $(ROUTER_EXPERTS) \
 		--complete --out build/router-table.jsonl.gz
 	$(VENV)/bin/edgeroute train --table build/router-table.jsonl.gz --router bert \
 		--metric $(ROUTER_METRIC) $(ROUTER_TRAIN_ARGS) --out build/router-bert
 	$(VENV)/bin/edgeroute export --router build/router-bert \
-		--table build/router-table.jsonl.gz --target portable --out agent/assets/router
+		--table build/router-table.jsonl.gz --target $(ROUTER_TARGET) --out agent/assets/router
 
 lint: $(FULL_STAMP)
 	$(PY) -m ruff check agent cloud_bridge export tests bench

@@ -333,11 +333,13 @@ def check_gates(figures: dict[str, Any], args: argparse.Namespace) -> None:
     figures["gates"] = gates
     if agree < args.min_agreement:
         raise ExportError(f"int8 vs fp32 top-1 agreement {agree:.4f} < {args.min_agreement} "
-                          f"on {figures['queries']} queries; try --target portable or fp32")
+                          f"on {figures['queries']} queries; try another --target, --keep-fp32 "
+                          "REGEX, or --precision fp32")
     quality = figures.get("quality")
     if quality is not None and quality["relative_loss"] > args.max_quality_loss:
         raise ExportError(f"int8 loses {quality['relative_loss']:.2%} of mean chosen-expert "
-                          f"quality (> {args.max_quality_loss:.2%}); try --target portable")
+                          f"quality (> {args.max_quality_loss:.2%}); try another --target, "
+                          "--keep-fp32 REGEX, or --precision fp32")
     gates["passed"] = True
 
 

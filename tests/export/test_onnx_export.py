@@ -33,8 +33,10 @@ def test_round_trip_bundle_is_complete_and_self_describing(art: dict[str, Path])
     assert (man["metric"], man["max_length"], man["precision"]) == ("correct", MAX_LENGTH, "int8")
     for name, entry in man["files"].items():
         assert file_sha256(art["int8"] / name) == entry["sha256"]
-    assert man["quantization"]["per_channel"] is True
+    # portable: full-range u8 weights (no saturating U8S8 path on any x86 CPU)
     assert man["quantization"]["target"] == "portable"
+    assert (man["quantization"]["weight_type"], man["quantization"]["reduce_range"]) == (
+        "QUInt8", False)
     for dist in ("onnxruntime", "transformers", "optimum", "torch", "edgeroute"):
         assert man["versions"][dist], dist
     ev = man["evaluation"]
