@@ -155,6 +155,13 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _ci(versus: dict[str, Any]) -> str:
+    rq, eq, ci = versus.get("router_quality"), versus.get("expert_quality"), versus.get("diff_ci95")
+    if rq is None or eq is None or not ci:
+        return "-"
+    return f"{rq - eq:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def markdown_table(res: dict[str, Any]) -> str:
     lines = ["| policy | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, r in res.items():
@@ -188,9 +195,10 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
             f"`{strongest}`'s queries.",
             "",
             "| router | beats every expert | router vs strongest expert (paired) "
+            "| difference, 95% bootstrap interval "
             "| cost ratio at strongest expert's quality "
             "| best quality within 40% of its cost | experts it does not beat |",
-            "|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, a in result["acceptance"].items():
             versus = a.get("versus_experts", {})
@@ -204,7 +212,7 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
             out.append(
                 f"| {name} | {'yes' if a.get('beats_every_expert') else 'no'} | "
                 f"{_fmt(vs.get('router_quality'))} vs {_fmt(vs.get('expert_quality'))} "
-                f"({vs.get('queries', '-')} queries) | "
+                f"({vs.get('queries', '-')} queries) | {_ci(vs)} | "
                 f"{_fmt(a.get('cost_ratio_at_strongest_quality'))} | "
                 f"{_fmt(a.get('best_quality_within_40pct_cost'))} | {losses or '-'} |"
             )

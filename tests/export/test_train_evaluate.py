@@ -99,6 +99,9 @@ def test_evaluate_json_covers_every_policy_and_optimal_bounds_them(
     assert versus["expert:big"]["queries"] == res["test_queries"]
     assert 0 < versus["expert:mid"]["queries"] < res["test_queries"]
     assert versus["expert:mid"]["expert_quality"] == overall["expert:mid"]["quality"]
+    for v in versus.values():  # the interval brackets the observed paired difference
+        lo, hi = v["diff_ci95"]
+        assert lo <= v["router_quality"] - v["expert_quality"] + 1e-12 <= hi + 2e-12
     # the table's best expert differs per dataset, so a router that learned it beats them all
     assert res["acceptance"]["mlp"]["beats_every_expert"] is True
     report = tmp_path / "report"
@@ -183,3 +186,17 @@ def test_evaluate_on_a_capped_test_sample(
         "code": 3,
         "math": 3,
     }
+
+
+def test_paired_interval_is_seeded_and_narrows_with_more_queries() -> None:
+    from export.evaluate import paired_ci
+
+    rng = np.random.default_rng(1)
+    small = rng.choice([-1.0, 0.0, 1.0], size=40, p=[0.2, 0.5, 0.3])
+    large = np.tile(small, 25)
+    assert paired_ci(small) == paired_ci(small)
+    (lo_s, hi_s), (lo_l, hi_l) = paired_ci(small), paired_ci(large)
+    assert lo_s < small.mean() < hi_s and lo_l < large.mean() < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3
+    assert paired_ci(np.array([1.0])) is None
+    assert paired_ci(np.array([np.nan, np.nan, 0.5])) is None
