@@ -10,7 +10,7 @@ threads, an 18-token and a 256-token query (token counts include [CLS] and [SEP]
 - ``int8 6L plain``: the same, int8 (the export before graph fusion);
 - ``int8 6L fused``: attention/LayerNorm/GELU fused (``export.fusion``), then int8;
 - ``int8 NL fused``: N layers, this CPU's int8 config (``--target`` default);
-- ``int8 NL fused portable``: the shipped configuration (N = ``--layers``, default: the
+- ``int8 NL portable``: the shipped configuration, fused (N = ``--layers``, default: the
   embedded bundle's depth; ``portable`` u8 weights, as ``make router`` exports it), judged
   against the goals.
 
