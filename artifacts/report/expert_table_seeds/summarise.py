@@ -2,7 +2,10 @@
 
     .venv/bin/python artifacts/report/expert_table_seeds/summarise.py [runs/seeds]
 
-Writes README.md and paired_difference.png next to this file.
+Writes README.md and paired_difference.png next to this file. The committed
+``results/<seed>/results.json`` are copies of that run's ``evaluate --json`` output, so
+``summarise.py artifacts/report/expert_table_seeds/results`` redoes the summary without
+retraining.
 """
 
 from __future__ import annotations
