@@ -39,7 +39,7 @@ from export.labels import (
     subsample_per_dataset,
     table_sha256,
 )
-from export.report import COLUMNS
+from export.report import COLUMNS, format_ci
 from export.routers import baselines
 from export.routers.base import RouterMeta, TrainedRouter, load_router
 
@@ -350,10 +350,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return "-" if v is None else f"{v:.{digits}g}"
 
 
-def _fmt_ci(ci: list[float] | None) -> str:
-    return "-" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
-
-
 def format_table(res: dict[str, Any]) -> str:
     cols = COLUMNS
     lines = [f"{'policy':<44}" + "".join(f"{c:>15}" for c in cols)]
@@ -382,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name}: beats every expert: {a['beats_every_expert']}; vs {strongest} on its "
               f"{vs.get('queries')} queries: {_fmt(vs.get('router_quality'))} vs "
               f"{_fmt(vs.get('expert_quality'))} (95% interval of the difference "
-              f"{_fmt_ci(vs.get('diff_ci95'))}); cost ratio at its quality: "
+              f"{format_ci(vs.get('diff_ci95'))}); cost ratio at its quality: "
               f"{_fmt(a.get('cost_ratio_at_strongest_quality'))}; best quality within 40% of "
               f"its cost: {_fmt(a.get('best_quality_within_40pct_cost'))}", file=sys.stderr)
     return 0

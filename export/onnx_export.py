@@ -44,6 +44,7 @@ log = logging.getLogger("edgeroute.export")
 BUNDLE_FORMAT = 1  # agent.router_bundle.BUNDLE_FORMAT reads this
 PARITY_QUERIES = 8
 PARITY_ATOL = 1e-3  # max |logit| difference, torch vs ONNX fp32
+GATE_HINT = "try another --target, --keep-fp32 REGEX, or --precision fp32"
 ROUTER_KEYS = ("kind", "experts", "metric", "temperature", "max_length", "seed")
 
 
@@ -333,13 +334,11 @@ def check_gates(figures: dict[str, Any], args: argparse.Namespace) -> None:
     figures["gates"] = gates
     if agree < args.min_agreement:
         raise ExportError(f"int8 vs fp32 top-1 agreement {agree:.4f} < {args.min_agreement} "
-                          f"on {figures['queries']} queries; try another --target, --keep-fp32 "
-                          "REGEX, or --precision fp32")
+                          f"on {figures['queries']} queries; {GATE_HINT}")
     quality = figures.get("quality")
     if quality is not None and quality["relative_loss"] > args.max_quality_loss:
         raise ExportError(f"int8 loses {quality['relative_loss']:.2%} of mean chosen-expert "
-                          f"quality (> {args.max_quality_loss:.2%}); try another --target, "
-                          "--keep-fp32 REGEX, or --precision fp32")
+                          f"quality (> {args.max_quality_loss:.2%}); {GATE_HINT}")
     gates["passed"] = True
 
 

@@ -155,11 +155,16 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def format_ci(ci: list[float] | None) -> str:
+    """A bootstrap interval as ``[-0.012, +0.034]`` (``-`` when there is none)."""
+    return "-" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
 def _ci(versus: dict[str, Any]) -> str:
     rq, eq, ci = versus.get("router_quality"), versus.get("expert_quality"), versus.get("diff_ci95")
     if rq is None or eq is None or not ci:
         return "-"
-    return f"{rq - eq:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return f"{rq - eq:+.3f} {format_ci(ci)}"
 
 
 def markdown_table(res: dict[str, Any]) -> str:

@@ -15,7 +15,10 @@ import statistics
 import sys
 from pathlib import Path
 
+from export.report import format_ci
+
 HERE = Path(__file__).resolve().parent
+ROUTERS = ("bert", "mlp", "knn")
 POLICIES = ("bert", "mlp", "knn", "zero", "random", "optimal")
 
 
@@ -32,7 +35,7 @@ def row(seed: int, res: dict) -> dict:
     ov, strongest = res["overall"], res["strongest_expert"]
     r = {p: ov[p]["quality"] for p in POLICIES}
     r["apgr"] = ov["bert"]["apgr"]
-    for name in ("bert", "mlp", "knn"):
+    for name in ROUTERS:
         acc = res["acceptance"][name]
         vs = acc["versus_experts"][strongest]
         r[f"{name}_vs"] = vs["router_quality"] - vs["expert_quality"]
@@ -52,7 +55,7 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for k, name in enumerate(("bert", "mlp", "knn")):
+    for k, name in enumerate(ROUTERS):
         xs = [i + (k - 1) * 0.25 for i in range(len(rows))]
         ys = [r[f"{name}_vs"] for r in rows]
         lo = [y - r[f"{name}_ci"][0] for y, r in zip(ys, rows, strict=True)]
@@ -71,7 +74,6 @@ def main() -> int:
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/seeds")
     rows = [row(s, r) for s, r in load(root).items()]
     f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    ci = lambda c: f"[{c[0]:+.3f}, {c[1]:+.3f}]"  # noqa: E731
     lines = [
         "# Repeated random splits of the committed table (metric `correct`)",
         "",
@@ -89,7 +91,7 @@ def main() -> int:
         lines.append(
             f"| {r['seed']} | " + " | ".join(f(r[p]) for p in POLICIES)
             + f" | {f(r['apgr'])} | {f(r['strong_q'])} ({r['paired']} q) | "
-            + " | ".join(f"{r[n + '_vs']:+.3f} {ci(r[n + '_ci'])}" for n in ("bert", "mlp", "knn"))
+            + " | ".join(f"{r[n + '_vs']:+.3f} {format_ci(r[n + '_ci'])}" for n in ROUTERS)
             + f" | {f(r['bert_40'])} | {'yes' if r['bert_beats'] else 'no'} |"
         )
     mean = {k: statistics.mean(r[k] for r in rows) for k in
@@ -97,7 +99,7 @@ def main() -> int:
     lines.append(
         "| mean | " + " | ".join(f(mean[p]) for p in POLICIES)
         + f" | {f(mean['apgr'])} | {f(mean['strong_q'])} | "
-        + " | ".join(f"{mean[n + '_vs']:+.3f}" for n in ("bert", "mlp", "knn"))
+        + " | ".join(f"{mean[n + '_vs']:+.3f}" for n in ROUTERS)
         + f" | {f(mean['bert_40'])} | {sum(r['bert_beats'] for r in rows)} of {len(rows)} |"
     )
     lines += ["", "![paired_difference.png](paired_difference.png)", ""]
