@@ -226,7 +226,7 @@ def build_runners(args: argparse.Namespace) -> list[Runner]:
 def answer_row(runner: Runner, query: Query, max_tokens: int) -> dict[str, Any]:
     """Prompt one expert with one query; every table column but BERTSim."""
     from agent.experts.base import GenerationParams
-    from export.metrics import grade
+    from export.metrics import grade, grader_name
 
     messages = [{"role": "user", "content": query.prompt}]
     params = GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=0)
@@ -234,14 +234,17 @@ def answer_row(runner: Runner, query: Query, max_tokens: int) -> dict[str, Any]:
     completion = runner.complete(messages, params)
     latency = time.perf_counter() - start
     nll = runner.nll.nll(messages, query.reference) if runner.nll is not None else None
+    correct = grade(query, completion.content)
     return {
         "query_id": query.query_id, "dataset": query.dataset, "split": query.split,
         "query": query.prompt, "reference": query.reference, "expert": runner.name,
         "response": completion.content, "bertsim": None, "nll": nll,
-        "correct": grade(query, completion.content), "latency_s": round(latency, 4),
+        "correct": correct, "latency_s": round(latency, 4),
         "input_tokens": completion.usage.prompt_tokens,
         "output_tokens": completion.usage.completion_tokens,
         "cost_usd": runner.expert.info.cost_usd(completion.usage),
+        "source": "collected",
+        "grader": grader_name(query.dataset) if correct is not None else None,
     }
 
 

@@ -2,11 +2,13 @@
 real cloud outcomes onto a collected table.
 
 ``table import`` converts the staged public tables in ``../shared/data/routing-*``
-(RouterBench slice, RouteLLM GSM8K/MMLU, RouterDC 7B, RouterArena) as they are, one row
-per (query, model). ``table join`` adds the cloud models of the RouterBench slice and
-RouteLLM (GPT-4-1106 and Mixtral-8x7B) to a table that ``collect`` made from the same
-queries, matched by normalised question text (ARC, MBPP) or by row order (GSM8K, which
-RouteLLM keeps in the test file's order); see each folder's SOURCE.md.
+(RouterBench slice, RouteLLM GSM8K/MMLU, RouterDC 7B, RouterArena; ``all`` for every one)
+as they are, one row per (query, model), each row naming its ``source`` table and the
+source's ``grader``. ``table pool`` merges tables into one corpus (``export/pool.py``).
+``table join`` adds the cloud models of the RouterBench slice and RouteLLM (GPT-4-1106 and
+Mixtral-8x7B) to a table that ``collect`` made from the same queries, matched by
+normalised question text (ARC, MBPP) or by row order (GSM8K, which RouteLLM keeps in the
+test file's order); see each folder's SOURCE.md.
 
 Costs and tokens. RouterBench gives USD per query, RouterArena gives tokens and USD; the
 others give neither. Where tokens are missing they are estimated as ceil(chars / 4),
@@ -48,6 +50,14 @@ ROUTERBENCH_MODELS = {"gpt-4-1106-preview": GPT4, "mistralai/mixtral-8x7b-chat":
 ROUTELLM_MODELS = {"gpt-4-1106-preview": GPT4, "mistralai/Mixtral-8x7B-Instruct-v0.1": MIXTRAL}
 RB_DATASETS = {"arc-challenge": "arc", "mbpp": "mbpp", "winogrande": "winogrande"}
 SOURCES = ("routerbench", "routellm-gsm8k", "routellm-mmlu", "routerdc", "routerarena")
+# The grader behind each public table's own ``correct`` (see each folder's SOURCE.md).
+SOURCE_GRADERS = {
+    "routerbench": "routerbench/label",
+    "routellm-gsm8k": "routellm-gsm8k/label",
+    "routellm-mmlu": "routellm-mmlu/label",
+    "routerdc": "routerdc/soft-score",
+    "routerarena": "routerarena/score",
+}
 RESPONSE_CHARS = 4000  # longer responses are cut in the table (BERTSim sees 256 tokens)
 
 
@@ -134,6 +144,7 @@ def import_routerbench(data_dir: Path) -> Iterator[dict[str, Any]]:
                 "input_tokens": estimate_tokens(prompt),
                 "output_tokens": estimate_tokens(response),
                 "cost_usd": _float(row.get(f"{model}|total_cost")),
+                "source": "routerbench", "grader": SOURCE_GRADERS["routerbench"],
             }
 
 
@@ -155,6 +166,7 @@ def import_routellm_gsm8k(data_dir: Path) -> Iterator[dict[str, Any]]:
                 "query": row["prompt"], "reference": ref.reference, "expert": expert,
                 "response": _cut(response), "correct": _float(row[model]),
                 "input_tokens": tin, "output_tokens": tout, "cost_usd": cost_at(expert, tin, tout),
+                "source": "routellm-gsm8k", "grader": SOURCE_GRADERS["routellm-gsm8k"],
             }
 
 
@@ -169,6 +181,7 @@ def import_routellm_mmlu(data_dir: Path) -> Iterator[dict[str, Any]]:
                 "dataset": "mmlu", "split": None, "query": row["prompt"], "reference": None,
                 "expert": expert, "response": None, "correct": _float(row[model]),
                 "input_tokens": estimate_tokens(row["prompt"]),
+                "source": "routellm-mmlu", "grader": SOURCE_GRADERS["routellm-mmlu"],
             }
 
 
@@ -196,7 +209,8 @@ def import_routerdc(data_dir: Path) -> Iterator[dict[str, Any]]:
                 yield {
                     "query_id": f"routerdc-{stem}-{i}", "dataset": dataset, "split": split,
                     "query": str(item.get("question", "")), "reference": None,
-                    "expert": expert, "correct": score,
+                    "expert": expert, "correct": score, "source": "routerdc",
+                    "grader": SOURCE_GRADERS["routerdc"],
                 }
 
 
@@ -224,6 +238,8 @@ def import_routerarena(data_dir: Path) -> Iterator[dict[str, Any]]:
                 "response": _cut(obj.get("generated_answer")), "correct": ev.get("score"),
                 "input_tokens": usage.get("input_tokens"),
                 "output_tokens": usage.get("output_tokens"), "cost_usd": ev.get("inference_cost"),
+                "source": "routerarena",
+                "grader": f"{SOURCE_GRADERS['routerarena']}-{ev.get('metric') or 'score'}",
             }
 
 
@@ -302,12 +318,14 @@ def join_cloud(
             by_id |= {q.query_id: q for q in load_dataset(name, data_dir) if q.query_id in wanted}
     rows = []
     for q, expert, response, correct in cloud_rows_for(list(by_id.values()), data_dir):
+        source = "routellm-gsm8k" if q.dataset == "gsm8k" else "routerbench"
         tin, tout = estimate_tokens(q.prompt), estimate_tokens(response)
         rows.append({
             "query_id": q.query_id, "dataset": q.dataset, "split": q.split, "query": q.prompt,
             "reference": q.reference, "expert": expert, "response": _cut(response),
             "bertsim": None, "nll": None, "correct": correct, "latency_s": None,
             "input_tokens": tin, "output_tokens": tout, "cost_usd": cost_at(expert, tin, tout),
+            "source": source, "grader": SOURCE_GRADERS[source],
         })
     add_bertsim(rows, bertsim)
     return rows
@@ -326,21 +344,25 @@ def add_bertsim(rows: list[dict[str, Any]], bertsim: Any) -> None:
 
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    """Rows, mean BERTSim / correctness / NLL / latency / cost per (expert, dataset)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """Per (source, dataset, expert): rows, mean correctness, grader(s), mean BERTSim / NLL /
+    latency / cost. Rows without a source (older tables) show ``-``."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["expert"], r["dataset"]), []).append(r)
+        key = (str(r.get("source") or "-"), r["dataset"], r["expert"])
+        groups.setdefault(key, []).append(r)
 
     def mean(items: list[dict[str, Any]], col: str, fmt: str) -> str:
         vals = [r[col] for r in items if r.get(col) is not None]
         return format(sum(vals) / len(vals), fmt) if vals else "-"
 
-    lines = ["| expert | dataset | rows | BERTSim | correct | NLL | latency s | cost USD/query |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for (expert, dataset), items in sorted(groups.items()):
+    lines = ["| source | dataset | expert | rows | correct | grader | BERTSim | NLL | latency s "
+             "| cost USD/query |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for (source, dataset, expert), items in sorted(groups.items()):
+        graders = ", ".join(sorted({str(r.get("grader") or "-") for r in items}))
         lines.append(
-            f"| {expert} | {dataset} | {len(items)} | {mean(items, 'bertsim', '.3f')} | "
-            f"{mean(items, 'correct', '.3f')} | {mean(items, 'nll', '.1f')} | "
+            f"| {source} | {dataset} | {expert} | {len(items)} | {mean(items, 'correct', '.3f')} "
+            f"| {graders} | {mean(items, 'bertsim', '.3f')} | {mean(items, 'nll', '.1f')} | "
             f"{mean(items, 'latency_s', '.2f')} | {mean(items, 'cost_usd', '.6f')} |"
         )
     return "\n".join(lines)
@@ -376,7 +398,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     join.add_argument("collected", type=Path, help="table written by 'edgeroute collect'")
     join.add_argument("--out", type=Path, required=True, help="joined table (.jsonl.gz)")
     join.add_argument("--no-bertsim", action="store_true", help="skip BERTSim (faster)")
-    summ = sub.add_parser("summary", help="per-expert, per-dataset means as a Markdown table")
+    pool = sub.add_parser("pool", help="merge tables: one query id per question, one row per "
+                                       "(query, expert); see export/pool.py")
+    pool.add_argument("tables", type=Path, nargs="+",
+                      help="tables to merge; earlier ones win duplicate (query, expert) rows")
+    pool.add_argument("--out", type=Path, required=True, help="pooled table (.jsonl[.gz])")
+    summ = sub.add_parser("summary", help="per (source, dataset, expert): rows, mean correct, "
+                                          "grader and means, as a Markdown table")
     summ.add_argument("table", type=Path, help="a table file")
     sel = sub.add_parser("select", help="keep some experts' rows (e.g. a device's experts)")
     sel.add_argument("table", type=Path, help="a table file")
@@ -402,6 +430,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.table_cmd == "summary":
         print(summary_markdown(read_table(args.table)))
+        return 0
+    if args.table_cmd == "pool":
+        from export.pool import pool_rows, stats_lines
+        from export.table import iter_rows
+
+        rows, stats = pool_rows([iter_rows(p) for p in args.tables])
+        n = write_table(args.out, rows, {"tool": "edgeroute table pool",
+                                         "tables": [str(p) for p in args.tables]})
+        print(summary_markdown(rows) + "\n\n" + stats_lines(stats))
+        print(f"wrote {n} rows to {args.out}", file=sys.stderr)
         return 0
     if args.table_cmd == "select":
         rows, header = select_experts(read_table(args.table), args.experts, args.complete)

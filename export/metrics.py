@@ -160,6 +160,21 @@ class NllScorer:
 
 
 # -- correctness ----------------------------------------------------------------------
+# Name/version of each grader, stored in the table's ``grader`` column. A change to what a
+# grader accepts bumps its version, so rows graded before and after can be told apart.
+GRADERS: dict[str, str] = {
+    "arc": "edgeroute-arc/1",
+    "gsm8k": "edgeroute-gsm8k/1",
+    "mbpp": "edgeroute-mbpp/1",
+    "pubmedqa": "edgeroute-pubmedqa/1",
+}
+
+
+def grader_name(dataset: str) -> str | None:
+    """The ``grader`` value of our grader for ``dataset`` (None: we have none)."""
+    return GRADERS.get(dataset)
+
+
 _ARC_LEAD = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-E])(?:[).:]|\s*$|\s*\n)", re.I)
 _ARC_PHRASE = re.compile(r"answer\s+is\s*:?\s*\(?([A-E])\b")
 _ARC_ANY = re.compile(r"(?<![A-Za-z])([A-E])(?:\)|\.|:)")

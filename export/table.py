@@ -19,6 +19,17 @@ one JSON object per line, these columns (missing values are ``null``):
 | input_tokens | int or null | prompt tokens |
 | output_tokens | int or null | generated tokens |
 | cost_usd | float or null | USD at the expert's prices |
+| source | str or null | ``collected`` (by ``edgeroute collect``) or the public table |
+| grader | str or null | what set ``correct``, as ``name/version`` |
+
+``source`` names a public table as ``edgeroute table import`` does: ``routerbench``,
+``routellm-gsm8k``, ``routellm-mmlu``, ``routerdc``, ``routerarena``. ``grader`` is one of
+ours (``edgeroute-arc/2``; see ``export.metrics.GRADERS``) or the source's own
+(``routerdc/soft-score``).
+
+``source`` and ``grader`` say whether two rows' ``correct`` mean the same thing: a router
+trained across tables should see one grader per dataset, or know that it does not. Tables
+written before these columns existed read them as null.
 
 A first line ``{"_edgeroute_table": 1, ...}`` is an optional header (format version and
 free-form provenance); readers skip it.
@@ -38,7 +49,8 @@ from export.errors import PipelineError, TableError
 FORMAT_VERSION = 1
 COLUMNS: tuple[str, ...] = (
     "query_id", "dataset", "split", "query", "reference", "expert", "response", "bertsim",
-    "nll", "correct", "latency_s", "input_tokens", "output_tokens", "cost_usd",
+    "nll", "correct", "latency_s", "input_tokens", "output_tokens", "cost_usd", "source",
+    "grader",
 )
 REQUIRED: tuple[str, ...] = ("query_id", "dataset", "query", "expert")
 FLOAT_COLUMNS = ("bertsim", "nll", "correct", "latency_s", "cost_usd")
@@ -74,6 +86,9 @@ def normalise_row(row: dict[str, Any], where: str = "") -> dict[str, Any]:
                 raise TableError(f"{where}column {c!r} is not an integer: {v!r}") from exc
     for c in ("query_id", "dataset", "expert"):
         out[c] = str(out[c])
+    for c in ("source", "grader"):
+        if out[c] is not None:
+            out[c] = str(out[c])
     return out
 
 

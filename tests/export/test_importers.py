@@ -106,13 +106,15 @@ def test_summary_lists_each_expert_and_dataset() -> None:
     from export.importers import summary_markdown
 
     rows = [
-        {"expert": "a", "dataset": "x", "bertsim": 0.5, "correct": 1.0, "cost_usd": 0.0},
-        {"expert": "a", "dataset": "x", "bertsim": 0.7, "correct": 0.0, "cost_usd": 0.0},
+        {"expert": "a", "dataset": "x", "bertsim": 0.5, "correct": 1.0, "cost_usd": 0.0,
+         "source": "collected", "grader": "edgeroute-x/1"},
+        {"expert": "a", "dataset": "x", "bertsim": 0.7, "correct": 0.0, "cost_usd": 0.0,
+         "source": "collected", "grader": "edgeroute-x/1"},
         {"expert": "b", "dataset": "x", "bertsim": None, "correct": None, "cost_usd": 0.01},
     ]
     text = summary_markdown(rows)
-    assert "| a | x | 2 | 0.600 | 0.500 |" in text
-    assert "| b | x | 1 | - | - |" in text
+    assert "| collected | x | a | 2 | 0.500 | edgeroute-x/1 | 0.600 |" in text
+    assert "| - | x | b | 1 | - | - | - |" in text
 
 
 def test_select_keeps_experts_and_complete_queries() -> None:
