@@ -343,9 +343,19 @@ def add_bertsim(rows: list[dict[str, Any]], bertsim: Any) -> None:
         r["bertsim"] = s
 
 
+def _no_decision(rows: list[dict[str, Any]]) -> str:
+    """PubMedQA replies graded by our grader that state no decision (graded wrong)."""
+    from export.metrics import GRADERS, pubmedqa_decision
+
+    mine = [r for r in rows if r["dataset"] == "pubmedqa" and r.get("response") is not None
+            and r.get("grader") == GRADERS["pubmedqa"]]
+    return str(sum(pubmedqa_decision(r["response"]) is None for r in mine)) if mine else "-"
+
+
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    """Per (source, dataset, expert): rows, mean correctness, grader(s), mean BERTSim / NLL /
-    latency / cost. Rows without a source (older tables) show ``-``."""
+    """Per (source, dataset, expert): rows, mean correctness, grader(s), PubMedQA replies
+    with no decision, mean BERTSim / NLL / latency / cost. Rows without a source (older
+    tables) show ``-``."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         key = (str(r.get("source") or "-"), r["dataset"], r["expert"])
@@ -355,14 +365,15 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         vals = [r[col] for r in items if r.get(col) is not None]
         return format(sum(vals) / len(vals), fmt) if vals else "-"
 
-    lines = ["| source | dataset | expert | rows | correct | grader | BERTSim | NLL | latency s "
-             "| cost USD/query |",
-             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    lines = ["| source | dataset | expert | rows | correct | grader | no decision | BERTSim | NLL "
+             "| latency s | cost USD/query |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (source, dataset, expert), items in sorted(groups.items()):
         graders = ", ".join(sorted({str(r.get("grader") or "-") for r in items}))
         lines.append(
             f"| {source} | {dataset} | {expert} | {len(items)} | {mean(items, 'correct', '.3f')} "
-            f"| {graders} | {mean(items, 'bertsim', '.3f')} | {mean(items, 'nll', '.1f')} | "
+            f"| {graders} | {_no_decision(items)} | {mean(items, 'bertsim', '.3f')} | "
+            f"{mean(items, 'nll', '.1f')} | "
             f"{mean(items, 'latency_s', '.2f')} | {mean(items, 'cost_usd', '.6f')} |"
         )
     return "\n".join(lines)

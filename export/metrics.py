@@ -162,11 +162,13 @@ class NllScorer:
 # -- correctness ----------------------------------------------------------------------
 # Name/version of each grader, stored in the table's ``grader`` column. A change to what a
 # grader accepts bumps its version, so rows graded before and after can be told apart.
+# Version 1 of ARC took the letter even where its text was another option's; version 1 of
+# PubMedQA took the first yes/no/maybe anywhere, echoed instructions included.
 GRADERS: dict[str, str] = {
-    "arc": "edgeroute-arc/1",
+    "arc": "edgeroute-arc/2",
     "gsm8k": "edgeroute-gsm8k/1",
     "mbpp": "edgeroute-mbpp/1",
-    "pubmedqa": "edgeroute-pubmedqa/1",
+    "pubmedqa": "edgeroute-pubmedqa/2",
 }
 
 
@@ -176,22 +178,73 @@ def grader_name(dataset: str) -> str | None:
 
 
 _ARC_LEAD = re.compile(r"^\W*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-E])(?:[).:]|\s*$|\s*\n)", re.I)
-_ARC_PHRASE = re.compile(r"answer\s+is\s*:?\s*\(?([A-E])\b")
+_ARC_PHRASE = re.compile(r"(?i:answer\s+is)\s*:?\s*\(?([A-E])\b")
 _ARC_ANY = re.compile(r"(?<![A-Za-z])([A-E])(?:\)|\.|:)")
+_ARC_OPTION_LINE = re.compile(r"(?m)^\W*([A-E])\)\s*\S")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def grade_arc(response: str, letter: str, choices: Sequence[str] = ()) -> float:
-    """1.0 if the chosen option (leading letter, 'answer is X', or the option's text) is right."""
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+def _stated_letter(text: str) -> tuple[str, int] | None:
+    """(letter, end offset) of the option the reply names: its last 'answer is X', else a
+    leading 'X)', else the first 'X)' anywhere."""
+    phrases = list(_ARC_PHRASE.finditer(text))
+    if phrases:
+        return phrases[-1].group(1), phrases[-1].end()
+    lead = _ARC_LEAD.match(text)
+    m = lead or _ARC_ANY.search(text)
+    return (m.group(1).upper(), m.end(1)) if m else None
+
+
+def _named_options(segment: str, choices: Sequence[str]) -> set[int]:
+    """Options whose text the segment holds (whole words), or whose text it begins (a reply
+    cut off by the token cap, 3 words at least)."""
+    seg = _words(segment)
+    if not seg:
+        return set()
+    named = set()
+    for i, choice in enumerate(choices):
+        opt = _words(str(choice))
+        if opt and (f" {opt} " in f" {seg} " or (len(seg.split()) >= 3 and opt.startswith(seg))):
+            named.add(i)
+    return named
+
+
+def arc_choice(response: str, choices: Sequence[str] = ()) -> int | None:
+    """Index of the option a reply chooses, or None where it chooses none.
+
+    Rules, in order (grader ``edgeroute-arc/2``):
+    1. The letter: the last "answer is X", else a leading "X)" / "X." / bare "X", else the
+       first "X)" anywhere. A reply that lists three or more options as "X) ..." lines and
+       states no "answer is" chooses none.
+    2. Letter and text disagree: where the text after the letter names another option and
+       not the letter's own (the reply "A) <text of D>"), the option text wins: D.
+    3. No letter: the one option whose text the reply holds, if exactly one.
+    """
     text = response.strip()
-    for pattern in (_ARC_LEAD, _ARC_PHRASE, _ARC_ANY):
-        m = pattern.search(text) if pattern is not _ARC_LEAD else pattern.match(text)
-        if m and m.group(1).upper() in LETTERS[: max(len(choices), 4)]:
-            return float(m.group(1).upper() == letter)
-    found = [i for i, c in enumerate(choices) if c and c.lower() in text.lower()]
-    if len(found) == 1:
-        return float(LETTERS[found[0]] == letter)
-    return 0.0
+    n = len(choices) or 4
+    stated = _stated_letter(text)
+    if stated is not None and LETTERS.index(stated[0]) < n:
+        letter, end = LETTERS.index(stated[0]), stated[1]
+        listed = {m.group(1) for m in _ARC_OPTION_LINE.finditer(text)}
+        if len(listed) >= 3 and not _ARC_PHRASE.search(text):
+            return None
+        segment = text[end:].lstrip(").:] \t").split("\n", 1)[0]
+        named = _named_options(segment, choices)
+        if named and letter not in named:
+            return max(named, key=lambda i: len(_words(str(choices[i]))))
+        return letter
+    found = [i for i, c in enumerate(choices) if c and str(c).lower() in text.lower()]
+    return found[0] if len(found) == 1 else None
+
+
+def grade_arc(response: str, letter: str, choices: Sequence[str] = ()) -> float:
+    """1.0 if the option the reply chooses (:func:`arc_choice`) is ``letter``."""
+    choice = arc_choice(response, choices)
+    return float(choice is not None and LETTERS[choice] == letter)
 
 
 def extract_number(response: str) -> str | None:
@@ -215,9 +268,45 @@ def grade_gsm8k(response: str, number: str) -> float:
         return 0.0
 
 
+_DECISION = r"(?:yes|no|maybe)"
+_JOIN = r"(?:\s*[,/]\s*(?:or\s+|and\s+)?|\s+(?:or|and)\s+)"
+_ECHO = re.compile(rf"\b{_DECISION}(?:{_JOIN}{_DECISION}\b)+", re.I)
+_END = r"(?=\s*[.,;:!?\n\"'*)]|\s*$)"
+_ANSWER_LINE = re.compile(
+    rf"\banswer\b(?:[^\n]{{0,300}}?\bis|\s*:)\s*[\"'*]*\s*({_DECISION}){_END}", re.I)
+_STATED = re.compile(rf"(?:^|[.!?:]\s+|\n)[\W_]*({_DECISION}){_END}", re.I)
+
+
+def _drop_echoes(text: str) -> str:
+    """Blank out the options listed back ("Yes, no, or maybe first, then ..."): a list of
+    decision words with all three, or one that ends a sentence ("Yes, no")."""
+    def blank(m: re.Match[str]) -> str:
+        words = set(re.findall(_DECISION, m.group(0).lower()))
+        rest = text[m.end():]
+        echo = len(words) == 3 or not rest.strip() or rest.lstrip()[:1] in ".!?"
+        return " " * len(m.group(0)) if echo and len(words) > 1 else m.group(0)
+
+    return _ECHO.sub(blank, text)
+
+
+def pubmedqa_decision(response: str) -> str | None:
+    """The decision a reply states, or None (counted as "no decision").
+
+    Grader ``edgeroute-pubmedqa/2``. Options listed back from the instruction are ignored
+    (see :func:`_drop_echoes`); then the last answer line ("Answer: no", "the answer ... is
+    yes") decides, else the last decision word that opens a sentence and is followed by
+    punctuation ("Yes, it does.", "No."). A decision word inside a sentence ("there is no
+    evidence") is no decision.
+    """
+    text = _drop_echoes(response)
+    found = list(_ANSWER_LINE.finditer(text)) or list(_STATED.finditer(text))
+    return found[-1].group(1).lower() if found else None
+
+
 def grade_pubmedqa(response: str, decision: str) -> float:
-    m = re.search(r"\b(yes|no|maybe)\b", response.lower())
-    return float(bool(m) and m.group(1) == decision)
+    """1.0 if the decision the reply states (:func:`pubmedqa_decision`) is ``decision``;
+    a reply without one is wrong."""
+    return float(pubmedqa_decision(response) == decision)
 
 
 def extract_code(response: str) -> str:

@@ -113,8 +113,8 @@ def test_summary_lists_each_expert_and_dataset() -> None:
         {"expert": "b", "dataset": "x", "bertsim": None, "correct": None, "cost_usd": 0.01},
     ]
     text = summary_markdown(rows)
-    assert "| collected | x | a | 2 | 0.500 | edgeroute-x/1 | 0.600 |" in text
-    assert "| - | x | b | 1 | - | - | - |" in text
+    assert "| collected | x | a | 2 | 0.500 | edgeroute-x/1 | - | 0.600 |" in text
+    assert "| - | x | b | 1 | - | - | - | - |" in text
 
 
 def test_select_keeps_experts_and_complete_queries() -> None:
