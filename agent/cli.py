@@ -1,8 +1,11 @@
 """The ``edgeroute`` command line. Errors print one line to stderr and exit 2;
 ``--debug`` (or ``EDGEROUTE_DEBUG=1``) shows the traceback instead.
 
-Sub-commands of the offline pipeline live in ``export.cli`` and register themselves here;
-importing them is cheap (torch loads only when a pipeline command runs).
+Other packages add sub-commands through the ``edgeroute.commands`` entry-point group (the
+offline pipeline's live in ``export.cli``). Why entry points: the daemon never imports the
+pipeline. Building the parser only lists the group's names; an entry point is loaded when
+its command parses its arguments (or the top-level help shows its line), so ``edgeroute
+serve`` loads no ``export`` module.
 """
 
 from __future__ import annotations
@@ -16,22 +19,91 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from importlib import metadata
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 Handler = Callable[[argparse.Namespace], int]
+COMMANDS_GROUP = "edgeroute.commands"
 
 
 class CliError(Exception):
     """A user error on the command line: printed as one line, exit code 2."""
 
 
+class Command(Protocol):
+    """What an ``edgeroute.commands`` entry point loads: one sub-command of another package.
+
+    ``user_errors`` are the exception types ``main`` prints as one line (exit 2)."""
+
+    help: str
+    user_errors: tuple[type[BaseException], ...]
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line naming the bad value (no usage dump)."""
+    """argparse, but a usage error is one line naming the bad value (no usage dump).
+
+    With ``entry_point``, the parser of a plugin command: the entry point is loaded, and
+    its arguments added, only when this parser parses or shows its help."""
+
+    def __init__(self, *args: Any, entry_point: metadata.EntryPoint | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._entry_point = entry_point
+        self._command: Command | None = None
+        self._armed = False
+
+    def command(self) -> Command | None:
+        """The plugin command behind this parser (loaded on first call), if any."""
+        if self._entry_point is not None and self._command is None:
+            self._command = self._entry_point.load()
+        return self._command
+
+    def _arm(self) -> None:
+        cmd = self.command()
+        if cmd is None or self._armed:
+            return
+        self._armed = True
+        self.description = self.description or cmd.help
+        cmd.add_arguments(self)
+        self.set_defaults(func=cmd.run, user_errors=tuple(cmd.user_errors))
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # argparse's sub-parsers action calls this on the chosen command's parser.
+        self._arm()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._arm()
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _fill_plugin_help(action)
+        return super().format_help()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fill_plugin_help(action: argparse._SubParsersAction) -> None:
+    """Top-level help only: load the plugin entry points (not their stage modules) for
+    their one-line help."""
+    for choice in action._choices_actions:
+        sub = action.choices.get(choice.dest)
+        if isinstance(sub, _Parser) and choice.help is None and (cmd := sub.command()):
+            choice.help = cmd.help
+
+
+def plugin_commands() -> dict[str, metadata.EntryPoint]:
+    """The ``edgeroute.commands`` entry points by command name; nothing is imported."""
+    found: dict[str, metadata.EntryPoint] = {}
+    for ep in metadata.entry_points(group=COMMANDS_GROUP):
+        found.setdefault(ep.name, ep)
+    return found
 
 
 def _settings(args: argparse.Namespace, **server: Any) -> Any:
@@ -119,6 +191,25 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_setting_option(parser: argparse.ArgumentParser, setting: str) -> None:
+    """``--<name>`` for the setting ``section.name``: its help is the field's description,
+    default and environment variable, and its type the field's, so the CLI help and the
+    env docs (``config env-example``) come from the same text and cannot drift. The value
+    is left None when not given, so the settings' own sources decide."""
+    from pydantic_core import PydanticUndefined
+
+    from agent.settings import ENV_PREFIX, Settings
+
+    section, name = setting.split(".")
+    annotation = Settings.model_fields[section].annotation
+    field = annotation.model_fields[name]  # type: ignore[union-attr]
+    kind = field.annotation if field.annotation in (int, float, str) else str
+    default = "" if field.default is PydanticUndefined else f"; default {field.default}"
+    env = f"{ENV_PREFIX}{section.upper()}__{name.upper()}"
+    parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
+                        help=f"{field.description} (env {env}{default})".replace("%", "%%"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="edgeroute", description="Edge-to-cloud LLM router daemon and pipeline."
@@ -129,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("serve", help="run the daemon on localhost")
-    p.add_argument("--host", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="TCP port (default 2345)")
+    add_setting_option(p, "server.host")
+    add_setting_option(p, "server.port")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="route and answer one query from the shell")
@@ -150,11 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_lazy("agent.envfile"))
 
     _register_lazy(sub, AGENT_COMMANDS)
-    try:
-        from export.cli import COMMANDS as EXPORT_COMMANDS
-    except ImportError:  # a device install without the pipeline package
-        EXPORT_COMMANDS = ()
-    _register_lazy(sub, EXPORT_COMMANDS)
+    for name, ep in plugin_commands().items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=None, entry_point=ep)  # help: filled in lazily
     return parser
 
 
@@ -202,13 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("EDGEROUTE_DEBUG") == "1"
-    expected: tuple[type[BaseException], ...] = (AgentError, CliError, ValidationError, OSError)
-    try:
-        from export.errors import PipelineError
-
-        expected = (*expected, PipelineError)
-    except ImportError:
-        pass
+    expected: tuple[type[BaseException], ...] = (
+        AgentError, CliError, ValidationError, OSError, *getattr(args, "user_errors", ()))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -67,3 +67,50 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     shown = json.loads(r.stdout)
     assert shown["server"]["port"] == 2345
     assert shown["cloud_experts"][0]["api_key"] == "**********"
+
+
+SERVE_IMPORTS = """
+import sys
+from agent.cli import build_parser
+args = build_parser().parse_args(["serve", "--port", "2399"])
+import agent.app, agent.runtime
+assert args.func.__name__ == "cmd_serve"
+print(sorted(m for m in sys.modules if m == "export" or m.startswith("export.")))
+"""
+
+
+def test_serve_loads_nothing_from_the_pipeline() -> None:
+    """The daemon's import path (parser, app, runtime) stays free of export.* modules."""
+    r = subprocess.run([sys.executable, "-c", SERVE_IMPORTS], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_pipeline_commands_join_through_entry_points() -> None:
+    from agent.cli import plugin_commands
+
+    eps = plugin_commands()
+    assert {"collect", "table", "train", "evaluate", "calibrate", "export"} <= set(eps)
+    top = run_cli("--help")
+    assert top.returncode == 0, top.stderr
+    assert "train a router on an expert table" in top.stdout  # help loaded lazily
+    train = run_cli("train", "--help")
+    assert train.returncode == 0 and "--table" in train.stdout and "--router" in train.stdout
+
+
+def test_a_pipeline_error_is_one_line() -> None:
+    r = run_cli("train", "--table", "/no/such/table.jsonl", "--router", "mlp", "--out", "/tmp/x")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "/no/such/table.jsonl" in r.stderr
+
+
+def test_serve_options_say_what_the_settings_say() -> None:
+    """--host/--port help is the settings' field descriptions (no second text to drift)."""
+    from agent.settings import ServerSettings
+
+    r = run_cli("serve", "--help", env={"COLUMNS": "400"})
+    assert r.returncode == 0, r.stderr
+    for name in ("host", "port"):
+        assert ServerSettings.model_fields[name].description in r.stdout
+        assert f"EDGEROUTE_SERVER__{name.upper()}" in r.stdout
