@@ -414,6 +414,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pool.add_argument("tables", type=Path, nargs="+",
                       help="tables to merge; earlier ones win duplicate (query, expert) rows")
     pool.add_argument("--out", type=Path, required=True, help="pooled table (.jsonl[.gz])")
+    reg = sub.add_parser("regrade", help="grade every row with our grader for its dataset "
+                                         "(see export/regrade.py); prints the counts")
+    reg.add_argument("table", type=Path, help="a table file")
+    reg.add_argument("--out", type=Path, required=True, help="re-graded table")
     summ = sub.add_parser("summary", help="per (source, dataset, expert): rows, mean correct, "
                                           "grader and means, as a Markdown table")
     summ.add_argument("table", type=Path, help="a table file")
@@ -423,7 +427,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--complete", action="store_true",
                      help="keep only queries that every listed expert answered")
     sel.add_argument("--out", type=Path, required=True, help="selected table")
-    for p in (imp, join):
+    for p in (imp, join, reg):
         p.add_argument("--data-dir", type=Path, default=None,
                        help="shared data dir (default: $EDGEROUTE_SHARED_DATA or ../shared/data)")
 
@@ -437,7 +441,7 @@ def _bertsim(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.table import read_table, write_table
+    from export.table import read_header, read_table, write_table
 
     if args.table_cmd == "summary":
         print(summary_markdown(read_table(args.table)))
@@ -458,6 +462,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {n} rows to {args.out}", file=sys.stderr)
         return 0
     data_dir = args.data_dir or shared_data_dir()
+    if args.table_cmd == "regrade":
+        from export.regrade import regrade_rows
+
+        rows, counts = regrade_rows(read_table(args.table), data_dir)
+        before = read_header(args.table) or {}
+        if before.get("tool") == "edgeroute table regrade":  # a rerun: same header
+            before = before.get("before") or {}
+        n = write_table(args.out, rows, {"tool": "edgeroute table regrade", "before": before})
+        print(counts.markdown())
+        print(f"wrote {n} rows to {args.out}", file=sys.stderr)
+        return 0
     if args.table_cmd == "import":
         names = list(SOURCES) if "all" in args.sources else list(dict.fromkeys(args.sources))
         rows = [r for name in names for r in IMPORTERS[name](data_dir)]

@@ -136,6 +136,22 @@ def _iter_parquet(path: Path) -> Iterator[dict[str, Any]]:
         yield normalise_row(row, f"{path}: row {i}: ")
 
 
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The provenance header of a JSONL table (without the format key), or None."""
+    path = Path(path)
+    if path.suffix == ".parquet" or not path.is_file():
+        return None
+    try:
+        with _open_text(path, "r") as f:
+            first = f.readline()
+        obj = json.loads(first) if first.strip() else None
+    except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(obj, dict) or "_edgeroute_table" not in obj:
+        return None
+    return {k: v for k, v in obj.items() if k != "_edgeroute_table"}
+
+
 def read_table(path: Path) -> list[dict[str, Any]]:
     rows = list(iter_rows(path))
     if not rows:
