@@ -218,6 +218,32 @@ def load_pubmedqa(data_dir: Path | None = None) -> list[Query]:
     return out
 
 
+# -- MMLU -----------------------------------------------------------------------------
+def load_mmlu(data_dir: Path | None = None, split: str = "test") -> list[Query]:
+    """MMLU ``test`` (14,042) or ``dev`` (285), in ARC's multiple-choice prompt. Ids:
+    ``mmlu-<subject>-<index in subject>`` for test (RouteLLM's ids), ``mmlu-dev-...`` for
+    dev."""
+    path = (data_dir or shared_data_dir()) / "mmlu" / f"mmlu_{split}.jsonl.gz"
+    out: list[Query] = []
+    index: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        subject = _need(obj, "subject", str, where)
+        stem = _need(obj, "question", str, where).strip()
+        choices = [str(c) for c in _need(obj, "choices", list, where)]
+        gold = obj.get("answer")
+        if not isinstance(gold, int) or not 0 <= gold < len(choices) <= len(LETTERS):
+            raise DatasetError(f"{where}: field 'answer' {gold!r} is not a valid option index")
+        i = index[subject] = index.get(subject, -1) + 1
+        prefix = "mmlu-" if split == "test" else f"mmlu-{split}-"
+        out.append(Query(
+            query_id=f"{prefix}{subject}-{i}", dataset="mmlu", prompt=arc_prompt(stem, choices),
+            reference=f"{LETTERS[gold]}) {choices[gold]}", answer=LETTERS[gold], split=None,
+            source_text=stem, extra={"subject": subject, "choices": choices},
+        ))
+    return out
+
+
 # -- user JSONL -----------------------------------------------------------------------
 def load_user_jsonl(path: Path, default_dataset: str = "user") -> list[Query]:
     """A user's own queries: ``prompt``, ``reference`` and optional ``dataset``/``id``."""
@@ -247,6 +273,7 @@ LOADERS: dict[str, Callable[[Path | None], list[Query]]] = {
     "gsm8k": load_gsm8k,
     "mbpp": load_mbpp,
     "pubmedqa": load_pubmedqa,
+    "mmlu": load_mmlu,
 }
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.datasets import Query, load_dataset, normalise_text
+from export.datasets import LOADERS, Query, load_dataset, normalise_text
 from export.importers import RB_DATASETS, _arc_stem, _literal, routerbench_rows
 from export.metrics import GRADERS, LETTERS, arc_choice, grade, grade_gsm8k
 from export.pool import COLLECTED, infer_provenance
@@ -102,15 +102,17 @@ class Regrader:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self._queries: dict[str, Query] | None = None
+        self._queries: dict[str, dict[str, Query]] = {}
         self._rb_arc: dict[str, list[str]] | None = None
 
     def query(self, row: dict[str, Any]) -> Query | None:
-        if self._queries is None:
-            self._queries = {q.query_id: q for name in GRADERS
-                             for q in load_dataset(name, self.data_dir)}
-        q = self._queries.get(str(row["query_id"]))
-        return q if q is not None and q.dataset == row["dataset"] else None
+        """Our query behind a row (same id and dataset), loading its dataset once."""
+        name = row["dataset"]
+        if name not in GRADERS or name not in LOADERS:
+            return None
+        if name not in self._queries:
+            self._queries[name] = {q.query_id: q for q in load_dataset(name, self.data_dir)}
+        return self._queries[name].get(str(row["query_id"]))
 
     def rb_arc(self) -> dict[str, list[str]]:
         if self._rb_arc is None:
