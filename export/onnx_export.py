@@ -2,7 +2,8 @@
 
 Steps, each checked before the next:
 
-1. read ``DIR/router.json`` (the contract with ``edgeroute train``) and ``DIR/hf``;
+1. read ``DIR/router.json`` (``RouterMeta.read``, the contract with ``edgeroute train``)
+   and ``DIR/hf``;
 2. export fp32 ONNX with optimum's exporter (``--exporter torch`` or a failing optimum
    falls back to plain ``torch.onnx.export``; the manifest says which ran), and check its
    logits against the torch model;
@@ -11,12 +12,16 @@ Steps, each checked before the next:
 4. dynamic int8 quantization (``export.quantize``, one config per ``--target``);
 5. score the evaluation queries with the plain fp32 graph and the bundle's model through
    the daemon's own scorer (``agent.router_bundle.OnnxScorer``): the router's test split
-   of ``--table``, or the ``--queries`` list. Gates: top-1 agreement >=
+   of ``--table`` (``export.labels.held_out``, as evaluate and calibrate), or the
+   ``--queries`` list. Gates: top-1 agreement >=
    ``--min-agreement`` and a relative loss in mean quality of the chosen experts <=
    ``--max-quality-loss``; a failed gate writes nothing and exits non-zero;
 6. write the bundle atomically (a staged folder renamed into place): ``model.onnx``,
-   ``tokenizer.json``, ``manifest.json`` (experts in label order, metric, temperature,
-   max length, sha256 of every file, versions, quantization config, the figures).
+   ``tokenizer.json``, ``manifest.json`` (``agent.router_bundle.BundleManifest``, the
+   type the daemon reads: experts in label order, metric, max length, sha256 of every
+   file; provenance: temperature, versions, quantization config, the figures).
+
+The stage is :func:`export_bundle` on an :class:`ExportConfig`.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,14 +44,48 @@ import numpy as np
 from export.errors import ExportError
 from export.fusion import bert_shape, fuse_bert
 from export.quantize import TARGETS, QuantConfig, machine_target, quantize_model
+from export.routers.base import RouterMeta
 
 log = logging.getLogger("edgeroute.export")
 
-BUNDLE_FORMAT = 1  # agent.router_bundle.BUNDLE_FORMAT reads this
 PARITY_QUERIES = 8
 PARITY_ATOL = 1e-3  # max |logit| difference, torch vs ONNX fp32
 GATE_HINT = "try another --target, --keep-fp32 REGEX, or --precision fp32"
-ROUTER_KEYS = ("kind", "experts", "metric", "temperature", "max_length", "seed")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export: a trained router folder in, a bundle folder out (see ``--help``)."""
+
+    router: Path
+    out: Path
+    table: Path | None = None  # gates on the router's test split of this table ...
+    queries: Path | None = None  # ... or on these queries (agreement only)
+    target: str | None = None  # int8 config; None: this machine's
+    keep_fp32: tuple[str, ...] = ()
+    precision: str = "int8"
+    exporter: str = "auto"
+    opset: int = 18
+    fuse: bool = True
+    min_agreement: float = 0.99
+    max_quality_loss: float = 0.01
+    max_eval: int = 0  # 0: all
+    threads: int = 2
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """A trained BERT router folder, checked for export: its router.json and model shape."""
+
+    folder: Path
+    meta: RouterMeta
+    layers: int
+    hidden_size: int
+    attention_heads: int
+
+    @property
+    def hf(self) -> Path:
+        return self.folder / "hf"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,73 +121,78 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = read_router(args.router)
-    target = args.target or machine_target()
-    quant = None
-    if args.precision == "int8":
-        quant = dataclasses.replace(TARGETS[target], keep_fp32=tuple(args.keep_fp32))
-    eval_set = load_eval_set(args, spec)
-    args.out = Path(args.out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".export-", dir=args.out.parent) as tmp:
-        work = Path(tmp)
-        fp32, exporter = export_fp32(Path(args.router) / "hf", work / "fp32", args)
-        parity = torch_parity(Path(args.router) / "hf", fp32, eval_set.queries, spec)
-        model = fp32
-        fusion = None
-        if args.fuse:
-            model = work / "model.fused.onnx"
-            fusion = fuse_bert(fp32, model, spec["attention_heads"], spec["hidden_size"],
-                               spec["layers"])
-        if quant is not None:
-            quantized = work / "model.int8.onnx"
-            quantize_model(model, quantized, quant)
-            model = quantized
-        tokenizer = Path(args.router) / "hf" / "tokenizer.json"
-        figures = evaluate(fp32, model, tokenizer, spec, eval_set, args.threads)
-        figures["torch_parity_max_abs_logit_diff"] = parity
-        check_gates(figures, args)
-        manifest = build_manifest(spec, args, quant, {**exporter, "fusion": fusion}, figures)
-        stage = work / "bundle"
-        stage.mkdir()
-        shutil.copyfile(model, stage / "model.onnx")
-        shutil.copyfile(tokenizer, stage / "tokenizer.json")
-        write_bundle(stage, manifest, args.out)
-    size_mb = (args.out / "model.onnx").stat().st_size / 1e6
-    ev = figures
-    print(f"bundle {args.out}: {args.precision} ({target if quant else 'no quantization'}), "
-          f"model.onnx {size_mb:.1f} MB, exporter {exporter['name']}; top-1 agreement "
+    from export.cli import stage_config
+
+    cfg = stage_config(ExportConfig, args)
+    manifest = export_bundle(cfg)
+    ev, exporter = manifest["evaluation"], manifest["exporter"]
+    quant = manifest["quantization"]
+    size_mb = (cfg.out / "model.onnx").stat().st_size / 1e6
+    print(f"bundle {cfg.out}: {cfg.precision} ({quant['target'] if quant else 'no quantization'}"
+          f"), model.onnx {size_mb:.1f} MB, exporter {exporter['name']}; top-1 agreement "
           f"{ev['top1_agreement']:.4f} on {ev['queries']} {ev['source']} queries"
           + (f", quality fp32 {ev['quality']['fp32']:.4f} int8 {ev['quality']['int8']:.4f}"
              if ev.get("quality") else ""))
     return 0
 
 
-def read_router(folder: Path) -> dict[str, Any]:
-    """``router.json`` of a BERT router, checked against the train/export contract."""
+def export_bundle(cfg: ExportConfig) -> dict[str, Any]:
+    """The stage: write the bundle ``cfg.out`` (or raise, writing nothing); returns its
+    manifest as written."""
+    src = read_router(cfg.router)
+    quant = None
+    if cfg.precision == "int8":
+        target = cfg.target or machine_target()
+        quant = dataclasses.replace(TARGETS[target], keep_fp32=tuple(cfg.keep_fp32))
+    eval_set = load_eval_set(cfg, src.meta)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
+        work = Path(tmp)
+        fp32, exporter = export_fp32(src.hf, work / "fp32", cfg)
+        parity = torch_parity(src.hf, fp32, eval_set.queries, src.meta)
+        model = fp32
+        fusion = None
+        if cfg.fuse:
+            model = work / "model.fused.onnx"
+            fusion = fuse_bert(fp32, model, src.attention_heads, src.hidden_size, src.layers)
+        if quant is not None:
+            quantized = work / "model.int8.onnx"
+            quantize_model(model, quantized, quant)
+            model = quantized
+        tokenizer = src.hf / "tokenizer.json"
+        figures = evaluate(fp32, model, tokenizer, src.meta, eval_set, cfg.threads)
+        figures["torch_parity_max_abs_logit_diff"] = parity
+        check_gates(figures, cfg)
+        stage = work / "bundle"
+        stage.mkdir()
+        shutil.copyfile(model, stage / "model.onnx")
+        shutil.copyfile(tokenizer, stage / "tokenizer.json")
+        provenance = bundle_provenance(src, cfg, quant, {**exporter, "fusion": fusion}, figures)
+        manifest = write_bundle(stage, src.meta, provenance, out)
+    return manifest
+
+
+def read_router(folder: Path) -> ExportSource:
+    """A trained router folder that ``edgeroute export`` can bundle: its router.json (the
+    one reader, ``RouterMeta.read``) of an exportable kind, and the files ``hf/`` needs."""
+    from export.routers.kinds import exportable
+
     folder = Path(folder)
+    meta = RouterMeta.read(folder)
     path = folder / "router.json"
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ExportError(f"{folder} is not a trained router: {path} is missing; run "
-                          "`edgeroute train --router bert` first") from exc
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ExportError(f"{path}: unreadable router.json ({exc})") from exc
-    missing = [k for k in ROUTER_KEYS if k not in spec]
-    if missing:
-        raise ExportError(f"{path}: missing {missing}; retrain the router")
-    if spec["kind"] != "bert":
-        raise ExportError(f"{path}: kind {spec['kind']!r} cannot be exported to ONNX; only "
-                          "'bert' routers can (train with --router bert)")
-    if len(spec["experts"]) < 2 or int(spec["max_length"]) < 2:
+    if meta.kind not in exportable():
+        only = " or ".join(repr(k) for k in exportable())
+        raise ExportError(f"{path}: kind {meta.kind!r} cannot be exported to ONNX; only "
+                          f"{only} routers can (train with --router {exportable()[0]})")
+    if len(meta.experts) < 2 or int(meta.max_length) < 2:
         raise ExportError(f"{path}: needs >= 2 experts and max_length >= 2")
     for need in ("config.json", "tokenizer.json"):
         if not (folder / "hf" / need).is_file():
             raise ExportError(f"{folder / 'hf' / need} is missing: the router folder is "
                               "incomplete (tokenizer.json needs a fast tokenizer); retrain it")
     heads, hidden, layers = bert_shape(folder / "hf")
-    return {**spec, "layers": layers, "hidden_size": hidden, "attention_heads": heads}
+    return ExportSource(folder, meta, layers, hidden, heads)
 
 
 class EvalSet:
@@ -164,12 +209,12 @@ class EvalSet:
         self.note = note
 
 
-def load_eval_set(args: argparse.Namespace, spec: dict[str, Any]) -> EvalSet:
-    limit = args.max_eval if args.max_eval and args.max_eval > 0 else None
-    if args.table is not None:
-        ev = _table_eval_set(Path(args.table), spec)
-    elif args.queries is not None:
-        ev = EvalSet(_read_queries(Path(args.queries)), "query-list")
+def load_eval_set(cfg: ExportConfig, meta: RouterMeta) -> EvalSet:
+    limit = cfg.max_eval if cfg.max_eval and cfg.max_eval > 0 else None
+    if cfg.table is not None:
+        ev = _table_eval_set(Path(cfg.table), meta)
+    elif cfg.queries is not None:
+        ev = EvalSet(_read_queries(Path(cfg.queries)), "query-list")
     else:
         raise ExportError("give --table (the router's expert table: gates on its test "
                           "split) or --queries (a query list) to check the int8 model")
@@ -179,23 +224,16 @@ def load_eval_set(args: argparse.Namespace, spec: dict[str, Any]) -> EvalSet:
     return ev
 
 
-def _table_eval_set(table: Path, spec: dict[str, Any]) -> EvalSet:
-    """The router's own test split: same seed, same split rule as ``edgeroute train``."""
-    from export.labels import LabelSpec, build_matrix, metric_values, split_indices, table_sha256
-    from export.table import read_table
+def _table_eval_set(table: Path, meta: RouterMeta) -> EvalSet:
+    """The router's own test split (``held_out``, as evaluate and calibrate use it)."""
+    from export.labels import held_out, table_sha256
 
-    m = build_matrix(read_table(table), experts=spec["experts"])
-    _, test = split_indices(m, int(spec["seed"]), float(spec.get("test_fraction", 0.2)))
-    label = spec.get("label_spec") or {"metric": spec["metric"],
-                                       "temperature": spec["temperature"]}
-    values = metric_values(m, LabelSpec(**label))[test]
-    queries = [m.queries[int(i)] for i in test]
-    keep = np.flatnonzero(~np.isnan(values).all(axis=1))
+    split = held_out(table, meta)
     note = ""
-    if spec.get("table_sha256") and table_sha256(table) != spec["table_sha256"]:
+    if meta.table_sha256 and table_sha256(table) != meta.table_sha256:
         note = "table differs from the router's training table (sha256); split may differ"
         log.warning("%s: %s", table, note)
-    return EvalSet([queries[int(i)] for i in keep], "table-test-split", values[keep], note)
+    return EvalSet(split.test.queries, "table-test-split", split.values, note)
 
 
 def _read_queries(path: Path) -> list[str]:
@@ -214,21 +252,22 @@ def _read_queries(path: Path) -> list[str]:
     return out
 
 
-def export_fp32(hf: Path, out: Path, args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+def export_fp32(hf: Path, out: Path, cfg: ExportConfig) -> tuple[Path, dict[str, Any]]:
     """fp32 ONNX of ``hf`` in ``out``; returns the model path and which exporter ran."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out.mkdir(parents=True, exist_ok=True)
-    if args.exporter in ("auto", "optimum"):
+    opset = cfg.opset
+    if cfg.exporter in ("auto", "optimum"):
         try:
-            return _export_optimum(hf, out, args.opset), {"name": "optimum", "opset": args.opset}
+            return _export_optimum(hf, out, opset), {"name": "optimum", "opset": opset}
         except Exception as exc:  # optimum raises many unrelated types; report and fall back
-            if args.exporter == "optimum":
+            if cfg.exporter == "optimum":
                 raise ExportError(f"optimum ONNX export of {hf} failed ({exc})") from exc
             log.warning("optimum export failed (%s); using torch.onnx.export", exc)
             note = f"optimum failed: {type(exc).__name__}: {str(exc)[:200]}"
-            return _export_torch(hf, out, args.opset), {"name": "torch.onnx.export",
-                                                        "opset": args.opset, "note": note}
-    return _export_torch(hf, out, args.opset), {"name": "torch.onnx.export", "opset": args.opset}
+            return _export_torch(hf, out, opset), {"name": "torch.onnx.export",
+                                                   "opset": opset, "note": note}
+    return _export_torch(hf, out, opset), {"name": "torch.onnx.export", "opset": opset}
 
 
 def _export_optimum(hf: Path, out: Path, opset: int) -> Path:
@@ -261,7 +300,7 @@ def _export_torch(hf: Path, out: Path, opset: int) -> Path:
     return path
 
 
-def torch_parity(hf: Path, fp32: Path, queries: list[str], spec: dict[str, Any]) -> float:
+def torch_parity(hf: Path, fp32: Path, queries: list[str], meta: RouterMeta) -> float:
     """Max |logit| difference between the torch model and the fp32 ONNX model."""
     import torch
     from transformers import AutoModelForSequenceClassification
@@ -269,7 +308,7 @@ def torch_parity(hf: Path, fp32: Path, queries: list[str], spec: dict[str, Any])
     from agent.router_bundle import OnnxScorer
 
     model = AutoModelForSequenceClassification.from_pretrained(hf, local_files_only=True).eval()
-    scorer = OnnxScorer(fp32, hf / "tokenizer.json", int(spec["max_length"]), threads=1)
+    scorer = OnnxScorer(fp32, hf / "tokenizer.json", int(meta.max_length), threads=1)
     worst = 0.0
     with torch.no_grad():
         for q in queries[:PARITY_QUERIES]:
@@ -282,12 +321,12 @@ def torch_parity(hf: Path, fp32: Path, queries: list[str], spec: dict[str, Any])
     return worst
 
 
-def evaluate(fp32: Path, model: Path, tokenizer: Path, spec: dict[str, Any],
+def evaluate(fp32: Path, model: Path, tokenizer: Path, meta: RouterMeta,
              ev: EvalSet, threads: int) -> dict[str, Any]:
     """fp32 vs the bundle's model on ``ev``, scored exactly as the daemon scores."""
     from agent.router_bundle import OnnxScorer
 
-    max_len = int(spec["max_length"])
+    max_len = int(meta.max_length)
     ref = OnnxScorer(fp32, tokenizer, max_len, threads)
     new = ref if model == fp32 else OnnxScorer(model, tokenizer, max_len, threads)
     p32 = np.stack([ref.probabilities(q) for q in ev.queries])
@@ -299,18 +338,19 @@ def evaluate(fp32: Path, model: Path, tokenizer: Path, spec: dict[str, Any],
         "top1_agreement": float((c32 == c8).mean()),
         "max_abs_prob_diff": float(np.abs(p32 - p8).max()),
         "mean_abs_prob_diff": float(np.abs(p32 - p8).mean()),
-        "chosen_share_int8": {e: float((c8 == j).mean()) for j, e in enumerate(spec["experts"])},
+        "chosen_share_int8": {e: float((c8 == j).mean()) for j, e in enumerate(meta.experts)},
     }
     if ev.note:
         figures["note"] = ev.note
-    quality = _quality(ev.quality, c32, c8, spec) if ev.quality is not None else None
+    quality = (_quality(ev.quality, c32, c8, meta.experts, meta.labels().metric)
+               if ev.quality is not None else None)
     if quality is not None:
         figures["quality"] = quality
     return figures
 
 
-def _quality(values: np.ndarray, c32: np.ndarray, c8: np.ndarray,
-             spec: dict[str, Any]) -> dict[str, Any] | None:
+def _quality(values: np.ndarray, c32: np.ndarray, c8: np.ndarray, experts: list[str],
+             metric: str) -> dict[str, Any] | None:
     """Mean quality of the chosen experts, over queries where every expert has a value
     (elsewhere a missing outcome would silently drop a query from one side only)."""
     rows = np.flatnonzero(~np.isnan(values).any(axis=1))
@@ -320,25 +360,25 @@ def _quality(values: np.ndarray, c32: np.ndarray, c8: np.ndarray,
     q32, q8 = float(v[np.arange(len(v)), c32[rows]].mean()), float(
         v[np.arange(len(v)), c8[rows]].mean())
     loss = (q32 - q8) / abs(q32) if abs(q32) > 1e-12 else q32 - q8
-    return {"metric": (spec.get("label_spec") or {}).get("metric", spec["metric"]),
+    return {"metric": metric,
             "orientation": "higher is better (nll negated)", "queries": int(rows.size),
             "fp32": q32, "int8": q8, "relative_loss": float(loss),
             "oracle": float(v.max(axis=1).mean()),
-            "per_expert": {e: float(v[:, j].mean()) for j, e in enumerate(spec["experts"])}}
+            "per_expert": {e: float(v[:, j].mean()) for j, e in enumerate(experts)}}
 
 
-def check_gates(figures: dict[str, Any], args: argparse.Namespace) -> None:
+def check_gates(figures: dict[str, Any], cfg: ExportConfig) -> None:
     agree = figures["top1_agreement"]
-    gates: dict[str, Any] = {"min_agreement": args.min_agreement,
-                             "max_quality_loss": args.max_quality_loss}
+    gates: dict[str, Any] = {"min_agreement": cfg.min_agreement,
+                             "max_quality_loss": cfg.max_quality_loss}
     figures["gates"] = gates
-    if agree < args.min_agreement:
-        raise ExportError(f"int8 vs fp32 top-1 agreement {agree:.4f} < {args.min_agreement} "
+    if agree < cfg.min_agreement:
+        raise ExportError(f"int8 vs fp32 top-1 agreement {agree:.4f} < {cfg.min_agreement} "
                           f"on {figures['queries']} queries; {GATE_HINT}")
     quality = figures.get("quality")
-    if quality is not None and quality["relative_loss"] > args.max_quality_loss:
+    if quality is not None and quality["relative_loss"] > cfg.max_quality_loss:
         raise ExportError(f"int8 loses {quality['relative_loss']:.2%} of mean chosen-expert "
-                          f"quality (> {args.max_quality_loss:.2%}); {GATE_HINT}")
+                          f"quality (> {cfg.max_quality_loss:.2%}); {GATE_HINT}")
     gates["passed"] = True
 
 
@@ -353,41 +393,41 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def build_manifest(spec: dict[str, Any], args: argparse.Namespace, quant: QuantConfig | None,
-                   exporter: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
-    provenance = {k: spec.get(k) for k in ("seed", "table_sha256", "train_queries", "datasets",
-                                           "label_spec", "test_fraction", "layers",
-                                           "hidden_size", "attention_heads")}
+def bundle_provenance(src: ExportSource, cfg: ExportConfig, quant: QuantConfig | None,
+                      exporter: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest records beside what the daemon checks (see ``BundleManifest``)."""
+    meta = src.meta
+    router = {"seed": meta.seed, "table_sha256": meta.table_sha256,
+              "train_queries": meta.train_queries, "datasets": meta.datasets,
+              "label_spec": meta.label_spec or None, "test_fraction": meta.test_fraction,
+              "layers": src.layers, "hidden_size": src.hidden_size,
+              "attention_heads": src.attention_heads}
     return {
-        "format": BUNDLE_FORMAT,
-        "kind": "bert",
-        "experts": list(spec["experts"]),
-        "metric": spec["metric"],
-        "temperature": float(spec["temperature"]),
-        "max_length": int(spec["max_length"]),
+        "kind": meta.kind,
+        "temperature": float(meta.temperature),
         "scores": "softmax(logits), experts in label order",
-        "precision": args.precision,
+        "precision": cfg.precision,
         "quantization": quant.as_dict() if quant is not None else None,
         "exporter": exporter,
-        "router": provenance,
+        "router": router,
         "evaluation": figures,
         "versions": _versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {},
     }
 
 
-def write_bundle(stage: Path, manifest: dict[str, Any], out: Path) -> None:
-    """Hash the staged files into the manifest, then move the folder into place.
+def write_bundle(stage: Path, meta: RouterMeta, provenance: dict[str, Any],
+                 out: Path) -> dict[str, Any]:
+    """Write the staged files' manifest (``BundleManifest``), then move the folder into
+    place; returns the manifest as written.
 
     An existing ``out`` is replaced only if it is a bundle (has a manifest.json), so a
     typo cannot wipe an unrelated folder."""
-    from agent.router_bundle import MANIFEST_NAME, file_sha256
+    from agent.router_bundle import MANIFEST_NAME, BundleManifest
 
-    for f in sorted(stage.iterdir()):
-        manifest["files"][f.name] = {"sha256": file_sha256(f), "bytes": f.stat().st_size}
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    (stage / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    manifest = BundleManifest.create(stage, experts=meta.experts, metric=meta.metric,
+                                     max_length=meta.max_length, provenance=provenance)
+    manifest.write()
     if out.exists():
         if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
             raise ExportError(f"{out} exists and is not a router bundle; choose another --out")
@@ -397,3 +437,4 @@ def write_bundle(stage: Path, manifest: dict[str, Any], out: Path) -> None:
         shutil.rmtree(old)
     else:
         stage.rename(out)
+    return manifest.raw

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-ROUTERS = ("bert", "mlp", "knn")
 COLUMNS = (
     "quality",
     "apgr",

@@ -6,6 +6,9 @@
 The split (per-dataset seeded 20% test, or the table's ``split`` column) is recomputed
 by ``edgeroute evaluate`` from the seed and fraction stored in router.json, so the test
 queries are never trained on. ``train_log.json`` records the loss history and wall time.
+
+The stage is :func:`train` on a :class:`TrainConfig` (tests and notebooks build one
+directly); how each router kind trains is the kind registry's (``export.routers.kinds``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +35,58 @@ from export.labels import (
     subsample_per_dataset,
     table_sha256,
 )
-from export.routers.base import KINDS, RouterMeta, TrainedRouter
+from export.routers.base import RouterMeta, TrainedRouter
+from export.routers.kinds import KINDS, TrainingSet, router_kind
 from export.routers.training import FitConfig, validation_split
 
-# Per kind: epochs, batch size, learning rate, early-stopping patience.
-DEFAULTS: dict[str, tuple[int, int, float, int]] = {
-    "mlp": (60, 32, 1e-3, 4),
-    "bert": (4, 16, 1e-4, 1),
-    "knn": (0, 0, 0.0, 0),
-}
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``epochs``/``batch_size``/``lr`` left None take the kind's
+    defaults (``export.routers.kinds``)."""
+
+    table: Path
+    router: str
+    out: Path
+    metric: str = "bertsim"
+    temperature: float = 0.1
+    seed: int = 0
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    max_length: int = 256
+    layers: int | None = None
+    test_fraction: float = 0.2
+    val_fraction: float = 0.1
+    quality: str = "bertsim"
+    cost_weight: float = 0.5
+    throughput_weight: float = 0.0
+    max_train_queries: int | None = None
+    threads: int = 2
+    progress: bool = True
+
+    def label_spec(self) -> LabelSpec:
+        return LabelSpec(metric=self.metric, temperature=self.temperature,
+                         quality=self.quality, cost_weight=self.cost_weight,
+                         throughput_weight=self.throughput_weight)
+
+    def fit_config(self) -> FitConfig:
+        d = router_kind(self.router).defaults
+        return FitConfig(
+            epochs=self.epochs if self.epochs is not None else d.epochs,
+            batch_size=self.batch_size or d.batch_size,
+            lr=self.lr or d.lr,
+            patience=d.patience,
+            seed=self.seed,
+            threads=self.threads,
+            progress=self.progress,
+            layers=self.layers,
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", type=Path, required=True, help="expert table (.jsonl[.gz])")
-    p.add_argument("--router", choices=KINDS, required=True, help="router kind to train")
+    p.add_argument("--router", choices=list(KINDS), required=True, help="router kind to train")
     p.add_argument("--metric", choices=METRICS, default="bertsim", help="label metric")
     p.add_argument("--out", type=Path, required=True, help="folder for the trained router")
     p.add_argument("--temperature", type=float, default=0.1, help="soft-label softmax temperature")
@@ -77,103 +119,65 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cap on training queries, drawn evenly over datasets (affordable BERT runs)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="hide progress bars")
 
 
-def fit_config(args: argparse.Namespace) -> FitConfig:
-    epochs, batch, lr, patience = DEFAULTS[args.router]
-    return FitConfig(
-        epochs=args.epochs if args.epochs is not None else epochs,
-        batch_size=args.batch_size or batch,
-        lr=args.lr or lr,
-        patience=patience,
-        seed=args.seed,
-        threads=args.threads,
-        progress=not args.no_progress,
-        layers=args.layers,
-    )
-
-
-def train(args: argparse.Namespace) -> tuple[TrainedRouter, dict[str, Any]]:
-    """The stage as a function: returns the router (already saved to ``args.out``) and its log."""
+def train(cfg: TrainConfig) -> tuple[TrainedRouter, dict[str, Any]]:
+    """The stage: returns the router (already saved to ``cfg.out``) and its log."""
     t0 = time.monotonic()
     from export.table import read_table
 
-    if args.layers is not None and args.router != "bert":
-        raise PipelineError(f"--layers {args.layers}: only for --router bert")
-    spec = LabelSpec(
-        metric=args.metric,
-        temperature=args.temperature,
-        quality=args.quality,
-        cost_weight=args.cost_weight,
-        throughput_weight=args.throughput_weight,
-    )
-    m = build_matrix(read_table(args.table))
+    kind = router_kind(cfg.router)
+    if cfg.layers is not None and not kind.layers:
+        layered = " or ".join(k for k, v in KINDS.items() if v.layers)
+        raise PipelineError(f"--layers {cfg.layers}: only for --router {layered}")
+    spec = cfg.label_spec()
+    m = build_matrix(read_table(cfg.table))
     values = metric_values(m, spec)
     labels, mask = soft_labels(values, spec.temperature)
-    train_idx, _ = split_indices(m, args.seed, args.test_fraction)
+    train_idx, _ = split_indices(m, cfg.seed, cfg.test_fraction)
     train_idx = np.intersect1d(train_idx, labelled_rows(values))
-    train_idx = subsample_per_dataset(train_idx, m.datasets, args.max_train_queries, args.seed)
+    train_idx = subsample_per_dataset(train_idx, m.datasets, cfg.max_train_queries, cfg.seed)
     if len(train_idx) < 2:
-        raise TableError(f"only {len(train_idx)} training queries have a {args.metric!r} value")
+        raise TableError(f"only {len(train_idx)} training queries have a {cfg.metric!r} value")
     meta = RouterMeta(
-        kind=args.router,
+        kind=cfg.router,
         experts=m.experts,
-        metric=args.metric,
+        metric=cfg.metric,
         temperature=spec.temperature,
-        seed=args.seed,
-        table_sha256=table_sha256(args.table),
+        seed=cfg.seed,
+        table_sha256=table_sha256(cfg.table),
         train_queries=len(train_idx),
         datasets=sorted(set(m.datasets)),
-        max_length=args.max_length,
+        max_length=cfg.max_length,
         label_spec=spec.__dict__.copy(),
-        test_fraction=args.test_fraction,
+        test_fraction=cfg.test_fraction,
     )
-    cfg = fit_config(args)
-    router, log = _fit(
-        args.router, meta, m.queries, labels, mask, train_idx, cfg, args.val_fraction
-    )
-    meta.extra = {"train_wall_s": round(time.monotonic() - t0, 2)}
-    if args.router == "bert":
-        meta.extra["head"] = "BertForSequenceClassification ([CLS] pooler + linear)"
-        meta.extra["layers"] = router.layers  # type: ignore[attr-defined]
-    router.save(args.out)
-    log = {**log, "train_wall_s": meta.extra["train_wall_s"], "fit_config": cfg.__dict__}
-    (args.out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+    fit = cfg.fit_config()
+    val_idx = np.array([], dtype=int)
+    if kind.validation:
+        inner, val = validation_split(len(train_idx), cfg.val_fraction, fit.seed)
+        train_idx, val_idx = train_idx[inner], train_idx[val]
+    data = TrainingSet(meta, m, values, labels, mask, train_idx, val_idx, fit, cfg)
+    router, log = kind.fit(data)
+    router.meta.extra = {**router.meta.extra,
+                         "train_wall_s": round(time.monotonic() - t0, 2)}
+    router.save(cfg.out)
+    log = {**log, "train_wall_s": router.meta.extra["train_wall_s"], "fit_config": asdict(fit)}
+    (cfg.out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
     return router, log
 
 
-def _fit(
-    kind: str,
-    meta: RouterMeta,
-    queries: list[str],
-    labels: np.ndarray,
-    mask: np.ndarray,
-    train_idx: np.ndarray,
-    cfg: FitConfig,
-    val_fraction: float,
-) -> tuple[TrainedRouter, dict[str, Any]]:
-    if kind == "knn":
-        from export.routers.knn import train_knn
-
-        return train_knn(meta, queries, labels, train_idx), {}
-    inner, val = validation_split(len(train_idx), val_fraction, cfg.seed)
-    tr, va = train_idx[inner], train_idx[val]
-    if kind == "mlp":
-        from export.routers.mlp import train_mlp
-
-        return train_mlp(meta, queries, labels, mask, tr, va, cfg)
-    from export.routers.bert import train_bert
-
-    return train_bert(meta, queries, labels, mask, tr, va, cfg)
-
-
 def run(args: argparse.Namespace) -> int:
-    router, log = train(args)
+    from export.cli import stage_config
+
+    cfg = stage_config(TrainConfig, args)
+    router, log = train(cfg)
     print(
         f"trained {router.kind} router on {router.meta.train_queries} queries "
         f"({len(router.experts)} experts, metric {router.meta.metric}) in "
-        f"{log['train_wall_s']} s -> {args.out}",
+        f"{log['train_wall_s']} s -> {cfg.out}",
         file=sys.stderr,
     )
     return 0

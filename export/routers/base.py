@@ -8,7 +8,9 @@ exporter and the daemon)::
      "table_sha256": str, "train_queries": int, "datasets": [...], ...}
 
 plus kind-specific files (``hf/`` for BERT, ``mlp.npz`` + ``vocab.json`` for MLP,
-``knn.npz`` for 1NN). :func:`load_router` dispatches on ``kind``.
+``knn.npz`` for 1NN). :meth:`RouterMeta.read` is the one reader of router.json (train,
+evaluate, calibrate and export all use it); :func:`load_router` loads a folder through the
+kind registry (``export.routers.kinds``).
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from export.errors import PipelineError
 
+if TYPE_CHECKING:
+    from export.labels import LabelSpec
+
 FORMAT = 1
-KINDS: tuple[str, ...] = ("mlp", "bert", "knn")
 
 
 @dataclass
@@ -52,13 +56,17 @@ class RouterMeta:
 
     @classmethod
     def read(cls, folder: Path) -> RouterMeta:
+        """router.json of ``folder``, its format and kind checked against this version."""
+        from export.routers.kinds import KINDS
+
         path = Path(folder) / "router.json"
         if not path.is_file():
-            raise PipelineError(f"{folder} is not a trained router: {path} is missing")
+            raise PipelineError(f"{folder} is not a trained router: {path} is missing; "
+                                "run `edgeroute train` first")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             meta = cls(**data)
-        except (json.JSONDecodeError, TypeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
             raise PipelineError(f"{path} is not a valid router.json ({exc})") from exc
         if meta.format != FORMAT or meta.kind not in KINDS:
             raise PipelineError(
@@ -66,6 +74,14 @@ class RouterMeta:
                 f"(this version reads format {FORMAT}, kinds {list(KINDS)})"
             )
         return meta
+
+    def labels(self) -> LabelSpec:
+        """How the router's labels were made (a router.json without ``label_spec``: its
+        metric and temperature), so every stage scores the router on the same values."""
+        from export.labels import LabelSpec
+
+        spec = self.label_spec or {"metric": self.metric, "temperature": self.temperature}
+        return LabelSpec(**spec)
 
 
 class TrainedRouter(ABC):
@@ -98,19 +114,10 @@ class TrainedRouter(ABC):
 
 def load_router(folder: Path) -> TrainedRouter:
     """Load any trained router folder (imports torch only for kinds that need it)."""
-    folder = Path(folder)
+    from export.routers.kinds import router_kind
+
     meta = RouterMeta.read(folder)
-    if meta.kind == "mlp":
-        from export.routers.mlp import MlpRouter
-
-        return MlpRouter.load(folder, meta)
-    if meta.kind == "knn":
-        from export.routers.knn import KnnRouter
-
-        return KnnRouter.load(folder, meta)
-    from export.routers.bert import BertRouter
-
-    return BertRouter.load(folder, meta)
+    return router_kind(meta.kind).load(Path(folder), meta)
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:

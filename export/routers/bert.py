@@ -16,7 +16,7 @@ max_length=max_length)).logits)`` are the scores in label order.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from export.errors import PipelineError
 from export.routers.base import RouterMeta, TrainedRouter, softmax_rows
 from export.routers.encoder import length_batches, minilm_dir, offline
 from export.routers.training import FitConfig
+
+if TYPE_CHECKING:
+    from export.routers.kinds import TrainingSet
 
 
 class BertRouter(TrainedRouter):
@@ -129,3 +132,13 @@ def train_bert(
         "bert",
     )
     return BertRouter(meta, model, tok), log
+
+
+def fit(data: TrainingSet) -> tuple[BertRouter, dict[str, Any]]:
+    """The registry's entry point (``export.routers.kinds``); records the head and depth."""
+    router, log = train_bert(data.meta, data.queries, data.labels, data.mask, data.train_idx,
+                             data.val_idx, data.fit)
+    router.meta.extra = {**router.meta.extra,
+                         "head": "BertForSequenceClassification ([CLS] pooler + linear)",
+                         "layers": router.layers}
+    return router, log

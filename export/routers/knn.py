@@ -4,11 +4,15 @@ label vector (so its best expert wins). The paper's non-parametric reference poi
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from export.routers.base import RouterMeta, TrainedRouter
 from export.routers.encoder import embed
+
+if TYPE_CHECKING:
+    from export.routers.kinds import TrainingSet
 
 
 class KnnRouter(TrainedRouter):
@@ -45,3 +49,8 @@ def train_knn(
     """'Training' is embedding the training queries and keeping their soft labels."""
     emb = embed([queries[i] for i in train_idx], max_length=meta.max_length)
     return KnnRouter(meta, emb, labels[train_idx])
+
+
+def fit(data: TrainingSet) -> tuple[KnnRouter, dict[str, Any]]:
+    """The registry's entry point (``export.routers.kinds``): no training loop, no log."""
+    return train_knn(data.meta, data.queries, data.labels, data.train_idx), {}

@@ -13,12 +13,15 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from export.routers.base import RouterMeta, TrainedRouter, softmax_rows
 from export.routers.training import FitConfig
+
+if TYPE_CHECKING:
+    from export.routers.kinds import TrainingSet
 
 _TOKEN = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 
@@ -115,3 +118,9 @@ def train_mlp(
     sd = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
     weights = {"w1": sd["0.weight"], "b1": sd["0.bias"], "w2": sd["3.weight"], "b2": sd["3.bias"]}
     return MlpRouter(meta, vec, weights), log
+
+
+def fit(data: TrainingSet) -> tuple[MlpRouter, dict[str, Any]]:
+    """The registry's entry point (``export.routers.kinds``)."""
+    return train_mlp(data.meta, data.queries, data.labels, data.mask, data.train_idx,
+                     data.val_idx, data.fit)

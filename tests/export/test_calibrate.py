@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
-from export.calibrate import calibrate
+from export.calibrate import CalibrateConfig, calibrate
 from export.errors import PipelineError
 from export.table import write_table
 from tests.export.test_labels import synthetic_rows
@@ -30,9 +30,9 @@ def table_and_router(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 
 def test_target_cloud_share_is_met_with_least_quality_lost(table_and_router) -> None:
     table, router = table_and_router
-    free = calibrate(table, router, cloud_share=1.0, quality=None)
+    free = calibrate(CalibrateConfig(table, router, target_cloud_share=1.0))
     assert free["chosen"]["cost_weight"] == 0.0
-    res = calibrate(table, router, cloud_share=0.2, quality=None)
+    res = calibrate(CalibrateConfig(table, router, target_cloud_share=0.2))
     assert res["chosen"]["cloud_share"] <= 0.2
     shares = [p["cloud_share"] for p in res["curve"]]
     assert shares == sorted(shares, reverse=True)  # monotone in the cost weight
@@ -43,8 +43,8 @@ def test_target_cloud_share_is_met_with_least_quality_lost(table_and_router) -> 
 
 def test_target_quality_picks_the_cheapest_weight_that_keeps_it(table_and_router) -> None:
     table, router = table_and_router
-    best = calibrate(table, router, cloud_share=1.0, quality=None)["chosen"]["quality"]
-    res = calibrate(table, router, cloud_share=None, quality=best - 0.05)
+    best = calibrate(CalibrateConfig(table, router, target_cloud_share=1.0))["chosen"]["quality"]
+    res = calibrate(CalibrateConfig(table, router, target_quality=best - 0.05))
     assert res["chosen"]["quality"] >= best - 0.05
     with pytest.raises(PipelineError, match="relax"):
-        calibrate(table, router, cloud_share=None, quality=2.0)
+        calibrate(CalibrateConfig(table, router, target_quality=2.0))

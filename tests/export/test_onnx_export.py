@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from agent.router_bundle import OnnxRouter, file_sha256
-from export.errors import ExportError
-from export.onnx_export import check_gates, load_eval_set, read_router
+from export.errors import ExportError, PipelineError
+from export.onnx_export import ExportConfig, check_gates, load_eval_set, read_router
+from export.routers.base import RouterMeta
 from tests.export.tiny_router import CODE, EXPERTS, HARD, MAX_LENGTH, export, session_artifacts
 
 
@@ -86,10 +87,8 @@ def test_runtime_scores_match_the_torch_model(art: dict[str, Path]) -> None:
 
 def test_export_refuses_a_router_that_is_not_bert(tmp_path: Path) -> None:
     folder = tmp_path / "mlp"
-    folder.mkdir()
-    meta = {"format": 1, "kind": "mlp", "experts": EXPERTS, "metric": "correct",
-            "temperature": 0.1, "max_length": 64, "seed": 0}
-    (folder / "router.json").write_text(json.dumps(meta), encoding="utf-8")
+    RouterMeta(kind="mlp", experts=EXPERTS, metric="correct", temperature=0.1, seed=0,
+               table_sha256="", train_queries=2, datasets=["toy"], max_length=64).write(folder)
     res = export(folder, tmp_path / "out", "--queries", str(tmp_path / "q.txt"))
     assert res.returncode == 2
     assert "only 'bert' routers" in res.stderr and len(res.stderr.strip().splitlines()) == 1
@@ -97,50 +96,49 @@ def test_export_refuses_a_router_that_is_not_bert(tmp_path: Path) -> None:
 
 
 def test_read_router_names_missing_files(art: dict[str, Path], tmp_path: Path) -> None:
-    with pytest.raises(ExportError, match="router.json is missing"):
+    with pytest.raises(PipelineError, match="router.json is missing"):
         read_router(tmp_path)
     (tmp_path / "router.json").write_text((art["router"] / "router.json").read_text())
     with pytest.raises(ExportError, match="config.json is missing"):
         read_router(tmp_path)
 
 
-def _ns(**kw: object) -> argparse.Namespace:
-    base = {"table": None, "queries": None, "max_eval": 0, "min_agreement": 0.99,
-            "max_quality_loss": 0.01}
-    return argparse.Namespace(**{**base, **kw})
+def _cfg(**kw: Any) -> ExportConfig:
+    return ExportConfig(router=Path("unused"), out=Path("unused"), **kw)
 
 
 def test_gates_fail_on_low_agreement_or_quality_loss() -> None:
     ok = {"top1_agreement": 0.995, "queries": 200,
           "quality": {"relative_loss": 0.004}}
-    check_gates(ok, _ns())
+    check_gates(ok, _cfg())
     assert ok["gates"]["passed"] is True
     with pytest.raises(ExportError, match="agreement 0.9800 < 0.99"):
-        check_gates({"top1_agreement": 0.98, "queries": 200}, _ns())
+        check_gates({"top1_agreement": 0.98, "queries": 200}, _cfg())
     with pytest.raises(ExportError, match="loses 3.00%"):
         check_gates({"top1_agreement": 1.0, "queries": 200,
-                     "quality": {"relative_loss": 0.03}}, _ns())
+                     "quality": {"relative_loss": 0.03}}, _cfg())
 
 
 def test_eval_set_from_table_is_the_routers_test_split(art: dict[str, Path],
                                                        tmp_path: Path) -> None:
-    spec = read_router(art["router"])
-    ev = load_eval_set(_ns(table=art["table"]), spec)
+    src = read_router(art["router"])
+    assert (src.meta.kind, src.meta.experts, src.layers) == ("bert", EXPERTS, 6)
+    ev = load_eval_set(_cfg(table=art["table"]), src.meta)
     assert len(ev.queries) == 15 and ev.quality is not None
     assert ev.quality.shape == (15, len(EXPERTS)) and ev.note == ""
     other = tmp_path / "other.jsonl"
     other.write_text(art["table"].read_text() + "\n", encoding="utf-8")
-    assert "differs" in load_eval_set(_ns(table=other), spec).note
+    assert "differs" in load_eval_set(_cfg(table=other), src.meta).note
 
 
 def test_eval_set_from_query_list_and_nothing(art: dict[str, Path], tmp_path: Path) -> None:
-    spec = read_router(art["router"])
+    meta = read_router(art["router"]).meta
     qfile = tmp_path / "q.jsonl"
     qfile.write_text('{"query": "a"}\n{"query": "b"}\n{"query": "c"}\n', encoding="utf-8")
-    ev = load_eval_set(_ns(queries=qfile, max_eval=2), spec)
+    ev = load_eval_set(_cfg(queries=qfile, max_eval=2), meta)
     assert ev.queries == ["a", "b"] and ev.quality is None
     with pytest.raises(ExportError, match="give --table"):
-        load_eval_set(_ns(), spec)
+        load_eval_set(_cfg(), meta)
 
 
 def test_quality_compares_only_queries_every_expert_answered() -> None:
@@ -149,11 +147,11 @@ def test_quality_compares_only_queries_every_expert_answered() -> None:
     nan = float("nan")
     values = np.array([[0.9, 0.1], [0.2, 0.8], [nan, 0.5], [0.4, 0.6]])
     chose32, chose8 = np.array([0, 1, 0, 1]), np.array([0, 0, 1, 1])
-    q = _quality(values, chose32, chose8, {"metric": "bertsim", "experts": ["a", "b"]})
+    q = _quality(values, chose32, chose8, ["a", "b"], "bertsim")
     assert q is not None and q["queries"] == 3  # the row with a missing outcome is left out
     assert q["fp32"] == pytest.approx((0.9 + 0.8 + 0.6) / 3)
     assert q["int8"] == pytest.approx((0.9 + 0.2 + 0.6) / 3)
     assert q["relative_loss"] == pytest.approx((0.8 - 0.2) / 3 / q["fp32"])
     assert q["oracle"] == pytest.approx(q["fp32"])
-    assert _quality(np.full((2, 2), nan), chose32[:2], chose8[:2],
-                    {"metric": "bertsim", "experts": ["a", "b"]}) is None
+    assert _quality(np.full((2, 2), nan), chose32[:2], chose8[:2], ["a", "b"],
+                    "bertsim") is None

@@ -11,6 +11,7 @@ import pytest
 from export.labels import LabelSpec, build_matrix, metric_values, soft_labels, split_indices
 from export.routers import baselines
 from export.routers.base import RouterMeta, load_router
+from export.routers.kinds import KINDS
 from export.routers.training import FitConfig
 from tests.export.test_labels import synthetic_rows
 
@@ -160,12 +161,52 @@ def test_bert_layers_out_of_range_is_a_clear_error(layers: int) -> None:
         train_bert(meta, queries, labels, mask, train, np.array([], dtype=int), cfg)
 
 
-@pytest.mark.parametrize("kind", ["bert", "mlp", "knn", "nope"])
-def test_load_router_rejects_a_folder_without_router_json(tmp_path: Path, kind: str) -> None:
+def _complete_meta(kind: str) -> dict[str, object]:
+    """A router.json that passes every check but the kind's."""
+    return {"format": 1, "kind": kind, "experts": ["a", "b"], "metric": "bertsim",
+            "temperature": 0.1, "seed": 0, "table_sha256": "x", "train_queries": 2,
+            "datasets": ["d"]}
+
+
+def test_load_router_rejects_a_folder_without_a_valid_router_json(tmp_path: Path) -> None:
     from export.errors import PipelineError
 
-    with pytest.raises(PipelineError, match="router.json"):
+    with pytest.raises(PipelineError, match="router.json is missing"):
         load_router(tmp_path)
-    (tmp_path / "router.json").write_text(json.dumps({"kind": kind}))
-    with pytest.raises(PipelineError, match="router.json"):
+    (tmp_path / "router.json").write_text(json.dumps({"kind": "mlp"}))  # fields missing
+    with pytest.raises(PipelineError, match="not a valid router.json"):
         load_router(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["nope", "BERT", ""])
+def test_router_json_of_an_unknown_kind_is_refused_by_name(tmp_path: Path, kind: str) -> None:
+    from export.errors import PipelineError
+
+    (tmp_path / "router.json").write_text(json.dumps(_complete_meta(kind)))
+    with pytest.raises(PipelineError, match=f"kind {kind!r}") as err:
+        RouterMeta.read(tmp_path)
+    assert "mlp" in str(err.value) and "bert" in str(err.value)  # says what it knows
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_every_registered_kind_reads_and_resolves(tmp_path: Path, kind: str) -> None:
+    """The kind check passes for known kinds; each entry names a router class with
+    ``load`` and a module with ``fit`` (what adding a kind must provide)."""
+    import importlib
+
+    from export.routers.base import TrainedRouter
+
+    (tmp_path / "router.json").write_text(json.dumps(_complete_meta(kind)))
+    assert RouterMeta.read(tmp_path).kind == kind
+    entry = KINDS[kind]
+    assert entry.name == kind
+    assert issubclass(entry.router_class(), TrainedRouter)
+    assert callable(importlib.import_module(entry.module).fit)
+
+
+def test_format_mismatch_is_refused(tmp_path: Path) -> None:
+    from export.errors import PipelineError
+
+    (tmp_path / "router.json").write_text(json.dumps({**_complete_meta("mlp"), "format": 2}))
+    with pytest.raises(PipelineError, match="unsupported format 2"):
+        RouterMeta.read(tmp_path)

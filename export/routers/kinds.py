@@ -1,0 +1,131 @@
+"""The router-kind registry: per kind, how it trains, how it loads, its training defaults
+and what it supports. ``edgeroute train --router``, :func:`export.routers.base.load_router`,
+``RouterMeta.read`` and ``edgeroute export`` read this one table and nothing else.
+
+Adding a kind is one entry in :data:`KINDS`, plus its module:
+
+1. ``export/routers/<kind>.py`` (torch imported inside functions only) with
+   - a :class:`~export.routers.base.TrainedRouter` subclass with ``save(folder)`` and a
+     classmethod ``load(folder, meta)``;
+   - ``fit(data: TrainingSet) -> (router, log_dict)``: train on ``data.train_idx`` (and
+     ``data.val_idx`` for early stopping; empty when the entry says ``validation=False``).
+     ``data`` carries the soft labels and mask, the metric values, the whole pivoted
+     table (``data.matrix``, for kinds that learn from raw outcomes) and the stage's
+     :class:`~export.train.TrainConfig`. Put kind-specific provenance in
+     ``data.meta.extra`` (written to router.json).
+2. ``KINDS["<kind>"] = RouterKind("<kind>", "export.routers.<kind>:<RouterClass>",
+   FitDefaults(...), ...)``.
+
+Then ``edgeroute train --router <kind>`` trains it, and evaluate, calibrate and the report
+load it through :func:`~export.routers.base.load_router`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from export.errors import PipelineError
+
+if TYPE_CHECKING:
+    from export.labels import OutcomeMatrix
+    from export.routers.base import RouterMeta, TrainedRouter
+    from export.routers.training import FitConfig
+    from export.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class FitDefaults:
+    """Training-loop defaults of a kind (``--epochs`` etc. override them)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    patience: int
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Everything a kind's ``fit`` may use; rows of every array are the table's queries."""
+
+    meta: RouterMeta
+    matrix: OutcomeMatrix  # the whole table, queries x experts, raw outcomes
+    values: np.ndarray  # the label metric (higher is better), NaN where unknown
+    labels: np.ndarray  # soft labels
+    mask: np.ndarray  # experts with a value per query
+    train_idx: np.ndarray
+    val_idx: np.ndarray  # empty for kinds without a validation split
+    fit: FitConfig
+    config: TrainConfig
+
+    @property
+    def queries(self) -> list[str]:
+        return self.matrix.queries
+
+
+@dataclass(frozen=True)
+class RouterKind:
+    """One kind of router. ``router`` is ``"module:Class"``; the module's ``fit`` trains it.
+    Nothing is imported until a router of this kind trains or loads."""
+
+    name: str
+    router: str
+    defaults: FitDefaults
+    validation: bool = True  # carve a validation split off the training queries
+    layers: bool = False  # accepts --layers (encoder depth)
+    onnx: bool = False  # `edgeroute export` can turn it into a daemon bundle
+
+    @property
+    def module(self) -> str:
+        return self.router.partition(":")[0]
+
+    def router_class(self) -> type[TrainedRouter]:
+        cls: type[TrainedRouter] = getattr(
+            importlib.import_module(self.module), self.router.partition(":")[2]
+        )
+        return cls
+
+    def load(self, folder: Path, meta: RouterMeta) -> TrainedRouter:
+        loader: Any = self.router_class()
+        router: TrainedRouter = loader.load(Path(folder), meta)
+        return router
+
+    def fit(self, data: TrainingSet) -> tuple[TrainedRouter, dict[str, Any]]:
+        result: tuple[TrainedRouter, dict[str, Any]] = importlib.import_module(
+            self.module
+        ).fit(data)
+        return result
+
+
+KINDS: dict[str, RouterKind] = {
+    k.name: k
+    for k in (
+        RouterKind("mlp", "export.routers.mlp:MlpRouter", FitDefaults(60, 32, 1e-3, 4)),
+        RouterKind(
+            "bert", "export.routers.bert:BertRouter", FitDefaults(4, 16, 1e-4, 1),
+            layers=True, onnx=True,
+        ),
+        RouterKind(
+            "knn", "export.routers.knn:KnnRouter", FitDefaults(0, 0, 0.0, 0), validation=False
+        ),
+    )
+}
+
+
+def router_kind(name: str) -> RouterKind:
+    """The registry entry of ``name``; a PipelineError naming the known kinds otherwise."""
+    try:
+        return KINDS[name]
+    except (KeyError, TypeError):
+        raise PipelineError(
+            f"unknown router kind {name!r}; this version knows {list(KINDS)}"
+        ) from None
+
+
+def exportable() -> list[str]:
+    """Kinds ``edgeroute export`` can bundle for the daemon."""
+    return [k for k, v in KINDS.items() if v.onnx]
