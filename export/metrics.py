@@ -151,6 +151,7 @@ GRADERS: dict[str, str] = {
     "gsm8k": "edgeroute-gsm8k/1",
     "mbpp": "edgeroute-mbpp/1",
     "pubmedqa": "edgeroute-pubmedqa/2",
+    "mmlu": "edgeroute-mmlu/1",  # ARC's rules (arc_choice) on MMLU's options
 }
 
 
@@ -321,7 +322,7 @@ def grade(query: Query, response: str) -> float | None:
         return run_mbpp_tests(extract_code(response), query.tests, query.test_setup)
     if query.answer is None:
         return None
-    if query.dataset == "arc":
+    if query.dataset in ("arc", "mmlu"):
         return grade_arc(response, query.answer, query.extra.get("choices", ()))
     if query.dataset == "gsm8k":
         return grade_gsm8k(response, query.answer)
