@@ -1,11 +1,16 @@
-"""Property tests of the pure decision core (agent/policy.py)."""
+"""Property tests of the pure decision core (agent/policy.py).
+
+Feasibility is checked against :func:`fits`, written here from the README's rules, never
+against the implementation's own ``why_infeasible``.
+"""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from agent.policy import ExpertState, Request, Weights, decide, why_infeasible
+from agent.policy import ExpertState, Request, Weights, decide
 
 NAMES = ["local-a", "local-b", "cloud-x", "cloud-y", "cloud-z"]
 price = st.floats(0, 50, allow_nan=False)
@@ -40,21 +45,39 @@ request_st = st.builds(
 weights_st = st.builds(Weights, st.floats(0, 5), st.floats(0, 5), st.floats(0, 5))
 
 
+def worst_case_usd(e: ExpertState, req: Request) -> float:
+    """The most the request can cost on ``e``: the prompt at the input price plus every
+    allowed output token at the output price (prices per million tokens)."""
+    return (req.prompt_tokens * e.input_usd_per_mtok + req.max_tokens * e.output_usd_per_mtok) / 1e6
+
+
+def fits(e: ExpertState, req: Request) -> bool:
+    """The README's hard limits: the expert is available; its worst case is within the
+    request's cost limit and within the budget left; its latency estimate (when it has
+    one) is within the request's latency limit."""
+    cost = worst_case_usd(e, req)
+    return (
+        e.available
+        and (req.max_cost_usd is None or cost <= req.max_cost_usd)
+        and (e.remaining_usd is None or cost <= e.remaining_usd)
+        and (req.max_latency_ms is None or e.latency_s is None
+             or e.latency_s * 1000 <= req.max_latency_ms)
+    )
+
+
 @given(scores_st, experts_st(), request_st, weights_st, st.sampled_from(["onnx", "fixed"]))
 def test_never_picks_an_expert_over_a_hard_limit(scores, experts, req, w, mode) -> None:
     assume(req.requested is None or req.requested in experts)
     d = decide(scores, experts, req, weights=w, default_expert=next(iter(experts)), mode=mode)
+    # Refused exactly when no expert fits.
+    assert d.refused == (not any(fits(e, req) for e in experts.values()))
     if d.refused:
-        assert all(why_infeasible(e, req) for e in experts.values())
         assert d.reason.startswith("no expert fits")
         return
     chosen = experts[d.expert]
-    assert why_infeasible(chosen, req) is None
-    cost = chosen.worst_case_usd(req.prompt_tokens, req.max_tokens)
-    if req.max_cost_usd is not None:
-        assert cost <= req.max_cost_usd
-    if chosen.remaining_usd is not None:
-        assert cost <= chosen.remaining_usd
+    assert fits(chosen, req)
+    if req.requested is not None and fits(experts[req.requested], req):
+        assert d.expert == req.requested  # a named expert that fits is honoured
     assert d.reason
 
 
@@ -76,7 +99,7 @@ def test_chosen_cost_is_monotone_in_the_cost_weight(scores, experts, req, wq, w1
 def test_quality_only_picks_the_best_scored_feasible_expert(scores, experts, req) -> None:
     req = Request(None, req.prompt_tokens, req.max_tokens, req.max_cost_usd, req.max_latency_ms)
     d = decide(scores, experts, req, default_expert=next(iter(experts)), mode="onnx")
-    feasible = [n for n, e in experts.items() if why_infeasible(e, req) is None]
+    feasible = [n for n, e in experts.items() if fits(e, req)]
     if feasible:
         assert scores.get(d.expert, 0.0) == max(scores.get(n, 0.0) for n in feasible)
 
@@ -110,3 +133,30 @@ def test_fixed_mode_uses_default_expert() -> None:
     d = decide({"a": 0.0, "b": 1.0}, experts, Request(None, 10, 10), default_expert="a",
                mode="fixed")
     assert d.expert == "a"
+
+
+@pytest.mark.parametrize(
+    ("limit", "ok"), [(None, True), (0.004, True), (0.0039, False), (0.0, False)]
+)
+def test_request_cost_limit_is_inclusive_at_the_worst_case(limit, ok) -> None:
+    """100 prompt tokens at $10/M plus 100 output tokens at $30/M: $0.004 at worst."""
+    experts = {"gpt": ExpertState("gpt", "cloud", 10.0, 30.0)}
+    d = decide({}, experts, Request(None, 100, 100, max_cost_usd=limit),
+               default_expert="gpt", mode="onnx")
+    assert d.refused is not ok
+    assert d.expert == ("gpt" if ok else "")
+
+
+def test_unavailable_too_slow_and_over_budget_experts_are_skipped() -> None:
+    experts = {
+        "down": ExpertState("down", "cloud", available=False),
+        "slow": ExpertState("slow", "local", latency_s=1.001),
+        "at-limit": ExpertState("at-limit", "local", latency_s=1.0),
+        "broke": ExpertState("broke", "cloud", 1.0, 1.0, remaining_usd=0.0),
+        "ok": ExpertState("ok", "local", latency_s=0.5),
+    }
+    scores = {"down": 0.9, "slow": 0.8, "broke": 0.7, "at-limit": 0.2, "ok": 0.1}
+    d = decide(scores, experts, Request(None, 10, 10, max_latency_ms=1000),
+               default_expert="down", mode="onnx")
+    assert d.expert == "at-limit"  # a latency estimate equal to the limit fits
+    assert set(d.rejected) == {"down", "slow", "broke"}
