@@ -68,28 +68,25 @@ def default_router(folder: Path, layers: int = 6) -> Path:
                                                           local_files_only=True)
     model.save_pretrained(folder / "hf")
     AutoTokenizer.from_pretrained(src, local_files_only=True).save_pretrained(folder / "hf")
-    meta = {"format": 1, "kind": "bert", "experts": EXPERTS, "metric": "bertsim",
-            "temperature": 0.1, "max_length": LONG_TOKENS, "seed": 0}
-    (folder / "router.json").write_text(json.dumps(meta), encoding="utf-8")
+    from export.routers.base import RouterMeta
+
+    RouterMeta(kind="bert", experts=list(EXPERTS), metric="bertsim", temperature=0.1, seed=0,
+               table_sha256="", train_queries=0, datasets=[],
+               max_length=LONG_TOKENS).write(folder)
     return folder
 
 
 def export_bundle(router: Path, out: Path, precision: str, fuse: bool,
                   target: str | None = None) -> Path:
-    from export import onnx_export
+    from export.onnx_export import ExportConfig
+    from export.onnx_export import export_bundle as export
 
     queries = out.parent / "queries.txt"
     lines = (" ".join(TEXT.split()[: 4 + i]) for i in range(20))
     queries.write_text("\n".join(lines), encoding="utf-8")
-    parser = argparse.ArgumentParser()
-    onnx_export.add_arguments(parser)
-    args = parser.parse_args(["--router", str(router), "--out", str(out),
-                              "--queries", str(queries), "--precision", precision,
-                              # latency only: an untrained head's near-ties flip in int8
-                              "--min-agreement", "0", "--max-quality-loss", "1",
-                              *([] if fuse else ["--no-fuse"]),
-                              *([] if target is None else ["--target", target])])
-    onnx_export.run(args)
+    # latency only: an untrained head's near-ties flip in int8, so no gates
+    export(ExportConfig(router=router, out=out, queries=queries, precision=precision,
+                        min_agreement=0.0, max_quality_loss=1.0, fuse=fuse, target=target))
     return out
 
 
