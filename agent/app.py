@@ -24,7 +24,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.admission import Admission, Slot
 from agent.errors import (
     BundleError,
     ExpertCallError,
@@ -32,18 +31,18 @@ from agent.errors import (
     RequestError,
     openai_error_body,
 )
-from agent.experts.base import Delta, GenerationParams
 from agent.http_limits import BodySizeLimit
 from agent.http_security import BearerToken, HostAllowList, read_token
 from agent.policy import Decision, tighter
 from agent.runtime import Hints, Runtime
 from agent.schemas import ERROR_RESPONSES, ChatRequest, chunk_body, completion_body, new_id
 from agent.settings import Settings
+from cloud_bridge.wire import SamplingParams, StreamPiece
 
 log = logging.getLogger("edgeroute.app")
 
 
-def _params(req: ChatRequest, settings: Settings) -> GenerationParams:
+def _params(req: ChatRequest, settings: Settings) -> SamplingParams:
     max_tokens = req.max_tokens or req.max_completion_tokens or settings.server.default_max_tokens
     cap = settings.server.max_tokens_cap
     if max_tokens > cap:
@@ -52,7 +51,7 @@ def _params(req: ChatRequest, settings: Settings) -> GenerationParams:
             param="max_tokens",
             code="max_tokens_too_large",
         )
-    return GenerationParams(
+    return SamplingParams(
         max_tokens=max_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
@@ -153,36 +152,37 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _open_stream(rt: Runtime, req: ChatRequest, params: GenerationParams,
-                       decision: Decision) -> AsyncIterator[tuple[Delta, Decision]]:
-    """Start the expert's stream and wait for its first delta *before* the HTTP response
-    starts, so that a failure before the first byte is a real status code (503/502), not
-    a cut-off 200 stream. Returns an iterator that replays that first delta."""
-    it = rt.stream(decision, req.plain_messages(), params).__aiter__()
+async def _open_stream(rt: Runtime, req: ChatRequest, params: SamplingParams,
+                       decision: Decision) -> StreamingResponse:
+    """Start the expert's stream and wait for its first piece *before* the HTTP response
+    starts, so that a failure before the first byte (a full queue, a failed cloud call
+    with fallback off) is a real status code (503/502), not a cut-off 200 stream. The
+    response replays that first piece; however it ends (a client gone before the body
+    started included), closing the dispatch frees its admission slot and ledger row."""
+    it = rt.stream(decision, req.plain_messages(), params)
     try:
-        first = await it.__anext__()
+        first = await anext(it)
     except StopAsyncIteration:
         first = None
+    except BaseException:
+        await it.aclose()
+        raise
 
-    async def replay() -> AsyncIterator[tuple[Delta, Decision]]:
-        if first is not None:
-            yield first
-            async for item in it:
-                yield item
+    async def replay() -> AsyncIterator[tuple[StreamPiece, Decision]]:
+        try:
+            if first is not None:
+                yield first
+                async for item in it:
+                    yield item
+        finally:
+            await it.aclose()
 
-    return replay()
-
-
-async def _stream_events(stream: AsyncIterator[tuple[Delta, Decision]], req: ChatRequest,
-                         slot: Slot) -> AsyncIterator[bytes]:
-    try:
-        async for event in _events(stream, req):
-            yield event
-    finally:
-        slot.release()
+    return StreamingResponse(_events(replay(), req), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache"},
+                             background=BackgroundTask(it.aclose))
 
 
-async def _events(stream: AsyncIterator[tuple[Delta, Decision]],
+async def _events(stream: AsyncIterator[tuple[StreamPiece, Decision]],
                   req: ChatRequest) -> AsyncIterator[bytes]:
     cid, created = new_id(), int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -262,12 +262,6 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="edgeroute", version="0.1.0", lifespan=lifespan)
     _install_guards(app, settings)
-    admission = Admission(
-        limits={n: (settings.server.max_inflight_cloud if e.info.kind == "cloud" else 1)
-                for n, e in runtime.experts.items()},
-        max_queue=settings.server.max_queue_per_expert,
-        timeout_s=settings.server.queue_timeout_s,
-    )
     _install_error_handlers(app)
 
     async def _answer(req: ChatRequest, request: Request) -> Any:
@@ -275,24 +269,9 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         params = _params(req, settings)
         messages = req.plain_messages()
         decision = runtime.decide(req.model, messages, params, _hints(req, request))
-        slot = await admission.acquire(decision.expert)
         if req.stream:
-            try:
-                stream = await _open_stream(runtime, req, params, decision)
-            except BaseException:
-                slot.release()
-                raise
-            return StreamingResponse(
-                _stream_events(stream, req, slot),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-                # Safety net: releases the slot even if the stream never started.
-                background=BackgroundTask(slot.release),
-            )
-        try:
-            completion, decision = await runtime.complete(decision, messages, params)
-        finally:
-            slot.release()
+            return await _open_stream(runtime, req, params, decision)
+        completion, decision = await runtime.complete(decision, messages, params)
         return completion_body(
             cid=new_id(),
             expert=decision.expert,

@@ -173,6 +173,26 @@ def check_model(expert: LocalExpertSettings, cache_dir: Path, rehash: bool) -> F
     return Finding(name, "ok", f"{path} ({size}) sha256 {pinned[:16]}... verified")
 
 
+def check_threads(settings: Settings) -> Finding:
+    """The CPU threads generation and routing get, and where the default came from."""
+    from agent.cores import generation_threads, physical_cores
+
+    cores = physical_cores()
+    parts = []
+    for e in settings.local_experts:
+        chosen = generation_threads(e.n_threads)
+        parts.append(f"{e.name} {chosen.threads}" + ("" if e.n_threads else " (default)"))
+    status: Status = "ok"
+    detail = (f"generation threads: {', '.join(parts)}; default = {cores.how}; router: "
+              f"{settings.router.threads} onnxruntime threads, only while routing")
+    over = [e.name for e in settings.local_experts if (e.n_threads or 0) > cores.threads]
+    if over:
+        status = "warn"
+        detail += (f"; {', '.join(over)} set more threads than the {cores.threads} physical "
+                   "cores: generation slows down; unset n_threads")
+    return Finding("threads", status, detail)
+
+
 def check_bundle(settings: Settings) -> Finding:
     bundle = settings.router.bundle
     try:
@@ -311,6 +331,7 @@ def settings_checks(settings: Settings, rehash: bool, timeout: float) -> list[Fi
         *check_env_files(default_env_files()),
     ]
     findings += [check_model(e, settings.paths.cache_dir, rehash) for e in settings.local_experts]
+    findings.append(check_threads(settings))
     findings.append(check_bundle(settings))
     findings += secret_checks(settings)
     findings += [check_cloud(e, timeout) for e in settings.cloud_experts]

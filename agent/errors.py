@@ -14,7 +14,10 @@ HTTP errors leave the server as OpenAI's ``{"error": {"message", "type", "param"
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cloud_bridge.usage import TokenUsage
 
 
 class AgentError(Exception):
@@ -72,13 +75,20 @@ class UnknownExpertError(RequestError):
 
 
 class ExpertCallError(AgentError):
-    """An expert failed to answer one call; ``partial`` is True once bytes reached the client."""
+    """An expert failed to answer one call; ``partial`` is True once bytes reached the
+    client. ``usage``: tokens consumed before the failure, billed (None if none);
+    ``retry_after_s``: when the expert may take calls again, if known."""
 
-    def __init__(self, expert: str, reason: str, *, partial: bool = False) -> None:
+    def __init__(
+        self, expert: str, reason: str, *, partial: bool = False,
+        usage: TokenUsage | None = None, retry_after_s: int | None = None,
+    ) -> None:
         super().__init__(f"expert {expert!r} failed: {reason}")
         self.expert = expert
         self.reason = reason
         self.partial = partial
+        self.usage = usage
+        self.retry_after_s = retry_after_s
 
 
 class ExpertUnavailableError(AgentError):

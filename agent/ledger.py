@@ -3,8 +3,10 @@
 A call first *reserves* its worst-case cost (prompt + max_tokens at the expert's prices)
 in one ``BEGIN IMMEDIATE`` transaction that also checks every cap, so concurrent requests
 can never reserve past a cap together. The prompt estimate is an upper bound by
-construction (``runtime.prompt_tokens_upper_bound``). After the call the row is *settled*
-to the real usage, or *released* if the expert never answered. The real cost is recorded
+construction (``prompt_tokens_upper_bound``). After the call the row is *settled* to the
+real usage, or *released* if the expert never answered. When the peer reported no usage
+(the bridge counted it: ``estimated``), the row is settled with that upper bound as its
+prompt, so a guess never under-counts. The real cost is recorded
 as billed even in the (logged) case that it passes the reservation: the ledger must not
 under-report spend. A crash leaves reservations in place; they keep counting against the
 caps (the cloud may have billed them), so a crash can only make the ledger more
@@ -43,11 +45,20 @@ SCHEMA = [
     )""",
     "CREATE INDEX IF NOT EXISTS spend_day ON spend (day, expert)",
     "CREATE INDEX IF NOT EXISTS spend_month ON spend (month, expert)",
+    # 1 when the tokens were counted by the bridge (the peer sent no usage), not billed.
+    "ALTER TABLE spend ADD COLUMN estimated INTEGER NOT NULL DEFAULT 0",
 ]
 
 # What a row counts against the caps: the settled amount, or the full reservation while
 # the outcome is unknown.
 _COUNTED = "CASE state WHEN 'settled' THEN settled_usd WHEN 'reserved' THEN reserved_usd ELSE 0 END"
+
+
+def prompt_tokens_upper_bound(messages: list[dict[str, str]]) -> int:
+    """Tokens of a chat prompt, from above: no BPE tokenizer yields more tokens than UTF-8
+    bytes; add a margin per message for role markers and a fixed one for a template's
+    default system prompt. Over-reserving costs nothing but headroom."""
+    return sum(len(m.get("content", "").encode()) + 32 for m in messages) + 256
 
 
 class BudgetExceededError(RequestError):
@@ -146,7 +157,9 @@ class Ledger:
                 raise
         return int(cur.lastrowid or 0)
 
-    def settle(self, row_id: int, usd: float, prompt_tokens: int, completion_tokens: int) -> None:
+    def settle(self, row_id: int, usd: float, prompt_tokens: int, completion_tokens: int,
+               estimated: bool = False) -> None:
+        """Record the real cost; ``estimated``: the token counts are the bridge's guess."""
         with self._lock:
             row = self._db.execute("SELECT reserved_usd FROM spend WHERE id=?",
                                    (row_id,)).fetchone()
@@ -154,9 +167,9 @@ class Ledger:
                 log.warning("call %d cost $%.6f, above its reservation $%.6f", row_id, usd,
                             row[0])
             self._db.execute(
-                "UPDATE spend SET state='settled', settled_usd=?, "
-                "prompt_tokens=?, completion_tokens=? WHERE id=? AND state='reserved'",
-                (usd, prompt_tokens, completion_tokens, row_id))
+                "UPDATE spend SET state='settled', settled_usd=?, prompt_tokens=?, "
+                "completion_tokens=?, estimated=? WHERE id=? AND state='reserved'",
+                (usd, prompt_tokens, completion_tokens, int(estimated), row_id))
 
     def settle_worst_case(self, row_id: int) -> None:
         """Settle at the full reservation when the real usage is unknowable."""
@@ -188,6 +201,13 @@ class Ledger:
             "total": {"day_usd": total_day, "month_usd": total_month},
             "caps": {"daily_usd": self.caps.daily_usd, "monthly_usd": self.caps.monthly_usd},
         }
+
+    def durability(self) -> tuple[str, int]:
+        """(journal_mode, synchronous) of the ledger's own connection: ``synchronous`` is
+        per connection, so only this one can say whether commits are fsynced (2 = FULL)."""
+        with self._lock:
+            return (str(self._db.execute("PRAGMA journal_mode").fetchone()[0]),
+                    int(self._db.execute("PRAGMA synchronous").fetchone()[0]))
 
     def settled_rows(self) -> int:
         with self._lock:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from agent.policy import Decision
 
 
 class Metrics:
@@ -33,11 +38,19 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def decision_kind(reason: str) -> str:
-    """A low-cardinality label for a decision's free-text reason."""
-    for prefix, kind in (("requested", "requested"), ("fallback", "fallback"),
-                         ("fixed", "fixed"), ("highest", "router"), ("default", "budget"),
-                         ("no expert", "refused")):
-        if reason.startswith(prefix):
-            return kind
-    return "other"
+DecisionKind = Literal["requested", "router", "fixed", "budget", "fallback", "refused"]
+
+
+def decision_kind(decision: Decision, requested: str | None, default_expert: str) -> DecisionKind:
+    """A low-cardinality label for a decision, from its fields (never its reason text):
+    the client named the expert; the router chose; fixed mode's default expert; a limit
+    moved fixed mode off its default; a fallback; no expert fits."""
+    if decision.refused:
+        return "refused"
+    if requested is not None:
+        return "requested"
+    if decision.fallback_from is not None:
+        return "fallback"
+    if decision.mode == "fixed":
+        return "fixed" if decision.expert == default_expert else "budget"
+    return "router"

@@ -10,24 +10,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.admission import Admission
+from agent.dispatch import Dispatcher, routable
 from agent.errors import (
     BundleError,
-    ExpertCallError,
     ExpertUnavailableError,
     UnknownExpertError,
 )
-from agent.experts.base import Completion, Delta, Expert, GenerationParams, Message, Usage
-from agent.ledger import BudgetExceededError, Caps, Ledger
+from agent.experts.base import Expert, Message
+from agent.ledger import BudgetExceededError, Caps, Ledger, prompt_tokens_upper_bound
 from agent.metrics import Metrics, decision_kind
 from agent.model_files import resolve_model
 from agent.policy import Decision, ExpertState, Request, Weights, decide, tighter
 from agent.routing import FixedRouter, Router, query_text
 from agent.settings import Settings
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 log = logging.getLogger("edgeroute.runtime")
 
@@ -40,22 +42,24 @@ class Hints:
     max_latency_ms: float | None = None
 
 
-def prompt_tokens_upper_bound(messages: list[Message]) -> int:
-    """Tokens of a chat prompt, from above: no BPE tokenizer yields more tokens than UTF-8
-    bytes; add a margin per message for role markers and a fixed one for a template's
-    default system prompt. Over-reserving costs nothing but headroom."""
-    return sum(len(m.get("content", "").encode()) + 32 for m in messages) + 256
-
-
 @dataclass
 class Runtime:
     settings: Settings
     experts: dict[str, Expert]
     router: Router
     ledger: Ledger
+    admission: Admission
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     latency_s: dict[str, float] = field(default_factory=dict)
+    dispatcher: Dispatcher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dispatcher = Dispatcher(
+            experts=self.experts, ledger=self.ledger, metrics=self.metrics,
+            admission=self.admission, fallback_expert=self.fallback_expert,
+            on_exceeded=self.settings.budget.on_exceeded,
+            latency_alpha=self.settings.policy.latency_ewma_alpha, latency_s=self.latency_s)
 
     @property
     def fallback_expert(self) -> str:
@@ -66,19 +70,18 @@ class Runtime:
     def _states(self, budgets: bool) -> dict[str, ExpertState]:
         out = {}
         for name, e in self.experts.items():
-            available = getattr(e, "available", None)
             out[name] = ExpertState(
                 name=name, kind=e.info.kind,
-                input_usd_per_mtok=e.info.input_usd_per_mtok,
-                output_usd_per_mtok=e.info.output_usd_per_mtok,
-                available=available() if callable(available) else True,
+                input_usd_per_mtok=e.info.prices.input_usd_per_mtok,
+                output_usd_per_mtok=e.info.prices.output_usd_per_mtok,
+                available=routable(e),
                 latency_s=self.latency_s.get(name),
                 remaining_usd=(self.ledger.remaining(name)
                                if budgets and e.info.kind == "cloud" else None),
             )
         return out
 
-    def decide(self, model: str, messages: list[Message], params: GenerationParams,
+    def decide(self, model: str, messages: list[Message], params: SamplingParams,
                hints: Hints = Hints()) -> Decision:
         requested = None if model == "auto" else model
         if requested is not None and requested not in self.experts:
@@ -104,7 +107,8 @@ class Runtime:
             if all(r == "unavailable" for r in decision.rejected.values()):
                 raise ExpertUnavailableError(decision.reason, retry_after_s=5)
             self._refuse(decision.reason)
-        self.metrics.decisions.labels(decision_kind(decision.reason)).inc()
+        self.metrics.decisions.labels(
+            decision_kind(decision, requested, self.settings.default_expert())).inc()
         return decision
 
     def _refuse(self, reason: str) -> None:
@@ -112,98 +116,25 @@ class Runtime:
         raise BudgetExceededError(f"refused by a budget: {reason}", param="model",
                                   code="budget_exceeded")
 
-    def _fallback(self, decision: Decision, reason: str) -> Decision:
-        log.warning("expert %s cannot answer (%s); falling back to %s", decision.expert,
-                    reason, self.fallback_expert)
-        self.metrics.fallbacks.labels(decision.expert, self.fallback_expert).inc()
-        return Decision(self.fallback_expert, f"fallback: {reason}", decision.mode,
-                        decision.scores, fallback_from=decision.expert,
-                        rejected=decision.rejected)
-
-    # -- serving -------------------------------------------------------------------------
-    def _reserve(self, decision: Decision) -> tuple[Decision, int | None]:
-        """Reserve the worst case for a cloud call; on a lost race, fall back or refuse."""
-        if self.experts[decision.expert].info.kind != "cloud":
-            return decision, None
-        try:
-            return decision, self.ledger.reserve(decision.expert, decision.expected_cost_usd)
-        except BudgetExceededError as exc:
-            if self.settings.budget.on_exceeded == "refuse":
-                self.metrics.refusals.labels("budget").inc()
-                raise
-            return self._fallback(decision, exc.message), None
-
-    def _settled(self, decision: Decision, row: int | None, usage: Usage, started: float) -> None:
-        info = self.experts[decision.expert].info
-        if row is not None:
-            cost = info.cost_usd(usage)
-            self.ledger.settle(row, cost, usage.prompt_tokens, usage.completion_tokens)
-            self.metrics.spend.labels(info.name).inc(cost)
-            left = self.ledger.remaining(info.name)
-            if left is not None:
-                self.metrics.budget_left.labels(info.name).set(left)
-        elapsed = time.perf_counter() - started
-        alpha = self.settings.policy.latency_ewma_alpha
-        prev = self.latency_s.get(info.name)
-        self.latency_s[info.name] = elapsed if prev is None else prev + alpha * (elapsed - prev)
-        self.metrics.requests.labels(info.name).inc()
-        self.metrics.latency.labels(info.name).observe(elapsed)
-
+    # -- serving: both go through the one dispatch routine (agent/dispatch.py) ----------
     async def complete(
-        self, decision: Decision, messages: list[Message], params: GenerationParams
-    ) -> tuple[Completion, Decision]:
-        decision, row = self._reserve(decision)
-        started = time.perf_counter()
-        try:
-            out = await self.experts[decision.expert].complete(messages, params)
-        except ExpertCallError as exc:
-            self._close_failed(row, exc)
-            if decision.expert == self.fallback_expert:
-                raise
-            decision, row = self._fallback(decision, exc.reason), None
-            out = await self.experts[decision.expert].complete(messages, params)
-        self._settled(decision, row, out.usage, started)
-        return out, decision
+        self, decision: Decision, messages: list[Message], params: SamplingParams
+    ) -> tuple[ChatResult, Decision]:
+        """One whole answer, and the decision that produced it (a fallback's, if any)."""
+        parts: list[str] = []
+        last, answered = StreamPiece(), decision
+        async for piece, by in self.dispatcher.run(decision, messages, params, stream=False):
+            parts.append(piece.content)
+            last, answered = piece, by
+        assert last.usage is not None  # every expert ends with its usage
+        return ChatResult("".join(parts), last.finish_reason or "stop", last.usage), answered
 
-    def _close_failed(self, row: int | None, exc: ExpertCallError) -> None:
-        if row is None:
-            return
-        usage = getattr(exc, "usage", None)
-        if exc.partial and isinstance(usage, Usage):
-            self.ledger.settle(row, self.experts[exc.expert].info.cost_usd(usage),
-                               usage.prompt_tokens, usage.completion_tokens)
-        else:
-            self.ledger.release(row)
-
-    async def stream(
-        self, decision: Decision, messages: list[Message], params: GenerationParams
-    ) -> AsyncIterator[tuple[Delta, Decision]]:
-        """Stream deltas; falls back to the local expert only before the first byte."""
-        decision, row = self._reserve(decision)
-        started = time.perf_counter()
-        sent = False
-        try:
-            async for delta in self.experts[decision.expert].stream(messages, params):
-                sent = True
-                if delta.usage is not None:
-                    self._settled(decision, row, delta.usage, started)
-                    row = None
-                yield delta, decision
-            return
-        except ExpertCallError as exc:
-            self._close_failed(row, exc)
-            row = None
-            if sent or exc.partial or decision.expert == self.fallback_expert:
-                raise
-            decision = self._fallback(decision, exc.reason)
-        finally:
-            if row is not None:  # the client went away before usage arrived: assume the worst
-                self.ledger.settle_worst_case(row)
-        started = time.perf_counter()
-        async for delta in self.experts[decision.expert].stream(messages, params):
-            if delta.usage is not None:
-                self._settled(decision, None, delta.usage, started)
-            yield delta, decision
+    def stream(
+        self, decision: Decision, messages: list[Message], params: SamplingParams
+    ) -> AsyncGenerator[tuple[StreamPiece, Decision], None]:
+        """Pieces as they come; falls back to the local expert only before the first.
+        Close it (``aclose``) when done early: that frees the admission slot."""
+        return self.dispatcher.run(decision, messages, params, stream=True)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -253,7 +184,19 @@ def build_runtime(settings: Settings) -> Runtime:
 
         experts[cloud.name] = CloudExpert.from_settings(cloud, settings)
     return Runtime(settings=settings, experts=experts, router=build_router(settings, experts),
-                   ledger=open_ledger(settings))
+                   ledger=open_ledger(settings), admission=build_admission(settings, experts))
+
+
+def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission:
+    """One gate per expert: a local model runs one call at a time, a cloud expert
+    ``max_inflight_cloud``; each has its own bounded, timed queue (README: Backpressure)."""
+    srv = settings.server
+    return Admission(
+        limits={n: (srv.max_inflight_cloud if e.info.kind == "cloud" else 1)
+                for n, e in experts.items()},
+        max_queue=srv.max_queue_per_expert,
+        timeout_s=srv.queue_timeout_s,
+    )
 
 
 def build_router(settings: Settings, experts: dict[str, Expert]) -> Router:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
-from agent.experts.base import Usage
+from cloud_bridge.usage import TokenUsage
 
 Role = Literal["system", "user", "assistant", "developer"]
 
@@ -102,7 +102,7 @@ def new_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
-def usage_dict(usage: Usage) -> dict[str, int]:
+def usage_dict(usage: TokenUsage) -> dict[str, int]:
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -116,7 +116,7 @@ def completion_body(
     expert: str,
     content: str,
     finish_reason: str,
-    usage: Usage,
+    usage: TokenUsage,
     routing: dict[str, Any],
 ) -> dict[str, Any]:
     return {
@@ -144,7 +144,7 @@ def chunk_body(
     expert: str,
     delta: dict[str, Any],
     finish_reason: str | None = None,
-    usage: Usage | None = None,
+    usage: TokenUsage | None = None,
     routing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {

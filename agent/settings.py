@@ -100,10 +100,15 @@ class ServerSettings(_Section):
         ),
     )
     max_queue_per_expert: int = Field(
-        32, ge=0, description="Requests that may wait for a busy expert; more are HTTP 503."
+        32, ge=0,
+        description=(
+            "Requests that may wait for a busy expert (per expert; a fallback waits in the "
+            "local expert's queue); more are HTTP 503 with Retry-After at once."
+        ),
     )
     queue_timeout_s: float = Field(
-        120.0, gt=0, description="Longest wait for a busy expert before HTTP 503."
+        30.0, gt=0,
+        description="Longest wait in an expert's queue; then HTTP 503 with Retry-After.",
     )
     max_inflight_cloud: int = Field(
         8, ge=1, description="Concurrent calls per cloud expert (a local model runs one)."
@@ -125,7 +130,11 @@ class LocalExpertSettings(_Section):
     )
     n_ctx: int = Field(2048, ge=128, le=131072, description="Context window in tokens.")
     n_threads: int | None = Field(
-        None, ge=1, description="CPU threads for generation (default: llama.cpp's choice)."
+        None, ge=1,
+        description=(
+            "CPU threads for generation; default: the physical cores this process may run "
+            "on (edgeroute doctor shows the count and how it was found)."
+        ),
     )
     n_gpu_layers: int = Field(
         0, ge=-1, description="Layers offloaded to the GPU (-1 all; needs a CUDA/Metal build)."
@@ -159,11 +168,35 @@ class CloudExpertSettings(_Section):
     )
     input_usd_per_mtok: float = Field(0.0, ge=0, description="Price per 1M input tokens, USD.")
     output_usd_per_mtok: float = Field(0.0, ge=0, description="Price per 1M output tokens, USD.")
-    connect_timeout_s: float = Field(3.0, gt=0, description="TCP/TLS connect timeout.")
-    read_timeout_s: float = Field(30.0, gt=0, description="Longest silence between bytes.")
-    first_byte_timeout_s: float = Field(15.0, gt=0, description="Longest wait for the first byte.")
+    connect_timeout_s: float = Field(2.0, gt=0, description="TCP/TLS connect timeout.")
+    first_token_timeout_s: float = Field(
+        6.0, gt=0,
+        description=(
+            "Longest wait from a call's start to its first token, retries included: the "
+            "offline budget, after which the first local expert answers."
+        ),
+    )
+    read_timeout_s: float = Field(
+        5.0, gt=0,
+        description="Stall timeout: longest silence between two tokens once an answer streams.",
+    )
+    first_byte_timeout_s: float = Field(
+        60.0, gt=0,
+        description="With streaming off only: longest wait for the whole answer (its first byte).",
+    )
     deadline_s: float = Field(
-        60.0, gt=0, description="Overall deadline of one call, retries included."
+        300.0, gt=0,
+        description=(
+            "Overall deadline of one call, retries included; an answer that keeps "
+            "streaming is not cut before it."
+        ),
+    )
+    streaming: bool = Field(
+        True,
+        description=(
+            "The endpoint can stream: every call streams from it, plain ones too, so a stall "
+            "is caught between tokens. false: plain calls, bounded by first_byte_timeout_s."
+        ),
     )
     max_retries: int = Field(
         2, ge=0, le=10, description="Retries on connect errors, 408, 429, 5xx."
@@ -175,7 +208,11 @@ class CloudExpertSettings(_Section):
         4.0, gt=0, description="Largest backoff between retries (Retry-After may ask for more)."
     )
     breaker_failure_threshold: int = Field(
-        3, ge=1, description="Failed calls in a row that open this expert's circuit breaker."
+        1, ge=1,
+        description=(
+            "Failed calls (each after its retries) in a row that open this expert's "
+            "circuit breaker; while open, requests skip it without waiting."
+        ),
     )
     breaker_cooldown_s: float = Field(
         5.0, gt=0, description="First cooldown of an open breaker; doubles per failed trial."

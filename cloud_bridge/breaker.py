@@ -1,13 +1,16 @@
 """A per-expert circuit breaker, so a dead cloud costs one fast refusal, not a timeout.
 
-    closed --(failure_threshold failures in a row)--> open
+    closed --(failure_threshold failed calls in a row)--> open
     open   --(cooldown passed)--> half-open: one trial call is let through
     half-open --success--> closed (cooldown back to its base)
     half-open --failure--> open again, cooldown doubled up to max_cooldown_s
 
 Only failures that say the peer is unwell count (the retryable kind: connect errors,
-timeouts, broken streams, 408/429/5xx); a 400 for one bad request does not. The clock is
-injectable so tests step through cooldowns without sleeping.
+timeouts, broken streams, 408/429/5xx); a 400 for one bad request does not. A call counts
+once, after its own retries, so the default threshold is 1: a call that already failed
+its retries (or its first-token budget) says the peer is down, and the next request
+should not pay the same wait. The clock is injectable so tests step through cooldowns
+without sleeping.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ State = Literal["closed", "open", "half-open"]
 
 @dataclass(frozen=True)
 class BreakerPolicy:
-    failure_threshold: int = 3
+    failure_threshold: int = 1
     cooldown_s: float = 5.0
     max_cooldown_s: float = 300.0
 

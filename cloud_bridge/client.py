@@ -3,8 +3,11 @@
 A :class:`BridgeClient` owns one ``httpx.AsyncClient`` (its connection pool), one
 :class:`CircuitBreaker` and the endpoint's config. ``complete`` returns a whole answer;
 ``stream`` yields deltas and retries only until the first delta left it, so a caller
-never sees a stream restart. Redirects are never followed: httpx would re-send the
-``Authorization`` header to wherever ``Location`` points. The transport is a parameter,
+never sees a stream restart. Both stream from the peer: ``complete`` gathers the deltas
+(usage included) into one answer, so its stalls are caught between tokens too (see
+``timeouts``); an endpoint configured with ``streams=False`` gets plain calls instead.
+Redirects are never followed: httpx would re-send the ``Authorization`` header to
+wherever ``Location`` points. The transport is a parameter,
 the one seam tests may use for conditions a real peer cannot produce.
 """
 
@@ -18,7 +21,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -32,6 +35,8 @@ from cloud_bridge.errors import (
     ConnectFailed,
     DeadlineExceeded,
     FirstByteTimeout,
+    FirstTokenTimeout,
+    ReadTimeout,
     RedirectRefused,
     StreamBroken,
     UpstreamStatusError,
@@ -69,6 +74,7 @@ class Endpoint:
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    streams: bool = True  # False: the peer cannot stream; calls wait for whole answers
 
     @property
     def chat_url(self) -> str:
@@ -76,12 +82,43 @@ class Endpoint:
 
 
 @dataclass
-class _StreamState:
-    """What one streaming call has seen so far, across its attempts."""
+class _Call:
+    """One call's clocks, and what its answer has seen so far, across attempts."""
 
-    delivered: int = 0
+    timeouts: Timeouts
+    clock: Callable[[], float]
+    deadline: Deadline = field(init=False)
+    first_token_by: float = field(init=False)
+    last_token_at: float | None = None
+    delivered: int = 0  # pieces handed to the caller (a stream's)
+    attempts: int = 0
+    pieces: int = 0  # content pieces of the current attempt
     finish_reason: str | None = None
     usage: TokenUsage | None = None
+
+    def __post_init__(self) -> None:
+        self.deadline = Deadline(self.timeouts.deadline_s, self.clock)
+        self.first_token_by = self.deadline.started + self.timeouts.first_token_s
+
+    def new_attempt(self) -> None:
+        self.attempts += 1
+        self.pieces, self.finish_reason, self.usage = 0, None, None
+
+    def token(self) -> None:
+        self.last_token_at = self.clock()
+        self.pieces += 1
+
+    def wait_limit(self) -> tuple[float, str]:
+        """How long the next wait may last, and which limit that is: the first-token
+        budget until a token came, then the stall limit since the last token; the
+        deadline when it is nearer."""
+        now = self.clock()
+        if self.last_token_at is None:
+            limit, which = self.first_token_by - now, "first token"
+        else:
+            limit, which = self.last_token_at + self.timeouts.read_s - now, "stall"
+        left = self.deadline.remaining()
+        return (left, "deadline") if left <= limit else (max(limit, 0.0), which)
 
 
 def counts_against_peer(exc: CallError) -> bool:
@@ -127,43 +164,28 @@ class BridgeClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    # -- plain ------------------------------------------------------------------------
+    def _new_call(self) -> _Call:
+        return _Call(self.endpoint.timeouts, self._clock)
+
+    # -- the two ways in ----------------------------------------------------------------
     async def complete(
         self, messages: list[dict[str, str]], params: SamplingParams
     ) -> ChatResult:
-        """One whole answer; retried on transient failures within the deadline."""
-        self.breaker.before_call()
-        deadline = Deadline(self.endpoint.timeouts.deadline_s, self._clock)
-        body = request_body(self.endpoint.model, messages, params, stream=False)
-        attempt = 0
-        try:
-            while True:
-                try:
-                    content, finish, usage = await self._complete_once(body, deadline)
-                    break
-                except CallError as exc:
-                    await self._wait_or_raise(exc, attempt, deadline)
-                    attempt += 1
-        except BaseException as exc:
-            self._record(exc)
-            raise
-        self.breaker.record_success()
-        usage = usage or counted_usage(messages, 0)
-        cost = self.endpoint.prices.cost_usd(usage)
-        return ChatResult(content, finish, usage, cost, attempts=attempt + 1)
+        """One whole answer, streamed from the peer and gathered; retried on transient
+        failures (a stream torn before it ended included: the caller saw nothing)."""
+        call = self._new_call()
+        if not self.endpoint.streams:
+            return await self._complete_whole(messages, params, call)
+        parts: list[str] = []
+        last = StreamPiece()
+        async with aclosing(self._streamed(messages, params, call, buffered=True)) as pieces:
+            async for piece in pieces:
+                parts.append(piece.content)
+                last = piece
+        assert last.usage is not None  # the final piece always carries usage
+        return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
+                          last.cost_usd or 0.0, attempts=call.attempts)
 
-    async def _complete_once(
-        self, body: dict[str, object], deadline: Deadline
-    ) -> tuple[str, str, TokenUsage | None]:
-        response = await self._open(body, deadline)
-        try:
-            with translating(self.endpoint.name, "body"):
-                raw = await self._within_deadline(response.aread(), deadline)
-        finally:
-            await response.aclose()
-        return parse_completion(self.endpoint.name, raw.decode("utf-8", "replace"))
-
-    # -- streaming --------------------------------------------------------------------
     async def stream(
         self, messages: list[dict[str, str]], params: SamplingParams
     ) -> AsyncIterator[StreamPiece]:
@@ -172,56 +194,79 @@ class BridgeClient:
         Retries happen only before the first delta is yielded. A failure after it is
         raised with ``partial=True`` and the usage counted so far on the exception.
         """
+        call = self._new_call()
+        if not self.endpoint.streams:
+            result = await self._complete_whole(messages, params, call)
+            if result.content:
+                yield StreamPiece(content=result.content)
+            yield StreamPiece(finish_reason=result.finish_reason, usage=result.usage,
+                              cost_usd=result.cost_usd)
+            return
+        async with aclosing(self._streamed(messages, params, call, buffered=False)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    # -- streaming from the peer --------------------------------------------------------
+    async def _streamed(
+        self, messages: list[dict[str, str]], params: SamplingParams, call: _Call, *,
+        buffered: bool,
+    ) -> AsyncGenerator[StreamPiece, None]:
+        """The peer's stream, attempts and breaker included. ``buffered``: hold the
+        pieces until the answer is complete, so a torn stream can still be retried."""
         self.breaker.before_call()
-        deadline = Deadline(self.endpoint.timeouts.deadline_s, self._clock)
         body = request_body(self.endpoint.model, messages, params, stream=True)
-        state = _StreamState()
-        attempt = 0
+        held: list[StreamPiece] = []
         try:
             while True:
+                call.new_attempt()
+                held.clear()
                 try:
-                    async with aclosing(self._stream_once(body, deadline, state)) as pieces:
+                    async with aclosing(self._stream_once(body, call)) as pieces:
                         async for piece in pieces:
-                            state.delivered += 1
+                            if buffered:
+                                held.append(piece)
+                                continue
+                            call.delivered += 1
                             yield piece
                     break
                 except CallError as exc:
-                    if state.delivered:
+                    if call.delivered:
                         exc.partial = True
-                        exc.usage = state.usage or counted_usage(messages, state.delivered)
-                    await self._wait_or_raise(exc, attempt, deadline)
-                    attempt += 1
+                        exc.usage = call.usage or counted_usage(messages, call.delivered)
+                    await self._wait_or_raise(exc, call, call.wait_limit()[0])
         except BaseException as exc:
-            self._record(exc, delivered=state.delivered > 0)
+            self._record(exc, delivered=call.delivered > 0)
             raise
         self.breaker.record_success()
-        usage = state.usage or counted_usage(messages, state.delivered)
+        for piece in held:
+            yield piece
+        usage = call.usage or counted_usage(messages, call.pieces)
         yield StreamPiece(
-            finish_reason=state.finish_reason or "stop",
+            finish_reason=call.finish_reason or "stop",
             usage=usage,
             cost_usd=self.endpoint.prices.cost_usd(usage),
         )
 
     async def _stream_once(
-        self, body: dict[str, object], deadline: Deadline, state: _StreamState
+        self, body: dict[str, object], call: _Call
     ) -> AsyncGenerator[StreamPiece, None]:
         name = self.endpoint.name
-        response = await self._open(body, deadline)
+        response = await self._open(body, call, *call.wait_limit())
         try:
             lines = response.aiter_lines()
             decoder = SSEDecoder()
             while True:
-                with translating(name, "body"):
-                    line = await self._within_deadline(anext(lines, None), deadline)
+                line = await self._waited(anext(lines, None), *call.wait_limit(), "body")
                 payload = decoder.feed(line) if line is not None else decoder.flush()
                 if payload == "[DONE]":
-                    await self._drain(lines, deadline)
+                    await self._drain(lines, call.deadline)
                     return
                 if payload is not None:
                     content, finish, usage = parse_chunk(name, payload)
-                    state.usage = usage or state.usage
-                    state.finish_reason = finish or state.finish_reason
+                    call.usage = usage or call.usage
+                    call.finish_reason = finish or call.finish_reason
                     if content:
+                        call.token()
                         yield StreamPiece(content=content)
                 if line is None:
                     raise StreamBroken(name, "stream ended without [DONE]")
@@ -238,32 +283,79 @@ class BridgeClient:
         with suppress(httpx.HTTPError, asyncio.TimeoutError):
             await _bounded(consume(), min(DRAIN_S, max(deadline.remaining(), 0.001)))
 
+    # -- an endpoint that cannot stream ---------------------------------------------------
+    async def _complete_whole(
+        self, messages: list[dict[str, str]], params: SamplingParams, call: _Call
+    ) -> ChatResult:
+        """One plain call per attempt; the response head comes with the whole answer, so
+        ``first_byte_s`` bounds the whole answer (today's behaviour for such peers)."""
+        self.breaker.before_call()
+        body = request_body(self.endpoint.model, messages, params, stream=False)
+        try:
+            while True:
+                call.new_attempt()
+                try:
+                    content, finish, usage = await self._complete_once(body, call)
+                    break
+                except CallError as exc:
+                    await self._wait_or_raise(exc, call, call.deadline.remaining())
+        except BaseException as exc:
+            self._record(exc)
+            raise
+        self.breaker.record_success()
+        usage = usage or counted_usage(messages, 0)
+        cost = self.endpoint.prices.cost_usd(usage)
+        return ChatResult(content, finish, usage, cost, attempts=call.attempts)
+
+    async def _complete_once(
+        self, body: dict[str, object], call: _Call
+    ) -> tuple[str, str, TokenUsage | None]:
+        first_byte, left = self.endpoint.timeouts.first_byte_s, call.deadline.remaining()
+        limit, which = (first_byte, "first byte") if first_byte < left else (left, "deadline")
+        response = await self._open(body, call, limit, which)
+        try:
+            raw = await self._waited(response.aread(), call.deadline.remaining(), "deadline",
+                                     "body")
+        finally:
+            await response.aclose()
+        return parse_completion(self.endpoint.name, raw.decode("utf-8", "replace"))
+
     # -- shared -----------------------------------------------------------------------
-    async def _open(self, body: dict[str, object], deadline: Deadline) -> httpx.Response:
-        """Send the request and wait for a 2xx response head (the first byte)."""
-        name, timeouts = self.endpoint.name, self.endpoint.timeouts
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise DeadlineExceeded(name, f"deadline of {timeouts.deadline_s}s passed")
+    def _timed_out(self, which: str) -> CallError:
+        name, t = self.endpoint.name, self.endpoint.timeouts
+        if which == "first token":
+            return FirstTokenTimeout(name, f"no token within first_token_timeout "
+                                     f"{t.first_token_s}s (retries included)")
+        if which == "stall":
+            return ReadTimeout(name, f"stalled: no token for read_timeout {t.read_s}s")
+        if which == "first byte":
+            return FirstByteTimeout(name, f"no response within first_byte_timeout "
+                                    f"{t.first_byte_s}s")
+        return DeadlineExceeded(name, f"deadline of {t.deadline_s}s passed")
+
+    async def _waited(self, aw: Awaitable[T], limit: float, which: str,
+                      phase: Literal["head", "body"]) -> T:
+        """Await one step of a call within ``limit``; the error names the limit."""
+        try:
+            with translating(self.endpoint.name, phase, self.endpoint.timeouts.describe()):
+                return await _bounded(aw, max(limit, 0.001))
+        except asyncio.TimeoutError as exc:
+            raise self._timed_out(which) from exc
+
+    async def _open(self, body: dict[str, object], call: _Call, limit: float,
+                    which: str) -> httpx.Response:
+        """Send the request and wait for a 2xx response head, within ``limit``."""
+        if limit <= 0:
+            raise self._timed_out(which)
         request = self._http.build_request(
             "POST", self.endpoint.chat_url, json=body, headers=self._auth_headers()
         )
-        limit = min(timeouts.first_byte_s, remaining)
-        try:
-            with translating(name, "head", timeouts.describe()):
-                response = await _bounded(self._http.send(request, stream=True), limit)
-        except asyncio.TimeoutError as exc:
-            if limit < timeouts.first_byte_s:
-                raise DeadlineExceeded(
-                    name, f"deadline of {timeouts.deadline_s}s passed waiting for a response"
-                ) from exc
-            raise FirstByteTimeout(
-                name, f"no response within first_byte_timeout {timeouts.first_byte_s}s"
-            ) from exc
+        response = await self._waited(self._http.send(request, stream=True), limit, which,
+                                      "head")
         if response.is_success:
             return response
         try:
-            await self._raise_for_status(response, deadline)
+            await self._raise_for_status(response, call.deadline)
         finally:
             await response.aclose()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -279,8 +371,8 @@ class BridgeClient:
             )
         text = ""
         try:
-            with translating(name, "body"):
-                raw = await self._within_deadline(response.aread(), deadline)
+            raw = await self._waited(response.aread(), deadline.remaining(), "deadline",
+                                     "body")
             text = raw[:MAX_ERROR_BODY].decode("utf-8", "replace")
         except CallError:
             pass  # the status line is what matters; a torn error body adds nothing
@@ -291,21 +383,14 @@ class BridgeClient:
             parse_retry_after(response.headers.get("retry-after")),
         )
 
-    async def _within_deadline(self, aw: Awaitable[T], deadline: Deadline) -> T:
-        try:
-            return await _bounded(aw, max(deadline.remaining(), 0.001))
-        except asyncio.TimeoutError as exc:
-            raise DeadlineExceeded(
-                self.endpoint.name,
-                f"deadline of {self.endpoint.timeouts.deadline_s}s passed mid-response",
-            ) from exc
-
-    async def _wait_or_raise(self, exc: CallError, attempt: int, deadline: Deadline) -> None:
-        wait = self.endpoint.retry.next_wait(exc, attempt, deadline.remaining(), self._rng)
+    async def _wait_or_raise(self, exc: CallError, call: _Call, window_s: float) -> None:
+        """Sleep before the next attempt, or raise ``exc`` when no retry fits in
+        ``window_s`` (what is left of the first-token budget or the deadline)."""
+        wait = self.endpoint.retry.next_wait(exc, call.attempts - 1, window_s, self._rng)
         if wait is None:
             raise exc
         log.info("expert %s attempt %d failed (%s); retrying in %.2fs",
-                 self.endpoint.name, attempt + 1, exc, wait)
+                 self.endpoint.name, call.attempts, exc, wait)
         await asyncio.sleep(wait)
 
     def _record(self, exc: BaseException, *, delivered: bool = False) -> None:

@@ -7,8 +7,9 @@
         ├── ConnectFailed          refused, unreachable, DNS or TLS failure (retryable)
         ├── CallTimeout            a layered timeout fired (retryable unless deadline)
         │   ├── ConnectTimeout     TCP/TLS connect took longer than connect_timeout_s
-        │   ├── FirstByteTimeout   no response head within first_byte_timeout_s
-        │   ├── ReadTimeout        silence between bytes longer than read_timeout_s
+        │   ├── FirstTokenTimeout  no token within first_token_timeout_s (retries included)
+        │   ├── FirstByteTimeout   a non-streaming endpoint: no answer within first_byte_timeout_s
+        │   ├── ReadTimeout        a stall: no token for read_timeout_s once the answer streams
         │   └── DeadlineExceeded   the call's overall deadline passed (never retried)
         ├── StreamBroken           connection reset or closed mid-body, bad framing
         ├── RedirectRefused        the peer answered 3xx; redirects are never followed
@@ -81,6 +82,12 @@ class CallTimeout(CallError):
 
 class ConnectTimeout(CallTimeout):
     pass
+
+
+class FirstTokenTimeout(CallTimeout):
+    """The offline budget ran out before the first token: never retried (no time left)."""
+
+    retryable = False
 
 
 class FirstByteTimeout(CallTimeout):

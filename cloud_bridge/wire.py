@@ -17,27 +17,43 @@ from cloud_bridge.usage import TokenUsage
 
 @dataclass(frozen=True)
 class SamplingParams:
+    """How to sample one answer: the one shape every expert takes (local llama.cpp speaks
+    the same OpenAI keyword arguments). The daemon validates and clamps them first."""
+
     max_tokens: int = 256
     temperature: float = 0.7
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
 
+    def openai_kwargs(self) -> dict[str, Any]:
+        """OpenAI's keyword arguments: ``stop`` and ``seed`` only when set, because some
+        servers reject an empty stop list or a null seed."""
+        kw: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature,
+                              "top_p": self.top_p}
+        if self.stop:
+            kw["stop"] = list(self.stop)
+        if self.seed is not None:
+            kw["seed"] = self.seed
+        return kw
+
 
 @dataclass(frozen=True)
 class ChatResult:
-    """One plain completion: what was said, why it stopped, what it cost."""
+    """One plain completion: what was said, why it stopped, what it used and cost. Local
+    experts answer with the same type (at no cost)."""
 
     content: str
     finish_reason: str
     usage: TokenUsage
-    cost_usd: float
+    cost_usd: float = 0.0
     attempts: int = 1
 
 
 @dataclass(frozen=True)
 class StreamPiece:
-    """One streamed piece. The last has ``finish_reason``, ``usage`` and ``cost_usd``."""
+    """One streamed piece. The last has ``finish_reason``, ``usage`` and ``cost_usd``.
+    Local experts stream the same type."""
 
     content: str = ""
     finish_reason: str | None = None
@@ -48,18 +64,8 @@ class StreamPiece:
 def request_body(
     model: str, messages: list[dict[str, str]], params: SamplingParams, *, stream: bool
 ) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": messages,
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "stream": stream,
-    }
-    if params.stop:
-        body["stop"] = list(params.stop)
-    if params.seed is not None:
-        body["seed"] = params.seed
+    body: dict[str, Any] = {"model": model, "messages": messages, **params.openai_kwargs(),
+                            "stream": stream}
     if stream:
         body["stream_options"] = {"include_usage": True}
     return body

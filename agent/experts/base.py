@@ -1,4 +1,9 @@
-"""The expert interface: one ``complete`` and one ``stream``, local or cloud alike."""
+"""The expert interface: one ``complete`` and one ``stream``, local or cloud alike.
+
+The call vocabulary belongs to ``cloud_bridge`` (sampling parameters, token usage with
+its ``estimated`` flag, prices, whole answers and streamed pieces): a local expert
+answers in the same types, so nothing is translated between the two kinds of expert.
+"""
 
 from __future__ import annotations
 
@@ -6,75 +11,49 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from cloud_bridge.usage import Prices, TokenUsage
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
+
 Message = dict[str, str]
 ExpertKind = Literal["local", "cloud"]
 
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """Validated sampling parameters; the server clamps them before they get here."""
-
-    max_tokens: int = 256
-    temperature: float = 0.7
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
-@dataclass(frozen=True)
-class Usage:
-    prompt_tokens: int
-    completion_tokens: int
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
-
-
-@dataclass(frozen=True)
-class Completion:
-    content: str
-    finish_reason: str
-    usage: Usage
-
-
-@dataclass(frozen=True)
-class Delta:
-    """One streamed piece. The last one has ``finish_reason`` and ``usage`` set."""
-
-    content: str = ""
-    finish_reason: str | None = None
-    usage: Usage | None = None
+# The pipeline (export/) still imports these names; they are the bridge's types.
+GenerationParams = SamplingParams
+Usage = TokenUsage
+Completion = ChatResult
+Delta = StreamPiece
 
 
 @dataclass(frozen=True)
 class ExpertInfo:
-    """What the router and the policy know about an expert without calling it."""
+    """What the router and the policy know about an expert without calling it. Prices
+    live here once (a cloud expert's bridge endpoint holds the same object)."""
 
     name: str
     kind: ExpertKind
     model: str
-    input_usd_per_mtok: float = 0.0
-    output_usd_per_mtok: float = 0.0
+    prices: Prices = field(default_factory=Prices)
+    fallback_to_local: bool = True  # may the first local expert answer when this one fails
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def cost_usd(self, usage: Usage) -> float:
-        return (
-            usage.prompt_tokens * self.input_usd_per_mtok
-            + usage.completion_tokens * self.output_usd_per_mtok
-        ) / 1e6
+    def cost_usd(self, usage: TokenUsage) -> float:
+        return self.prices.cost_usd(usage)
 
 
 @runtime_checkable
 class Expert(Protocol):
     info: ExpertInfo
 
-    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
+    async def complete(self, messages: list[Message], params: SamplingParams) -> ChatResult:
         """Answer a chat in one piece."""
         ...
 
-    def stream(self, messages: list[Message], params: GenerationParams) -> AsyncIterator[Delta]:
-        """Answer a chat as deltas; the last delta carries finish_reason and usage."""
+    def stream(self, messages: list[Message], params: SamplingParams) -> AsyncIterator[StreamPiece]:
+        """Answer a chat as pieces; the last piece carries finish_reason and usage."""
+        ...
+
+    def available(self) -> bool:
+        """False while the expert cannot take calls (a cloud expert's open breaker)."""
         ...
 
     async def aclose(self) -> None:

@@ -1,12 +1,11 @@
 """A cloud expert: an OpenAI-compatible endpoint reached through ``cloud_bridge``.
 
-This is the adapter between the bridge's vocabulary (``ChatResult``, ``StreamPiece``,
-``BridgeError``) and the daemon's (``Completion``, ``Delta``, ``ExpertCallError``). Any
-bridge failure becomes :class:`CloudCallError`, an ``ExpertCallError`` the runtime
-answers by falling back to the local expert (before the first byte), unless the expert's
-``fallback_to_local`` is off: then a failure before the first byte is
-``ExpertUnavailableError`` (HTTP 503). A failure after the first delta is always a
-``CloudCallError`` with ``partial=True`` and the usage consumed so far, so it is billed.
+The bridge's answers (``ChatResult``, ``StreamPiece``, ``TokenUsage``) are the daemon's
+own types, so this adapter only translates errors: any bridge failure becomes
+:class:`CloudCallError`, an ``ExpertCallError`` carrying whether bytes had already reached
+the caller (``partial``), the usage consumed so far (billed even then) and, for an open
+breaker, when to retry. Whether the daemon then falls back to the local expert or answers
+503 is decided in one place, ``agent.dispatch``.
 """
 
 from __future__ import annotations
@@ -15,15 +14,8 @@ import math
 from collections.abc import AsyncIterator
 from typing import NoReturn
 
-from agent.errors import ConfigError, ExpertCallError, ExpertUnavailableError
-from agent.experts.base import (
-    Completion,
-    Delta,
-    ExpertInfo,
-    GenerationParams,
-    Message,
-    Usage,
-)
+from agent.errors import ConfigError, ExpertCallError
+from agent.experts.base import ExpertInfo, Message
 from agent.settings import CloudExpertSettings, Settings
 from cloud_bridge.breaker import BreakerPolicy
 from cloud_bridge.client import BridgeClient, Endpoint
@@ -31,18 +23,12 @@ from cloud_bridge.credentials import resolve_api_key
 from cloud_bridge.errors import BridgeConfigError, BridgeError, CallError, CircuitOpenError
 from cloud_bridge.retry import RetryPolicy
 from cloud_bridge.timeouts import Timeouts
-from cloud_bridge.usage import Prices, TokenUsage
-from cloud_bridge.wire import SamplingParams
+from cloud_bridge.usage import Prices
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 
 class CloudCallError(ExpertCallError):
-    """A cloud call failed. ``usage``: tokens consumed before the failure (None if none)."""
-
-    def __init__(
-        self, expert: str, reason: str, *, partial: bool = False, usage: Usage | None = None
-    ) -> None:
-        super().__init__(expert, reason, partial=partial)
-        self.usage = usage
+    """A cloud call failed (``usage`` and ``retry_after_s`` as on ExpertCallError)."""
 
 
 def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
@@ -59,6 +45,7 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
         prices=Prices(cfg.input_usd_per_mtok, cfg.output_usd_per_mtok),
         timeouts=Timeouts(
             connect_s=cfg.connect_timeout_s,
+            first_token_s=cfg.first_token_timeout_s,
             read_s=cfg.read_timeout_s,
             first_byte_s=cfg.first_byte_timeout_s,
             deadline_s=cfg.deadline_s,
@@ -67,25 +54,16 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
         breaker=BreakerPolicy(
             cfg.breaker_failure_threshold, cfg.breaker_cooldown_s, cfg.breaker_max_cooldown_s
         ),
+        streams=cfg.streaming,
     )
-
-
-def _usage(u: TokenUsage | None) -> Usage | None:
-    return None if u is None else Usage(u.prompt_tokens, u.completion_tokens)
-
-
-def _sampling(params: GenerationParams) -> SamplingParams:
-    return SamplingParams(params.max_tokens, params.temperature, params.top_p, params.stop,
-                          params.seed)
 
 
 class CloudExpert:
     """One cloud expert. Build with :meth:`from_settings`."""
 
-    def __init__(self, info: ExpertInfo, client: BridgeClient, *, fallback_to_local: bool) -> None:
+    def __init__(self, info: ExpertInfo, client: BridgeClient) -> None:
         self.info = info
         self.client = client
-        self.fallback_to_local = fallback_to_local
 
     @classmethod
     def from_settings(cls, cfg: CloudExpertSettings, settings: Settings) -> CloudExpert:
@@ -95,48 +73,41 @@ class CloudExpert:
             name=cfg.name,
             kind="cloud",
             model=cfg.model,
-            input_usd_per_mtok=cfg.input_usd_per_mtok,
-            output_usd_per_mtok=cfg.output_usd_per_mtok,
-            extra={"base_url": cfg.base_url, "fallback_to_local": cfg.fallback_to_local},
+            prices=endpoint.prices,
+            fallback_to_local=cfg.fallback_to_local,
+            extra={"base_url": cfg.base_url, "streaming": cfg.streaming},
         )
-        return cls(info, BridgeClient(endpoint), fallback_to_local=cfg.fallback_to_local)
+        return cls(info, BridgeClient(endpoint))
 
     def __repr__(self) -> str:
         return f"CloudExpert({self.client!r})"
 
     def available(self) -> bool:
-        """False while the circuit breaker is open, so the policy routes elsewhere; always
-        True with fallback_to_local off, so the call fails as configured (HTTP 503)."""
-        return not self.fallback_to_local or self.client.breaker.state != "open"
+        """False while the circuit breaker is open: the call would be refused at once."""
+        return self.client.breaker.state != "open"
 
     def _fail(self, exc: BridgeError) -> NoReturn:
         """The one place bridge errors become the daemon's."""
-        partial = isinstance(exc, CallError) and exc.partial
-        usage = _usage(exc.usage) if isinstance(exc, CallError) else None
-        if not partial and not self.fallback_to_local:
-            retry = exc.retry_in_s if isinstance(exc, CircuitOpenError) else None
-            raise ExpertUnavailableError(
-                f"cloud expert {self.info.name!r} failed and fallback_to_local is off: {exc}",
-                retry_after_s=math.ceil(retry) if retry else None,
-            ) from exc
-        reason = exc.detail if isinstance(exc, CallError) else str(exc)
-        raise CloudCallError(self.info.name, reason, partial=partial, usage=usage) from exc
+        if isinstance(exc, CallError):
+            raise CloudCallError(self.info.name, exc.detail, partial=exc.partial,
+                                 usage=exc.usage) from exc
+        retry = exc.retry_in_s if isinstance(exc, CircuitOpenError) else None
+        raise CloudCallError(self.info.name, str(exc),
+                             retry_after_s=max(math.ceil(retry), 1) if retry is not None
+                             else None) from exc
 
-    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
+    async def complete(self, messages: list[Message], params: SamplingParams) -> ChatResult:
         try:
-            result = await self.client.complete(messages, _sampling(params))
+            return await self.client.complete(messages, params)
         except BridgeError as exc:
             self._fail(exc)
-        usage = _usage(result.usage)
-        assert usage is not None
-        return Completion(result.content, result.finish_reason, usage)
 
     async def stream(
-        self, messages: list[Message], params: GenerationParams
-    ) -> AsyncIterator[Delta]:
+        self, messages: list[Message], params: SamplingParams
+    ) -> AsyncIterator[StreamPiece]:
         try:
-            async for piece in self.client.stream(messages, _sampling(params)):
-                yield Delta(piece.content, piece.finish_reason, _usage(piece.usage))
+            async for piece in self.client.stream(messages, params):
+                yield piece
         except BridgeError as exc:
             self._fail(exc)
 

@@ -15,15 +15,11 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.experts.base import (
-    Completion,
-    Delta,
-    ExpertInfo,
-    GenerationParams,
-    Message,
-    Usage,
-)
+from agent.cores import generation_threads
+from agent.experts.base import ExpertInfo, Message
 from agent.settings import LocalExpertSettings
+from cloud_bridge.usage import TokenUsage
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 _END = object()
 
@@ -31,10 +27,11 @@ _END = object()
 class LocalExpert:
     """One loaded GGUF model. Build with :meth:`load`."""
 
-    def __init__(self, info: ExpertInfo, llama: Any, path: Path) -> None:
+    def __init__(self, info: ExpertInfo, llama: Any, path: Path, n_threads: int = 0) -> None:
         self.info = info
         self.path = path
         self.llama = llama
+        self.n_threads = n_threads
         self._sync_lock = threading.Lock()
         self._async_lock: asyncio.Lock | None = None
 
@@ -42,51 +39,47 @@ class LocalExpert:
     def load(cls, settings: LocalExpertSettings, path: Path) -> LocalExpert:
         from llama_cpp import Llama  # heavy import, only when a model is really loaded
 
+        threads = generation_threads(settings.n_threads).threads
         llama = Llama(
             model_path=str(path),
             n_ctx=settings.n_ctx,
-            n_threads=settings.n_threads,
+            n_threads=threads,
             n_gpu_layers=settings.n_gpu_layers,
             chat_format=settings.chat_format,
             seed=settings.seed,
             verbose=False,
         )
-        info = ExpertInfo(name=settings.name, kind="local", model=str(path))
-        return cls(info, llama, path)
+        info = ExpertInfo(name=settings.name, kind="local", model=str(path),
+                          extra={"n_threads": threads})
+        return cls(info, llama, path, threads)
+
+    def available(self) -> bool:
+        """A loaded model can always take a call (admission queues them)."""
+        return True
 
     def _lock(self) -> asyncio.Lock:
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
         return self._async_lock
 
-    def _kwargs(self, messages: list[Message], params: GenerationParams) -> dict[str, Any]:
-        kw: dict[str, Any] = {
-            "messages": messages,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-        }
-        if params.stop:
-            kw["stop"] = list(params.stop)
-        if params.seed is not None:
-            kw["seed"] = params.seed
-        return kw
+    def _kwargs(self, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
+        return {"messages": messages, **params.openai_kwargs()}
 
     # -- sync API (CLI, pipeline) -------------------------------------------------------
-    def complete_sync(self, messages: list[Message], params: GenerationParams) -> Completion:
+    def complete_sync(self, messages: list[Message], params: SamplingParams) -> ChatResult:
         with self._sync_lock:
             out = self.llama.create_chat_completion(**self._kwargs(messages, params))
         choice = out["choices"][0]
         usage = out.get("usage") or {}
-        return Completion(
+        return ChatResult(
             content=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason") or "stop",
-            usage=Usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            usage=TokenUsage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
         )
 
     def stream_sync(
-        self, messages: list[Message], params: GenerationParams, cancel: threading.Event
-    ) -> Iterator[Delta]:
+        self, messages: list[Message], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[StreamPiece]:
         with self._sync_lock:
             chunks = self.llama.create_chat_completion(
                 **self._kwargs(messages, params), stream=True
@@ -102,7 +95,7 @@ class LocalExpert:
                     text = choice.get("delta", {}).get("content") or ""
                     if text:
                         n_out += 1
-                        yield Delta(content=text)
+                        yield StreamPiece(content=text)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
             finally:
@@ -111,16 +104,16 @@ class LocalExpert:
                     close()
             # After a chat completion the context holds prompt + generated tokens.
             n_prompt = max(int(self.llama.n_tokens) - n_out, 0)
-        yield Delta(finish_reason=finish or "stop", usage=Usage(n_prompt, n_out))
+        yield StreamPiece(finish_reason=finish or "stop", usage=TokenUsage(n_prompt, n_out))
 
     # -- async API (daemon) ---------------------------------------------------------------
-    async def complete(self, messages: list[Message], params: GenerationParams) -> Completion:
+    async def complete(self, messages: list[Message], params: SamplingParams) -> ChatResult:
         async with self._lock():
             return await asyncio.to_thread(self.complete_sync, messages, params)
 
     async def stream(
-        self, messages: list[Message], params: GenerationParams
-    ) -> AsyncIterator[Delta]:
+        self, messages: list[Message], params: SamplingParams
+    ) -> AsyncIterator[StreamPiece]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()

@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.experts.base import GenerationParams, Usage
+from cloud_bridge.usage import TokenUsage
+from cloud_bridge.wire import SamplingParams
 from tests.cloud_bridge.conftest import fault_proxy  # noqa: F401  (fixture)
 from tests.cloud_bridge.faultproxy import Fault, FaultProxy
 
@@ -36,7 +37,7 @@ def _cloud(base_url: str, key_file: Path, **over: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "name": "cloud", "base_url": base_url, "model": "smollm2-cloud",
         "api_key_file": str(key_file), "input_usd_per_mtok": 2.5, "output_usd_per_mtok": 10,
-        "connect_timeout_s": 0.5, "first_byte_timeout_s": 1.0, "read_timeout_s": 1.0,
+        "connect_timeout_s": 0.5, "first_token_timeout_s": 1.0, "read_timeout_s": 1.0,
         "deadline_s": DEADLINE_S, "max_retries": 1, "retry_backoff_base_s": 0.05,
         "retry_backoff_cap_s": 0.1,
     }
@@ -113,7 +114,7 @@ async def test_env_declared_cloud_expert_answers_through_the_daemon(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     _env(monkeypatch, smollm_gguf, _cloud(fault_proxy.base_url(), key_file, deadline_s=60,
-                                          first_byte_timeout_s=30, read_timeout_s=30))
+                                          first_token_timeout_s=30, read_timeout_s=30))
     from agent.settings import Settings
 
     cfg = Settings().cloud_experts[0]
@@ -128,7 +129,7 @@ async def test_env_declared_cloud_expert_answers_through_the_daemon(
         assert body["choices"][0]["message"]["content"]
         assert body["usage"]["completion_tokens"] > 0
         info = runtime.experts["cloud"].info
-        assert info.cost_usd(Usage(1000, 100)) == pytest.approx(0.0035)
+        assert info.prices.cost_usd(TokenUsage(1000, 100)) == pytest.approx(0.0035)
         s = await client.post("/v1/chat/completions", json=ASK | {"model": "cloud",
                                                                   "stream": True})
         events = _sse(s.text)
@@ -191,7 +192,8 @@ async def test_mid_stream_failure_ends_in_band_and_counts_partial_usage(
     fault_proxy.options.reset_after_body_bytes = 700  # a few deltas pass, then RST
     fault_proxy.set_plan([], default=Fault.RESET_MID_BODY)
     _env(monkeypatch, smollm_gguf, _cloud(fault_proxy.base_url(), key_file, deadline_s=60,
-                                          first_byte_timeout_s=30, read_timeout_s=30))
+                                          first_token_timeout_s=30, read_timeout_s=30,
+                                          breaker_failure_threshold=10))
     ask = ASK | {"model": "cloud", "stream": True, "max_tokens": 24}
     async with _daemon() as (client, runtime):
         r = await client.post("/v1/chat/completions", json=ask)
@@ -201,15 +203,15 @@ async def test_mid_stream_failure_ends_in_band_and_counts_partial_usage(
         assert any(json.loads(e).get("choices", [{}])[0].get("delta", {}).get("content")
                    for e in events[:-1])
         # The same failure seen by the runtime: partial, with the usage consumed so far.
-        decision = runtime.decide("cloud", ask["messages"], GenerationParams(max_tokens=24))
+        decision = runtime.decide("cloud", ask["messages"], SamplingParams(max_tokens=24))
         got = []
         with pytest.raises(CloudCallError) as info:
             async for delta, _ in runtime.stream(decision, ask["messages"],
-                                                 GenerationParams(max_tokens=24,
+                                                 SamplingParams(max_tokens=24,
                                                                   temperature=0.0)):
                 got.append(delta.content)
     err = info.value
-    assert got and err.partial and isinstance(err.usage, Usage)
+    assert got and err.partial and isinstance(err.usage, TokenUsage)
     assert err.usage.completion_tokens == len(got) and err.usage.prompt_tokens > 0
 
 

@@ -154,3 +154,18 @@ def test_cpu_features_from_cpuinfo(text: str, arch: str, status: str, tmp_path: 
     assert finding.status == status, finding
     if arch == "aarch64":
         assert "neon" in finding.detail
+
+
+def test_threads_row_shows_the_default_and_how_it_was_found(smollm_gguf: Path, monkeypatch,
+                                                            capsys) -> None:
+    from agent.cores import physical_cores
+
+    _local(monkeypatch, {"name": "smol", "model": str(smollm_gguf), "sha256": SMOLLM_SHA},
+           {"name": "pinned", "model": str(smollm_gguf), "sha256": SMOLLM_SHA,
+            "n_threads": 64})
+    _, report = _doctor(capsys)
+    row = _checks(report)["threads"]
+    cores = physical_cores()
+    assert f"smol {cores.threads} (default)" in row["detail"] and cores.how in row["detail"]
+    assert "pinned 64" in row["detail"] and "onnxruntime" in row["detail"]
+    assert row["status"] == "warn" and "unset n_threads" in row["detail"]  # 64 > cores

@@ -13,7 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from agent.ledger import BudgetExceededError, Caps, Ledger
+from agent.ledger import SCHEMA, BudgetExceededError, Caps, Ledger
 
 CAP = 1.0
 
@@ -98,11 +98,33 @@ def test_concurrent_reservations_never_pass_the_cap(tmp_path: Path) -> None:
 
 
 def test_wal_and_full_sync_and_migrations(tmp_path: Path) -> None:
-    Ledger(tmp_path / "l.sqlite3", Caps()).close()
+    ledger = Ledger(tmp_path / "l.sqlite3", Caps())
+    # synchronous is per connection: only the ledger's own can say it fsyncs every commit.
+    assert ledger.durability() == ("wal", 2)  # 2 = FULL
+    ledger.close()
     db = sqlite3.connect(tmp_path / "l.sqlite3")
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("PRAGMA user_version").fetchone()[0] >= 1
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(SCHEMA)
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_migration_adds_estimated_to_an_old_ledger(tmp_path: Path) -> None:
+    """A ledger written before the ``estimated`` column keeps its rows and gains it."""
+    path = tmp_path / "l.sqlite3"
+    old = sqlite3.connect(path, isolation_level=None)
+    for i, stmt in enumerate(SCHEMA[:3]):
+        old.execute(stmt)
+        old.execute(f"PRAGMA user_version={i + 1}")
+    old.execute("INSERT INTO spend (ts, day, month, expert, state, reserved_usd) "
+                "VALUES (1, '1970-01-01', '1970-01', 'gpt', 'reserved', 0.5)")
+    old.close()
+    ledger = Ledger(path, Caps())
+    row = ledger.reserve("gpt", 0.1)
+    ledger.settle(row, 0.05, 100, 7, estimated=True)
+    ledger.close()
+    db = sqlite3.connect(path)
+    rows = db.execute("SELECT expert, state, estimated FROM spend ORDER BY id").fetchall()
+    assert rows == [("gpt", "reserved", 0), ("gpt", "settled", 1)]
 
 
 def test_refusal_names_the_cap(tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ from agent.settings import QWEN_DEFAULT
 
 
 def test_qwen_assembles_to_pinned_hash(qwen_gguf: Path) -> None:
-    assert qwen_gguf.stat().st_size == 491_400_064
-    assert qwen_gguf.read_bytes()[:4] == b"GGUF"
+    assert sha256_file(qwen_gguf) == BUILTINS[QWEN_DEFAULT].sha256 == (
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
+    with qwen_gguf.open("rb") as f:
+        assert f.read(4) == b"GGUF"
 
 
 def test_smollm_hash_is_pinned(smollm_gguf: Path) -> None:

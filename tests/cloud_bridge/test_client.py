@@ -27,13 +27,14 @@ SECRET = "sk-test-DO-NOT-LOG-1f3a9c"
 
 def _endpoint(base_url: str, **kw: object) -> Endpoint:
     """Generous timeouts: the real server shares a loaded 2-core machine."""
-    timeouts = Timeouts(first_byte_s=60.0, read_s=60.0, deadline_s=120.0)
+    timeouts = Timeouts(first_token_s=60.0, first_byte_s=60.0, read_s=60.0, deadline_s=120.0)
     return Endpoint(name="smollm2-cloud", base_url=base_url, model=MODEL, prices=PRICES,
                     timeouts=timeouts, **kw)  # type: ignore[arg-type]
 
 
 async def test_plain_completion_usage_and_cost(cloud_server: str) -> None:
-    client = BridgeClient(_endpoint(cloud_server))
+    """With streaming off, a plain call; the peer's usage is billed as sent."""
+    client = BridgeClient(_endpoint(cloud_server, streams=False))
     try:
         result = await client.complete(MESSAGES, PARAMS)
     finally:
@@ -46,6 +47,25 @@ async def test_plain_completion_usage_and_cost(cloud_server: str) -> None:
     expected = (result.usage.prompt_tokens * 2.5 + result.usage.completion_tokens * 10) / 1e6
     assert result.cost_usd == pytest.approx(expected) and result.cost_usd > 0
     assert client.breaker.state == "closed"
+
+
+async def test_plain_call_streams_and_counts_usage_the_peer_does_not_send(
+    cloud_server: str,
+) -> None:
+    """llama-cpp-python's server ignores stream_options.include_usage: the gathered answer
+    is the same as a plain call's, its usage counted and marked estimated."""
+    plain_client = BridgeClient(_endpoint(cloud_server, streams=False))
+    client = BridgeClient(_endpoint(cloud_server))
+    try:
+        plain = await plain_client.complete(MESSAGES, PARAMS)
+        gathered = await client.complete(MESSAGES, PARAMS)
+    finally:
+        await plain_client.aclose()
+        await client.aclose()
+    assert gathered.content == plain.content and gathered.finish_reason == plain.finish_reason
+    assert gathered.usage.estimated and not plain.usage.estimated
+    assert gathered.usage.completion_tokens == plain.usage.completion_tokens
+    assert gathered.cost_usd == pytest.approx(PRICES.cost_usd(gathered.usage))
 
 
 async def test_streaming_matches_plain_and_ends_with_usage(cloud_server: str) -> None:

@@ -15,6 +15,7 @@ from cloud_bridge.errors import (
     ConnectFailed,
     DeadlineExceeded,
     FirstByteTimeout,
+    FirstTokenTimeout,
     StreamBroken,
     UpstreamStatusError,
 )
@@ -35,8 +36,8 @@ def _client(proxy: FaultProxy, *, deadline: float = 60.0, first_byte: float = 30
     tests of timeouts pass tight ones."""
     return BridgeClient(Endpoint(
         name="cloud", base_url=proxy.base_url(), model="smollm2-cloud",
-        timeouts=Timeouts(connect_s=1.0, read_s=min(first_byte, 30.0), first_byte_s=first_byte,
-                          deadline_s=deadline),
+        timeouts=Timeouts(connect_s=1.0, read_s=min(first_byte, 30.0), first_token_s=first_byte,
+                          first_byte_s=first_byte, deadline_s=deadline),
         retry=RetryPolicy(max_retries=retries, base_s=0.05, cap_s=0.2),
         breaker=BreakerPolicy(failure_threshold=threshold, cooldown_s=30.0),
     ))
@@ -59,9 +60,27 @@ async def test_connection_refused_fails_fast_after_retries(fault_proxy: FaultPro
     assert elapsed < 1.0 + SLACK_S  # three attempts, backoff capped at 0.2 s
 
 
-async def test_accept_then_silence_is_a_first_byte_timeout(fault_proxy: FaultProxy) -> None:
+async def test_accept_then_silence_ends_at_the_first_token_budget(
+    fault_proxy: FaultProxy,
+) -> None:
+    """The first-token budget covers every attempt: a silent peer costs it once, not once
+    per retry, so the daemon can fall back within its offline budget."""
     fault_proxy.set_plan([], default=Fault.SILENCE)
-    err, elapsed = await _complete_err(_client(fault_proxy, deadline=2.5, first_byte=0.5))
+    err, elapsed = await _complete_err(_client(fault_proxy, deadline=5.0, first_byte=1.0))
+    assert isinstance(err, FirstTokenTimeout), err
+    assert 0.9 < elapsed < 1.0 + SLACK_S
+    assert fault_proxy.applied == [Fault.SILENCE]
+
+
+async def test_silence_with_streaming_off_is_a_first_byte_timeout(
+    fault_proxy: FaultProxy,
+) -> None:
+    fault_proxy.set_plan([], default=Fault.SILENCE)
+    client = BridgeClient(Endpoint(
+        name="cloud", base_url=fault_proxy.base_url(), model="smollm2-cloud", streams=False,
+        timeouts=Timeouts(connect_s=1.0, first_byte_s=0.5, deadline_s=2.5),
+        retry=RetryPolicy(max_retries=2, base_s=0.05, cap_s=0.2)))
+    err, elapsed = await _complete_err(client)
     assert isinstance(err, FirstByteTimeout | DeadlineExceeded), err
     assert elapsed < 2.5 + SLACK_S
     assert len(fault_proxy.applied) >= 2  # first-byte timeouts are retried in the deadline

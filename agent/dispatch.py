@@ -1,0 +1,179 @@
+"""The one path every answer takes, plain or streamed: admit, reserve, call, fall back,
+settle.
+
+    decision --> admit: a slot of the expert that is about to answer (its bounded queue;
+                 full or waited too long: HTTP 503 with Retry-After)
+             --> reserve: a cloud call's worst case in the ledger (a lost race: fall back,
+                 or HTTP 429 with budget.on_exceeded=refuse)
+             --> call: the expert's ``complete`` or ``stream``
+             --> fail before a byte left: the first local expert answers, admitted in
+                 *its* own queue (the expert that answers is the one charged)
+             --> settle: the real usage (and whether it is an estimate), or release
+
+What happens after an expert could not answer is decided in :meth:`Dispatcher.next_expert`
+and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+
+from agent.admission import Admission, Slot
+from agent.errors import ExpertCallError, ExpertUnavailableError
+from agent.experts.base import Expert, Message
+from agent.ledger import BudgetExceededError, Ledger, prompt_tokens_upper_bound
+from agent.metrics import Metrics
+from agent.policy import Decision
+from cloud_bridge.usage import TokenUsage
+from cloud_bridge.wire import SamplingParams, StreamPiece
+
+log = logging.getLogger("edgeroute.dispatch")
+
+
+def routable(expert: Expert) -> bool:
+    """Whether the policy may pick ``expert`` now. An expert that must not fall back stays
+    routable while its breaker is open, so a request naming it fails as configured (503
+    with Retry-After) instead of being answered elsewhere without a word."""
+    return expert.available() or not expert.info.fallback_to_local
+
+
+@dataclass
+class _Turn:
+    """One expert's turn at a request: its admission slot and its ledger row."""
+
+    decision: Decision
+    slot: Slot
+    row: int | None
+    prompt_bound: int  # the prompt's tokens from above, to bill a peer's missing usage
+    started: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class Dispatcher:
+    experts: dict[str, Expert]
+    ledger: Ledger
+    metrics: Metrics
+    admission: Admission
+    fallback_expert: str  # offline-first: the first local expert
+    on_exceeded: str  # budget.on_exceeded: "local" or "refuse"
+    latency_alpha: float
+    latency_s: dict[str, float]  # the policy's moving latency estimates, updated here
+
+    async def run(
+        self, decision: Decision, messages: list[Message], params: SamplingParams, *,
+        stream: bool,
+    ) -> AsyncGenerator[tuple[StreamPiece, Decision], None]:
+        """Pieces of the answer with the decision that produced them (after a fallback,
+        the fallback's). A plain call yields its whole answer as one final piece."""
+        while True:
+            turn = await self._begin(decision, prompt_tokens_upper_bound(messages))
+            decision = turn.decision
+            sent = False
+            try:
+                async for piece in self._call(decision.expert, messages, params, stream):
+                    if piece.usage is not None:
+                        self._settle(turn, piece.usage)
+                    sent = True
+                    yield piece, decision
+                return
+            except ExpertCallError as exc:
+                self._close_failed(turn, exc)
+                decision = self.next_expert(decision, exc, sent=sent)
+            finally:
+                turn.slot.release()
+                if turn.row is not None:  # the client left before usage came: the worst
+                    self.ledger.settle_worst_case(turn.row)
+
+    def next_expert(self, decision: Decision, exc: ExpertCallError | BudgetExceededError, *,
+                    sent: bool = False) -> Decision:
+        """After ``decision.expert`` could not answer: the fallback decision, or raise.
+
+        No fallback once bytes reached the client (the stream ends with an in-band error),
+        from the fallback expert itself, or from an expert whose ``fallback_to_local`` is
+        off (HTTP 503). A budget lost to a concurrent request falls back unless the budget
+        says refuse (HTTP 429).
+        """
+        if isinstance(exc, BudgetExceededError):
+            if self.on_exceeded == "refuse":
+                self.metrics.refusals.labels("budget").inc()
+                raise exc
+            reason = exc.message
+        else:
+            if sent or exc.partial or decision.expert == self.fallback_expert:
+                raise exc
+            if not self.experts[decision.expert].info.fallback_to_local:
+                raise ExpertUnavailableError(
+                    f"cloud expert {decision.expert!r} failed and fallback_to_local is off: "
+                    f"{exc.reason}", retry_after_s=exc.retry_after_s) from exc
+            reason = exc.reason
+        log.warning("expert %s cannot answer (%s); falling back to %s", decision.expert,
+                    reason, self.fallback_expert)
+        self.metrics.fallbacks.labels(decision.expert, self.fallback_expert).inc()
+        return Decision(self.fallback_expert, f"fallback: {reason}", decision.mode,
+                        decision.scores, fallback_from=decision.expert,
+                        rejected=decision.rejected)
+
+    # -- the steps ------------------------------------------------------------------------
+    async def _begin(self, decision: Decision, prompt_bound: int) -> _Turn:
+        """Admit, then reserve a cloud call's worst case. The slot is the answering
+        expert's: a fallback after a lost budget race queues for the local expert."""
+        slot = await self.admission.acquire(decision.expert)
+        if self.experts[decision.expert].info.kind != "cloud":
+            return _Turn(decision, slot, None, prompt_bound)
+        try:
+            row = self.ledger.reserve(decision.expert, decision.expected_cost_usd)
+        except BudgetExceededError as exc:
+            slot.release()
+            return await self._begin(self.next_expert(decision, exc), prompt_bound)
+        return _Turn(decision, slot, row, prompt_bound)
+
+    async def _call(self, name: str, messages: list[Message], params: SamplingParams,
+                    stream: bool) -> AsyncIterator[StreamPiece]:
+        expert = self.experts[name]
+        if stream:
+            async for piece in expert.stream(messages, params):
+                yield piece
+            return
+        answer = await expert.complete(messages, params)
+        yield StreamPiece(answer.content, answer.finish_reason, answer.usage)
+
+    def _bill(self, turn: _Turn, usage: TokenUsage) -> None:
+        """Settle the row. A usage the bridge counted (the peer sent none) guesses the
+        prompt from its characters; the ledger bills the prompt's upper bound instead."""
+        assert turn.row is not None
+        if usage.estimated:
+            usage = TokenUsage(max(usage.prompt_tokens, turn.prompt_bound),
+                               usage.completion_tokens, estimated=True)
+        cost = self.experts[turn.decision.expert].info.prices.cost_usd(usage)
+        self.ledger.settle(turn.row, cost, usage.prompt_tokens, usage.completion_tokens,
+                           usage.estimated)
+        turn.row = None
+        self.metrics.spend.labels(turn.decision.expert).inc(cost)
+
+    def _settle(self, turn: _Turn, usage: TokenUsage) -> None:
+        info = self.experts[turn.decision.expert].info
+        if turn.row is not None:
+            self._bill(turn, usage)
+            left = self.ledger.remaining(info.name)
+            if left is not None:
+                self.metrics.budget_left.labels(info.name).set(left)
+        elapsed = time.perf_counter() - turn.started
+        prev = self.latency_s.get(info.name)
+        self.latency_s[info.name] = (elapsed if prev is None
+                                     else prev + self.latency_alpha * (elapsed - prev))
+        self.metrics.requests.labels(info.name).inc()
+        self.metrics.latency.labels(info.name).observe(elapsed)
+
+    def _close_failed(self, turn: _Turn, exc: ExpertCallError) -> None:
+        """A failed call's row: billed for what it consumed after bytes flowed, else
+        released (the peer answered nothing it can bill)."""
+        if turn.row is None:
+            return
+        if exc.partial and exc.usage is not None:
+            self._bill(turn, exc.usage)
+        else:
+            self.ledger.release(turn.row)
+            turn.row = None
