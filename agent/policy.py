@@ -1,19 +1,24 @@
 """The pure decision core: router scores, expert facts, budgets and hints in; a frozen
 ``Decision`` out. No I/O and no clocks, so it is property-tested (tests/agent/test_policy.py).
 
-Utility of a feasible expert e:
-    u(e) = w_quality * score(e) - w_cost * cost(e) / max_cost - w_tput * lat(e) / max_lat
-where cost is the worst-case USD of this request (prompt + max_tokens at e's prices) and
+Utility of a feasible expert e (``utility``, shared with ``edgeroute evaluate`` and
+``edgeroute calibrate`` so the knob they recommend is the knob the daemon applies):
+    u(e) = w_quality * P(e correct) - cost(e) / usd_per_correct - w_tput * lat(e) / max_lat
+where P is the router's score, cost the expected USD of this request at e's prices (prompt
+plus the expert's typical answer length, capped by max_tokens), ``usd_per_correct`` what a
+correct answer is worth to the user (one knob, in dollars; unset: cost is not weighed) and
 lat the measured latency estimate. An expert is feasible when it is available, its
-worst-case cost fits the per-request limit and the remaining spend, and its latency
-estimate fits the latency limit. Because cost enters linearly, the chosen expert's cost
-can only fall as the cost weight rises (a property test holds us to it).
+worst-case cost (prompt + max_tokens) fits the per-request limit and the remaining spend,
+and its latency estimate fits the latency limit. Because cost enters linearly, the chosen
+expert's cost can only rise as a correct answer is worth more (a property test holds us
+to it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 REFUSED = ""  # Decision.expert when no expert fits
 
@@ -29,17 +34,32 @@ class ExpertState:
     available: bool = True
     latency_s: float | None = None  # moving estimate from real calls; None = not measured
     remaining_usd: float | None = None  # least budget left over the caps that apply
+    typical_output_tokens: float | None = None  # moving estimate; None = assume max_tokens
 
     def worst_case_usd(self, prompt_tokens: int, max_tokens: int) -> float:
         return (prompt_tokens * self.input_usd_per_mtok
                 + max_tokens * self.output_usd_per_mtok) / 1e6
 
+    def expected_usd(self, prompt_tokens: int, max_tokens: int) -> float:
+        out = max_tokens if self.typical_output_tokens is None else min(
+            max_tokens, self.typical_output_tokens)
+        return (prompt_tokens * self.input_usd_per_mtok + out * self.output_usd_per_mtok) / 1e6
+
 
 @dataclass(frozen=True)
 class Weights:
     quality: float = 1.0
-    cost: float = 0.0
+    usd_per_correct: float | None = None  # what a correct answer is worth; None: free
     throughput: float = 0.0
+
+
+def utility(p_correct: Any, cost_usd: Any, usd_per_correct: float | None,
+            quality: float = 1.0) -> Any:
+    """Expected value of an answer, in correct answers: P(correct) minus its cost counted
+    in correct answers. Works on floats and numpy arrays alike (evaluate, calibrate)."""
+    if usd_per_correct is None:
+        return quality * p_correct
+    return quality * p_correct - cost_usd / usd_per_correct
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class Request:
     max_tokens: int
     max_cost_usd: float | None = None
     max_latency_ms: float | None = None
+    expected_prompt_tokens: int | None = None  # a typical count (None: the upper bound)
 
 
 @dataclass(frozen=True)
@@ -109,12 +130,12 @@ def why_infeasible(e: ExpertState, req: Request) -> str | None:
 def _utilities(
     scores: Mapping[str, float], feasible: list[ExpertState], req: Request, w: Weights
 ) -> dict[str, float]:
-    costs = {e.name: e.worst_case_usd(req.prompt_tokens, req.max_tokens) for e in feasible}
     lats = {e.name: e.latency_s or 0.0 for e in feasible}
-    max_cost, max_lat = max(costs.values()), max(lats.values())
+    max_lat = max(lats.values())
     return {
-        e.name: w.quality * scores.get(e.name, 0.0)
-        - (w.cost * costs[e.name] / max_cost if max_cost > 0 else 0.0)
+        e.name: utility(scores.get(e.name, 0.0), e.expected_usd(
+            req.expected_prompt_tokens or req.prompt_tokens, req.max_tokens),
+            w.usd_per_correct, w.quality)
         - (w.throughput * lats[e.name] / max_lat if max_lat > 0 else 0.0)
         for e in feasible
     }

@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -251,45 +251,51 @@ class RouterHolder:
     ``scores`` reads ``self._router`` once per call, so an in-flight query finishes on the
     router it started with. ``swap`` runs in the caller's thread (call it through
     ``asyncio.to_thread`` from the event loop); swaps are serialised by a lock that scoring
-    never takes. A failed swap raises and leaves the old router serving.
+    never takes. A failed swap raises and leaves the old router serving. ``loader`` builds a
+    router from a bundle path (a classifier ``OnnxRouter`` or a ``ProfileRouter``), so a
+    swap re-reads everything the first load read (device profiles included).
     """
 
-    def __init__(self, router: OnnxRouter, expected_experts: list[str], threads: int) -> None:
+    def __init__(self, router: Any, loader: Callable[[Path], Any], path: Path) -> None:
         self._router = router
-        self._expected = list(expected_experts)
-        self._threads = threads
+        self._loader = loader
+        self._path = Path(path)
         self._lock = threading.Lock()
         self.swaps = 0
 
     @classmethod
     def load(cls, bundle: Path, expected_experts: list[str], threads: int = 1) -> RouterHolder:
-        return cls(OnnxRouter.load(bundle, expected_experts, threads), expected_experts, threads)
+        """A classifier bundle that must score exactly ``expected_experts``."""
+        def loader(path: Path) -> OnnxRouter:
+            return OnnxRouter.load(path, list(expected_experts), threads)
+
+        return cls(loader(Path(bundle)), loader, Path(bundle))
 
     @property
     def mode(self) -> str:
-        return self._router.mode
+        return str(self._router.mode)
 
     @property
     def experts(self) -> tuple[str, ...]:
-        return self._router.experts
+        return tuple(self._router.experts)
 
     @property
-    def current(self) -> OnnxRouter:
+    def current(self) -> Any:
         return self._router
 
     def scores(self, text: str) -> dict[str, float]:
-        return self._router.scores(text)
+        return self._router.scores(text)  # type: ignore[no-any-return]
 
     def describe(self) -> dict[str, Any]:
         return {**self._router.describe(), "swaps": self.swaps}
 
-    def swap(self, bundle: Path | None = None) -> OnnxRouter:
+    def swap(self, bundle: Path | None = None) -> Any:
         """Load ``bundle`` (default: re-read the current path) fully, then switch to it."""
         with self._lock:
-            target = Path(bundle) if bundle is not None else self._router.bundle
-            new = OnnxRouter.load(target, self._expected, self._threads)
+            target = Path(bundle) if bundle is not None else self._path
+            new = self._loader(target)
             self._router = new  # the one assignment requests can observe
+            self._path = target
             self.swaps += 1
-        log.info("router bundle swapped to %s (model %s)", target,
-                 new.manifest.files["model.onnx"][:12])
+        log.info("router bundle swapped to %s", target)
         return new

@@ -42,6 +42,13 @@ class Hints:
     max_latency_ms: float | None = None
 
 
+def prompt_tokens_typical(messages: list[Message]) -> int:
+    """Tokens of a chat prompt as English text usually has them (about 4 characters a
+    token, OpenAI's rule of thumb) plus role markers: the expected cost the policy weighs.
+    Budgets reserve the upper bound below, never this."""
+    return sum(len(m.get("content", "")) // 4 + 8 for m in messages) + 8
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -94,8 +101,9 @@ class Runtime:
         b, p = self.settings.budget, self.settings.policy
         req = Request(requested, prompt_tokens_upper_bound(messages), params.max_tokens,
                       tighter(b.max_request_usd, hints.max_cost_usd),
-                      tighter(b.max_latency_ms, hints.max_latency_ms))
-        weights = Weights(p.quality_weight, p.cost_weight, p.throughput_weight)
+                      tighter(b.max_latency_ms, hints.max_latency_ms),
+                      expected_prompt_tokens=prompt_tokens_typical(messages))
+        weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight)
         kw: dict[str, Any] = {"weights": weights, "default_expert": self.settings.default_expert(),
                               "mode": self.router.mode}
         decision = decide(scores, self._states(budgets=True), req, **kw)
@@ -200,15 +208,17 @@ def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission
 
 
 def build_router(settings: Settings, experts: dict[str, Expert]) -> Router:
-    """The configured ONNX bundle; else the embedded default bundle when its experts are
-    the configured ones; else FixedRouter (a documented mode, reported in /health)."""
-    from agent.router_bundle import RouterHolder, embedded_bundle
+    """The configured bundle, else the embedded default bundle (an ``irt`` bundle scores
+    every configured expert through ability profiles); ``router.bundle=none`` or no bundle
+    installed: FixedRouter (a documented mode, reported in /health)."""
+    from agent.profile_router import open_bundle
+    from agent.router_bundle import embedded_bundle
 
     names = list(experts)
     threads = settings.router.threads
     configured = settings.router.bundle
     if configured is not None and str(configured).lower() != "none":
-        return RouterHolder.load(Path(configured), expected_experts=names, threads=threads)
+        return open_bundle(Path(configured), settings, threads, names)  # type: ignore[no-any-return]
     fixed = FixedRouter(names, settings.default_expert())
     if configured is not None:  # explicitly "none"
         return fixed
@@ -217,7 +227,7 @@ def build_router(settings: Settings, experts: dict[str, Expert]) -> Router:
         fixed.note = "no router bundle installed: every query goes to the default expert"
         return fixed
     try:
-        return RouterHolder.load(embedded, expected_experts=names, threads=threads)
+        return open_bundle(embedded, settings, threads, names)  # type: ignore[no-any-return]
     except BundleError as exc:
         log.warning("embedded router bundle not used: %s", exc)
         fixed.note = (f"embedded router bundle does not fit the configured experts ({exc}); "

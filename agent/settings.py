@@ -23,6 +23,9 @@ APP_NAME = "edgeroute"
 ENV_PREFIX = "EDGEROUTE_"
 ENV_FILES_VAR = "EDGEROUTE_ENV_FILES"
 DEFAULT_PORT = 2345
+# Chosen on the validation split of the committed table (README, `edgeroute calibrate`):
+# with a GPT-4-class cloud expert and no budget, a minority of queries goes to the cloud.
+DEFAULT_USD_PER_CORRECT = 0.02
 
 QWEN_DEFAULT = "builtin:qwen2.5-coder-0.5b-instruct"
 SMOLLM2_DEFAULT = "builtin:smollm2-135m-instruct"
@@ -143,6 +146,14 @@ class LocalExpertSettings(_Section):
         None, description="llama-cpp-python chat format; default: the GGUF's own template."
     )
     seed: int = Field(0, description="Sampling seed, for reproducible answers.")
+    profile: str | None = Field(
+        None,
+        description=(
+            "Ability profile the router uses for this expert: a profile name shipped with the "
+            "router bundle (see `edgeroute experts list`); default: one fitted on this device, "
+            "else a shipped profile named like the model, else the prior of its kind."
+        ),
+    )
 
     @field_validator("name")
     @classmethod
@@ -220,6 +231,14 @@ class CloudExpertSettings(_Section):
     breaker_max_cooldown_s: float = Field(
         300.0, gt=0, description="Longest cooldown of an open breaker."
     )
+    profile: str | None = Field(
+        None,
+        description=(
+            "Ability profile the router uses for this expert: a profile name shipped with the "
+            "router bundle (see `edgeroute experts list`); default: one fitted on this device, "
+            "else a shipped profile named like `model`, else the prior of its kind."
+        ),
+    )
     fallback_to_local: bool = Field(
         True,
         description=(
@@ -287,11 +306,17 @@ class BudgetSettings(_Section):
 
 
 class PolicySettings(_Section):
-    """Trilemma weights: utility = quality*score - cost*cost_norm - throughput*latency_norm."""
+    """Trilemma: utility = quality*P(correct) - cost_usd/usd_per_correct - throughput*lat_norm."""
 
-    quality_weight: float = Field(1.0, ge=0, description="Weight of the router's score.")
-    cost_weight: float = Field(
-        0.0, ge=0, description="Weight of the expected cost (normalised to the priciest)."
+    quality_weight: float = Field(1.0, ge=0, description="Weight of the router's P(correct).")
+    usd_per_correct: float | None = Field(
+        DEFAULT_USD_PER_CORRECT,
+        gt=0,
+        description=(
+            "What one correct answer is worth to you, in USD: an expert costing c more per "
+            "query must be c/usd_per_correct more likely to be right to be chosen. Pick it "
+            "with `edgeroute calibrate`; unset (empty) ignores cost (budgets still apply)."
+        ),
     )
     throughput_weight: float = Field(
         0.0, ge=0, description="Weight of the expected latency (normalised to the slowest)."

@@ -42,7 +42,8 @@ request_st = st.builds(
     max_cost_usd=maybe_money,
     max_latency_ms=st.one_of(st.none(), st.floats(10, 30000)),
 )
-weights_st = st.builds(Weights, st.floats(0, 5), st.floats(0, 5), st.floats(0, 5))
+weights_st = st.builds(Weights, st.floats(0, 5), st.one_of(st.none(), st.floats(1e-6, 10)),
+                       st.floats(0, 5))
 
 
 def worst_case_usd(e: ExpertState, req: Request) -> float:
@@ -81,10 +82,12 @@ def test_never_picks_an_expert_over_a_hard_limit(scores, experts, req, w, mode) 
     assert d.reason
 
 
-@given(scores_st, experts_st(), request_st, st.floats(0, 5), st.floats(0, 5), st.floats(0, 5))
-def test_chosen_cost_is_monotone_in_the_cost_weight(scores, experts, req, wq, w1, w2) -> None:
+@given(scores_st, experts_st(), request_st, st.floats(0.01, 5), st.floats(1e-6, 10),
+       st.floats(1e-6, 10))
+def test_chosen_cost_rises_with_what_a_correct_answer_is_worth(scores, experts, req, wq, v1,
+                                                               v2) -> None:
     req = Request(None, req.prompt_tokens, req.max_tokens, req.max_cost_usd, req.max_latency_ms)
-    lo, hi = sorted((w1, w2))
+    lo, hi = sorted((v1, v2))
     default = next(iter(experts))
     a = decide(scores, experts, req, weights=Weights(wq, lo, 0), default_expert=default,
                mode="onnx")
@@ -92,7 +95,32 @@ def test_chosen_cost_is_monotone_in_the_cost_weight(scores, experts, req, wq, w1
                mode="onnx")
     assert a.refused == b.refused
     if not a.refused:
-        assert b.expected_cost_usd <= a.expected_cost_usd + 1e-12
+        assert b.expected_cost_usd >= a.expected_cost_usd - 1e-12
+
+
+def test_utility_counts_cost_in_correct_answers() -> None:
+    from agent.policy import utility
+
+    # worth $0.02 a correct answer: $0.01 more must buy 0.5 more P(correct)
+    assert utility(0.9, 0.01, 0.02) == pytest.approx(0.4)
+    assert utility(0.4, 0.0, 0.02) == pytest.approx(0.4)
+    assert utility(0.9, 0.01, None) == pytest.approx(0.9)  # cost not weighed
+    import numpy as np
+
+    assert np.allclose(utility(np.array([0.9, 0.4]), np.array([0.01, 0.0]), 0.02), [0.4, 0.4])
+
+
+def test_a_cheap_expert_wins_unless_the_dear_one_is_worth_its_price() -> None:
+    experts = {"local": ExpertState("local", "local"),
+               "cloud": ExpertState("cloud", "cloud", input_usd_per_mtok=10,
+                                    output_usd_per_mtok=30)}
+    req = Request(None, prompt_tokens=1000, max_tokens=100)  # cloud costs $0.013
+    scores = {"local": 0.3, "cloud": 0.9}
+    pick = lambda v: decide(scores, experts, req, weights=Weights(1.0, v, 0),  # noqa: E731
+                            default_expert="local", mode="profile").expert
+    assert pick(0.01) == "local"  # 0.9 - 1.3 < 0.3
+    assert pick(0.05) == "cloud"  # 0.9 - 0.26 > 0.3
+    assert pick(None) == "cloud"
 
 
 @given(scores_st, experts_st(), request_st)
