@@ -1,14 +1,18 @@
-"""``edgeroute calibrate``: choose the policy's cost weight (and a RouteLLM-style score
-threshold) for a target share of cloud calls or a target quality, on a router's held-out
-test split, and print what that choice is expected to cost and score.
+"""``edgeroute calibrate``: choose what a correct answer is worth (``usd_per_correct``, the
+policy's one cost knob) and a RouteLLM-style score threshold for a target share of cloud
+calls or a target quality. Chosen on the router's validation split (carved from its
+training queries the way ``edgeroute train`` carves it: never trained on), reported on its
+test split, never chosen there.
 
-Two calibrations, both on the same held-out queries:
-- cost weight ``w`` (what the daemon applies, ``EDGEROUTE_POLICY__COST_WEIGHT``): the
-  policy picks ``argmax score - w * cost/max_cost``; we sweep ``w`` and keep the smallest
-  one meeting the target (least quality given away);
+Two calibrations:
+- ``usd_per_correct`` V (``EDGEROUTE_POLICY__USD_PER_CORRECT``): the daemon, ``evaluate`` and
+  this command all pick ``argmax utility(P, cost, V) = P - cost / V``
+  (``agent.policy.utility``), with each expert's cost its mean over the training queries
+  here (the daemon estimates the request's own); we sweep V and keep the largest meeting a
+  cloud-share target (most quality within it) or the smallest meeting a quality target;
 - score-margin threshold (RouteLLM's way): the margin ``best cloud score - best local
-  score`` per query; its ``1 - share`` quantile sends exactly ``share`` of the queries to
-  the cloud.
+  score`` per query; its ``1 - share`` quantile on validation sends ``share`` of the
+  queries to the cloud.
 """
 
 from __future__ import annotations
@@ -19,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# 0, then 0.01 .. 100 in 61 geometric steps: the share changes fastest at large weights.
-WEIGHTS = (0.0, *(round(10 ** (-2 + 4 * i / 60), 4) for i in range(61)))
+# $0.00001 .. $10 per correct answer in 61 geometric steps, then None (cost not weighed).
+VALUES: tuple[float | None, ...] = (*(float(f"{10 ** (-5 + 6 * i / 60):.3g}")
+                                      for i in range(61)), None)
 
 
 @dataclass(frozen=True)
@@ -44,24 +49,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _sweep(mt: Any, q: Any, scores: Any, cost_norm: Any, cloud: Any) -> list[dict[str, Any]]:
+def _point(mt: Any, q: Any, scores: Any, cost: Any, cloud: Any, v: float | None
+           ) -> dict[str, Any]:
     import numpy as np
 
+    from agent.policy import utility
     from export.evaluate import policy_metrics
     from export.routers import baselines
 
-    avail = ~np.isnan(q)
-    points = []
-    for w in WEIGHTS:
-        weights = baselines.choose(scores - w * cost_norm, avail)
-        pm = policy_metrics(mt, q, weights)
-        share = float(weights[:, cloud].sum() / max(weights.sum(), 1.0))
-        points.append({"cost_weight": w, "quality": pm["quality"], "cost_usd": pm["cost_usd"],
-                       "cloud_share": share})
-    return points
+    weights = baselines.choose(utility(scores, cost[None, :], v), ~np.isnan(q))
+    pm = policy_metrics(mt, q, weights)
+    share = float(weights[:, cloud].sum() / max(weights.sum(), 1.0))
+    return {"usd_per_correct": v, "quality": pm["quality"], "cost_usd": pm["cost_usd"],
+            "cloud_share": share}
 
 
-def _threshold(mt: Any, q: Any, scores: Any, cloud: Any, share: float) -> dict[str, Any]:
+def _threshold(mt: Any, q: Any, scores: Any, cloud: Any, t: float | None = None,
+               share: float | None = None) -> dict[str, Any]:
+    """The margin rule at threshold ``t``, or at the quantile giving ``share``."""
     import numpy as np
 
     from export.evaluate import policy_metrics
@@ -72,9 +77,10 @@ def _threshold(mt: Any, q: Any, scores: Any, cloud: Any, share: float) -> dict[s
     best_local = s[:, ~cloud].max(axis=1)
     margin = best_cloud - best_local
     finite = np.isfinite(margin)
-    # "higher": the share sent to the cloud never exceeds the target on this split.
-    t = (float(np.quantile(margin[finite], 1 - share, method="higher")) if finite.any()
-         else float("inf"))
+    if t is None:
+        # "higher": the share sent to the cloud never exceeds the target on this split.
+        t = (float(np.quantile(margin[finite], 1 - float(share or 0.0), method="higher"))
+             if finite.any() else float("inf"))
     go_cloud = finite & (margin > t) | ~np.isfinite(best_local)
     pick = np.where(go_cloud, np.argmax(np.where(cloud, s, -np.inf), axis=1),
                     np.argmax(np.where(~cloud, s, -np.inf), axis=1))
@@ -85,12 +91,24 @@ def _threshold(mt: Any, q: Any, scores: Any, cloud: Any, share: float) -> dict[s
             "cost_usd": pm["cost_usd"]}
 
 
+def validation_rows(m: Any, meta: Any, train: Any) -> Any:
+    """The validation queries ``edgeroute train`` carved from the training split."""
+    import numpy as np
+
+    from export.labels import labelled_rows, metric_values
+    from export.routers.training import validation_split
+
+    tr = np.intersect1d(train, labelled_rows(metric_values(m, meta.labels())))
+    _, val = validation_split(len(tr), 0.1, meta.seed)
+    return tr[val]
+
+
 def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
-    """The stage: the sweep, the chosen weight and the margin threshold, as one object."""
+    """The stage: the sweep on validation, the choice, and its figures on test."""
     import numpy as np
 
     from export.errors import PipelineError
-    from export.labels import held_out
+    from export.labels import check_held_out, held_out, metric_values
     from export.routers.base import load_router
 
     table, router = cfg.table, cfg.router
@@ -98,29 +116,38 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     if (cloud_share is None) == (quality is None):
         raise PipelineError("give exactly one target: a cloud share or a quality")
     r = load_router(router)
+    check_held_out(table, r.meta)
     m, mt, q, train = held_out(table, r.meta)
-    scores = r.score_batch(mt.queries)[:, [list(r.experts).index(e) for e in mt.experts]]
-    cost = np.nan_to_num(np.nanmean(np.where(np.isnan(m.values["cost_usd"][train]), np.nan,
-                                             m.values["cost_usd"][train]), axis=0), nan=0.0)
+    val = validation_rows(m, r.meta, train)
+    if len(val) == 0:
+        raise PipelineError("the router's validation split is empty; nothing to choose on")
+    mv, qv = m.subset(val), metric_values(m, r.meta.labels())[val]
+    order = [list(r.experts).index(e) for e in mt.experts]
+    scores, scores_v = (r.score_batch(x.queries)[:, order] for x in (mt, mv))
+    cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
     cloud = cost > 0
     if not cloud.any() or cloud.all():
         raise PipelineError("calibration needs both priced (cloud) and free (local) experts")
-    curve = _sweep(mt, q, scores, cost / cost.max(), cloud)
+    curve = [_point(mv, qv, scores_v, cost, cloud, v) for v in VALUES]
     if cloud_share is not None:
-        ok = [p for p in curve if p["cloud_share"] <= cloud_share + 1e-9]
+        ok = [p for p in curve if p["cloud_share"] <= cloud_share + 1e-9][-1:]
     else:
         ok = [p for p in curve if p["quality"] is not None and p["quality"] >= quality - 1e-9]
-        ok = ok[-1:]  # the largest weight (cheapest) still meeting the quality
     if not ok:
-        raise PipelineError("no cost weight on the sweep meets the target; relax it")
+        raise PipelineError("no usd_per_correct on the sweep meets the target on the "
+                            "validation split; relax it")
     chosen = ok[0]
+    test = _point(mt, q, scores, cost, cloud, chosen["usd_per_correct"])
     priced = [e for e, c in zip(mt.experts, cloud, strict=True) if c]
-    result: dict[str, Any] = {"router": str(router), "experts": mt.experts,
-                              "cloud_experts": priced, "test_queries": len(mt),
-                              "chosen": chosen, "curve": curve}
     share = cloud_share if cloud_share is not None else chosen["cloud_share"]
-    result["routellm_threshold"] = _threshold(mt, q, scores, cloud, share)
-    return result
+    t_val = _threshold(mv, qv, scores_v, cloud, share=share)
+    return {"router": str(router), "experts": mt.experts, "cloud_experts": priced,
+            "validation_queries": len(val), "test_queries": len(mt),
+            "chosen_on": "validation", "chosen": chosen, "test": test,
+            "curve_validation": curve,
+            "curve_test": [_point(mt, q, scores, cost, cloud, v) for v in VALUES],
+            "routellm_threshold": {"validation": t_val, "test": _threshold(
+                mt, q, scores, cloud, t=t_val["threshold"])}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -130,16 +157,24 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
         return 0
-    c, t = res["chosen"], res["routellm_threshold"]
-    print(f"{res['test_queries']} test queries; cloud experts: {', '.join(res['cloud_experts'])}")
-    print(f"{'cost weight':>11} {'cloud share':>11} {'quality':>8} {'cost $/query':>13}")
-    for p in res["curve"]:
-        mark = "  <- chosen" if p is c or p == c else ""
-        print(f"{p['cost_weight']:>11.4g} {p['cloud_share']:>11.2f} "
-              f"{p['quality'] or float('nan'):>8.4f} {p['cost_usd'] or 0:>13.6f}{mark}")
-    print(f"chosen: EDGEROUTE_POLICY__COST_WEIGHT={c['cost_weight']} -> expected quality "
-          f"{c['quality']:.4f}, cost ${c['cost_usd']:.6f}/query, cloud share "
-          f"{c['cloud_share']:.2f}")
-    print(f"RouteLLM-style margin threshold {t['threshold']:.4f}: cloud share "
-          f"{t['cloud_share']:.2f}, quality {t['quality']:.4f}, cost ${t['cost_usd']:.6f}/query")
+    c, t = res["chosen"], res["test"]
+    th = res["routellm_threshold"]
+    print(f"{res['validation_queries']} validation queries (chosen there), "
+          f"{res['test_queries']} test queries (reported); cloud experts: "
+          f"{', '.join(res['cloud_experts'])}")
+    print(f"{'$/correct':>10} {'cloud share':>11} {'quality':>8} {'cost $/query':>13}  "
+          "(validation)")
+    for p in res["curve_validation"]:
+        mark = "  <- chosen" if p == c else ""
+        v = "none" if p["usd_per_correct"] is None else f"{p['usd_per_correct']:.3g}"
+        print(f"{v:>10} {p['cloud_share']:>11.2f} {p['quality'] or float('nan'):>8.4f} "
+              f"{p['cost_usd'] or 0:>13.6f}{mark}")
+    v = c["usd_per_correct"]
+    print(f"chosen on validation: EDGEROUTE_POLICY__USD_PER_CORRECT={'' if v is None else v}"
+          f" -> on test: quality {t['quality']:.4f}, cost ${t['cost_usd']:.6f}/query, "
+          f"cloud share {t['cloud_share']:.2f}")
+    tt = th["test"]
+    print(f"RouteLLM-style margin threshold {th['validation']['threshold']:.4f} (validation): "
+          f"on test cloud share {tt['cloud_share']:.2f}, quality {tt['quality']:.4f}, cost "
+          f"${tt['cost_usd']:.6f}/query")
     return 0

@@ -59,6 +59,9 @@ table = StageCommand("export.importers", "expert tables: import public routing t
 train = StageCommand("export.train", "train a router on an expert table")
 evaluate = StageCommand("export.evaluate", "evaluate routers and baselines on an expert table")
 calibrate = StageCommand(
-    "export.calibrate", "pick the cost weight for a target cloud share/quality"
+    "export.calibrate", "pick usd_per_correct for a target cloud share/quality (validation)"
 )
 export = StageCommand("export.onnx_export", "export a trained router to an ONNX int8 bundle")
+profile = StageCommand("export.profile_fit", "fit experts' ability profiles from a table")
+experts = StageCommand("export.experts_calibrate",
+                       "list shipped ability profiles; calibrate a configured expert's own")

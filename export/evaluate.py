@@ -8,8 +8,9 @@ higher is better: for ``nll`` it is minus the NLL), ``cost_usd`` (mean per query
 ``cost_per_mtok`` (USD per million input+output tokens), ``throughput_tps``
 (output_tokens / latency_s), ``bertsim``, ``nll``, ``accuracy``, ``queries_per_expert``
 and ``apgr`` (share of the Zero-to-Optimal quality gap recovered). Plus, per router, a
-cost-quality curve: choose argmax(score_e - w * normalised_cost_e) for a sweep of w, with
-each expert's cost its mean over the *training* queries (what a deployed router knows).
+cost-quality curve: choose argmax utility(score_e, cost_e, V) (``agent.policy.utility``, the
+daemon's own) over a sweep of V, what a correct answer is worth in USD, with each expert's
+cost its mean over the *training* queries (what a deployed router knows).
 
 Choices are made among the experts that have an outcome for the query (a choice whose
 result was never recorded cannot be scored); all routers must share the label metric,
@@ -29,31 +30,11 @@ from typing import Any
 import numpy as np
 
 from export.errors import PipelineError
-from export.labels import OutcomeMatrix, finite_mean, held_out, table_sha256
+from export.labels import OutcomeMatrix, check_held_out, finite_mean, held_out, table_sha256
 from export.report import COLUMNS, format_ci
 from export.routers import baselines
 from export.routers.base import TrainedRouter, load_router
 
-CURVE_WEIGHTS: tuple[float, ...] = (
-    0.0,
-    0.01,
-    0.02,
-    0.05,
-    0.1,
-    0.15,
-    0.2,
-    0.3,
-    0.4,
-    0.5,
-    0.7,
-    1.0,
-    1.5,
-    2.0,
-    3.0,
-    5.0,
-    10.0,
-    100.0,
-)
 BUDGET_SHARE = 0.4  # the acceptance bar: strongest expert's quality at <= 40% of its cost
 
 
@@ -149,13 +130,19 @@ def summarise(mt: OutcomeMatrix, q: np.ndarray, weights: dict[str, np.ndarray]) 
 
 
 def cost_curve(
-    mt: OutcomeMatrix, q: np.ndarray, scores: np.ndarray, cost_norm: np.ndarray
+    mt: OutcomeMatrix, q: np.ndarray, scores: np.ndarray, mean_cost: np.ndarray
 ) -> list[dict[str, float | None]]:
+    """Quality and cost of ``argmax utility(score, cost, V)`` (the daemon's policy) over
+    the sweep of what a correct answer is worth, V (``export.calibrate.VALUES``)."""
+    from agent.policy import utility
+    from export.calibrate import VALUES
+
     avail = ~np.isnan(q)
     pts: list[dict[str, float | None]] = []
-    for w in CURVE_WEIGHTS:
-        pm = policy_metrics(mt, q, baselines.choose(scores - w * cost_norm, avail))
-        pts.append({"cost_weight": w, "quality": pm["quality"], "cost_usd": pm["cost_usd"]})
+    for v in VALUES:
+        pm = policy_metrics(mt, q, baselines.choose(utility(scores, mean_cost[None, :], v),
+                                                    avail))
+        pts.append({"usd_per_correct": v, "quality": pm["quality"], "cost_usd": pm["cost_usd"]})
     return pts
 
 
@@ -202,6 +189,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     table, router_dirs = cfg.table, list(cfg.router)
     routers = load_routers(router_dirs)
     meta = next(iter(routers.values())).meta
+    for r in routers.values():
+        check_held_out(table, r.meta)
     m, mt, q, train = held_out(table, meta, cfg.max_test_queries)
     scores = {}
     for name, r in routers.items():
@@ -256,7 +245,7 @@ def _add_curves(
     result["curves"], result["acceptance"] = {}, {}
     cost_train = m.values["cost_usd"][train]
     has_cost = not np.isnan(cost_train).all()
-    cost_norm = _cost_norm(m, cost_train) if has_cost else None
+    mean_cost = _mean_cost(m, cost_train) if has_cost else None
     covered = {e: ~np.isnan(q[:, mt.experts.index(e.removeprefix("expert:"))]) for e in experts}
     for name, sc in scores.items():
         w = weights[name]
@@ -276,11 +265,11 @@ def _add_curves(
             for v in versus.values()
         )
         verdict: dict[str, Any] = {"versus_experts": versus, "beats_every_expert": beats}
-        if cost_norm is not None:
-            result["curves"][name] = cost_curve(mt, q, sc, cost_norm)
+        if mean_cost is not None:
+            result["curves"][name] = cost_curve(mt, q, sc, mean_cost)
             s = experts[strongest]
             idx = np.flatnonzero(covered[strongest])
-            paired = cost_curve(mt.subset(idx), q[idx], sc[idx], cost_norm)
+            paired = cost_curve(mt.subset(idx), q[idx], sc[idx], mean_cost)
             if s["cost_usd"] is not None:
                 verdict.update(curve_verdict(paired, s["quality"], s["cost_usd"]))
                 verdict["paired_queries"] = len(idx)
@@ -302,12 +291,11 @@ def paired_ci(diff: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[fl
     return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
-def _cost_norm(m: OutcomeMatrix, cost_train: np.ndarray) -> np.ndarray:
-    """Each expert's mean training cost over the priciest (unknown: the priciest)."""
+def _mean_cost(m: OutcomeMatrix, cost_train: np.ndarray) -> np.ndarray:
+    """Each expert's mean training cost in USD (unknown: the priciest's, to be safe)."""
     known = [finite_mean(cost_train[:, j]) for j in range(len(m.experts))]
     top = max(c for c in known if c is not None)
-    mean_cost = np.array([top if c is None else c for c in known])
-    return mean_cost / mean_cost.max() if mean_cost.max() > 0 else mean_cost
+    return np.array([top if c is None else c for c in known])
 
 
 def _json_safe(x: Any) -> Any:

@@ -37,7 +37,8 @@ def bert_shape(hf: Path) -> tuple[int, int, int]:
         raise ExportError(f"{hf}/config.json: cannot read the BERT shape ({exc})") from exc
 
 
-def fuse_bert(src: Path, dst: Path, heads: int, hidden: int, layers: int) -> dict[str, Any]:
+def fuse_bert(src: Path, dst: Path, heads: int, hidden: int, layers: int,
+              required: tuple[str, ...] = REQUIRED_FUSIONS) -> dict[str, Any]:
     """Write the fused graph of ``src`` to ``dst``; returns what was fused (for the manifest).
     ``heads``, ``hidden`` and ``layers`` are the model's shape (``bert_shape``).
 
@@ -55,7 +56,7 @@ def fuse_bert(src: Path, dst: Path, heads: int, hidden: int, layers: int) -> dic
     except Exception as exc:  # the optimizer raises assorted untyped errors
         raise ExportError(f"graph fusion of {src} failed ({type(exc).__name__}: {exc}); "
                           "export with --no-fuse") from exc
-    short = [op for op in REQUIRED_FUSIONS if stats.get(op, 0) < layers]
+    short = [op for op in required if stats.get(op, 0) < layers]
     if short:
         raise ExportError(f"graph fusion of {src} fused {stats}, fewer {short} than the "
                           f"{layers} layers; export with --no-fuse")

@@ -255,6 +255,13 @@ class HeldOut(NamedTuple):
     train: np.ndarray  # the train split's row indices into ``matrix``
 
 
+def check_held_out(table: Path, meta: RouterMeta) -> None:
+    """Refuse to report on a test split the router trained on (``train --all-rows``)."""
+    if meta.extra.get("trained_on") and meta.table_sha256 == table_sha256(table):
+        raise TableError(f"the router trained on every row of {table} (--all-rows), its test "
+                         "split included: evaluate the split-trained router instead")
+
+
 def held_out(table: Path, meta: RouterMeta, max_test: int | None = None) -> HeldOut:
     """The router's test split of ``table``: the seed, test fraction and label rule it was
     trained with, so evaluate, calibrate and export's gates all score it on the same

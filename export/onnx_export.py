@@ -138,7 +138,15 @@ def run(args: argparse.Namespace) -> int:
 
 def export_bundle(cfg: ExportConfig) -> dict[str, Any]:
     """The stage: write the bundle ``cfg.out`` (or raise, writing nothing); returns its
-    manifest as written."""
+    manifest as written. An ``irt`` router goes through ``export.irt_export``."""
+    meta = RouterMeta.read(cfg.router)
+    if meta.kind == "irt":
+        from export.irt_export import export_irt
+
+        ev = load_eval_set(cfg, meta)
+        return export_irt(cfg.router, cfg.out, ev.queries, cfg.target or "portable",
+                          cfg.precision, cfg.fuse, cfg.threads, cfg.min_agreement,
+                          tuple(cfg.keep_fp32), ev.source, ev.quality, cfg.max_quality_loss)
     src = read_router(cfg.router)
     quant = None
     if cfg.precision == "int8":

@@ -64,6 +64,7 @@ class TrainConfig:
     max_train_queries: int | None = None
     threads: int = 2
     progress: bool = True
+    all_rows: bool = False  # train on the test split too (the shipped model, see --help)
 
     def label_spec(self) -> LabelSpec:
         return LabelSpec(metric=self.metric, temperature=self.temperature,
@@ -119,6 +120,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="cap on training queries, drawn evenly over datasets (affordable BERT runs)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--all-rows", action="store_true",
+                   help="train on every labelled query, the test split too: for the model "
+                   "you ship after evaluating the same settings on the split; router.json "
+                   "says so, and evaluating it on its own table's test split is refused")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="hide progress bars")
 
@@ -136,7 +141,9 @@ def train(cfg: TrainConfig) -> tuple[TrainedRouter, dict[str, Any]]:
     m = build_matrix(read_table(cfg.table))
     values = metric_values(m, spec)
     labels, mask = soft_labels(values, spec.temperature)
-    train_idx, _ = split_indices(m, cfg.seed, cfg.test_fraction)
+    train_idx, test_idx = split_indices(m, cfg.seed, cfg.test_fraction)
+    if cfg.all_rows:
+        train_idx = np.union1d(train_idx, test_idx)
     train_idx = np.intersect1d(train_idx, labelled_rows(values))
     train_idx = subsample_per_dataset(train_idx, m.datasets, cfg.max_train_queries, cfg.seed)
     if len(train_idx) < 2:
@@ -163,6 +170,8 @@ def train(cfg: TrainConfig) -> tuple[TrainedRouter, dict[str, Any]]:
     router, log = kind.fit(data)
     router.meta.extra = {**router.meta.extra,
                          "train_wall_s": round(time.monotonic() - t0, 2)}
+    if cfg.all_rows:
+        router.meta.extra["trained_on"] = "all rows (test split included)"
     router.save(cfg.out)
     log = {**log, "train_wall_s": router.meta.extra["train_wall_s"], "fit_config": asdict(fit)}
     (cfg.out / "train_log.json").write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")

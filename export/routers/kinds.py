@@ -112,6 +112,10 @@ KINDS: dict[str, RouterKind] = {
         RouterKind(
             "knn", "export.routers.knn:KnnRouter", FitDefaults(0, 0, 0.0, 0), validation=False
         ),
+        RouterKind(
+            "irt", "export.routers.irt:IrtRouter", FitDefaults(300, 256, 2e-3, 15),
+            layers=True, onnx=True,
+        ),
     )
 }
 

@@ -1,4 +1,5 @@
-"""Calibration walks the cost weight to a target cloud share or quality."""
+"""Calibration walks what a correct answer is worth (usd_per_correct) to a target cloud
+share or quality, choosing on the validation split and reporting on the test split."""
 
 from __future__ import annotations
 
@@ -31,17 +32,36 @@ def table_and_router(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
 def test_target_cloud_share_is_met_with_least_quality_lost(table_and_router) -> None:
     table, router = table_and_router
     free = calibrate(CalibrateConfig(table, router, target_cloud_share=1.0))
-    assert free["chosen"]["cost_weight"] == 0.0
+    assert free["chosen"]["usd_per_correct"] is None  # any share allowed: cost not weighed
+    assert free["chosen_on"] == "validation"
     res = calibrate(CalibrateConfig(table, router, target_cloud_share=0.2))
     assert res["chosen"]["cloud_share"] <= 0.2
-    shares = [p["cloud_share"] for p in res["curve"]]
-    assert shares == sorted(shares, reverse=True)  # monotone in the cost weight
+    shares = [p["cloud_share"] for p in res["curve_validation"]]
+    assert shares == sorted(shares)  # a correct answer worth more: more cloud calls
     assert res["chosen"]["cost_usd"] <= free["chosen"]["cost_usd"]
     assert res["cloud_experts"] == ["big", "mid"]
-    assert 0.0 <= res["routellm_threshold"]["cloud_share"] <= 0.2 + 1e-9
+    rt = res["routellm_threshold"]
+    assert 0.0 <= rt["validation"]["cloud_share"] <= 0.2 + 1e-9
+    # the test figures are those of the value chosen on validation, never re-chosen
+    again = [p for p in res["curve_test"]
+             if p["usd_per_correct"] == res["chosen"]["usd_per_correct"]]
+    assert again == [res["test"]]
+    assert res["validation_queries"] > 0 and res["test_queries"] > 0
 
 
-def test_target_quality_picks_the_cheapest_weight_that_keeps_it(table_and_router) -> None:
+def test_validation_and_test_queries_are_disjoint(table_and_router) -> None:
+    from export.calibrate import validation_rows
+    from export.labels import held_out
+    from export.routers.base import RouterMeta
+
+    table, router = table_and_router
+    meta = RouterMeta.read(router)
+    m, mt, _, train = held_out(table, meta)
+    val = {m.query_ids[i] for i in validation_rows(m, meta, train)}
+    assert val and not val & set(mt.query_ids)
+
+
+def test_target_quality_picks_the_cheapest_value_that_keeps_it(table_and_router) -> None:
     table, router = table_and_router
     best = calibrate(CalibrateConfig(table, router, target_cloud_share=1.0))["chosen"]["quality"]
     res = calibrate(CalibrateConfig(table, router, target_quality=best - 0.05))

@@ -1,0 +1,228 @@
+"""``edgeroute experts``: list the shipped ability profiles, and fit a configured expert's own.
+
+    edgeroute experts list
+    edgeroute experts calibrate NAME [--queries 50] [--max-usd X] [--yes]
+
+``calibrate`` sends the shipped calibration set (auto-gradable queries spread over the
+datasets, disjoint from every training query) to the live configured expert through the
+daemon's own expert classes, grades the answers with the project's graders, fits the
+expert's profile with the router frozen (``export.profile_fit``, pulled toward its current
+profile or the prior of its kind), and writes it atomically to the device's profiles file
+(``<data_dir>/device-profiles.json``), which a running daemon reads on reload (SIGHUP or
+``POST /admin/router/reload``).
+
+Cloud calls go through the budget ledger like the daemon's (a worst-case reservation per
+call, settled to the real usage), and the worst case of the whole run is shown before the
+first call: over ``--max-usd`` it stops; without ``--yes`` it asks. Answers are appended
+with fsync to ``<data_dir>/calibration/NAME.jsonl`` as they come: Ctrl-C loses nothing and
+a rerun resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from export.errors import PipelineError
+
+DEFAULT_QUERIES = 60
+MAX_TOKENS = {"gsm8k": 512, "mbpp": 384}  # others: 256; what the table was collected with
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="experts_command", required=True)
+    sub.add_parser("list", help="the ability profiles shipped with the router bundle")
+    c = sub.add_parser("calibrate", help="fit a configured expert's profile on the "
+                       "calibration set (live calls)")
+    c.add_argument("name", help="a configured expert's name")
+    c.add_argument("--queries", type=int, default=DEFAULT_QUERIES,
+                   help="calibration queries to send (spread over the datasets)")
+    c.add_argument("--max-usd", type=float, default=None,
+                   help="refuse to start when the worst-case cloud cost is above this")
+    c.add_argument("--yes", action="store_true", help="do not ask before spending")
+    c.add_argument("--l2", type=float, default=None, help="pull toward the prior profile")
+    c.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _bundle(settings: Any) -> Any:
+    from agent.profile_router import IrtBundle
+    from agent.router_bundle import embedded_bundle
+
+    path = settings.router.bundle
+    if path is None or str(path).lower() == "none":
+        path = embedded_bundle()
+    if path is None:
+        raise PipelineError("no router bundle: profiles need an irt bundle (router.bundle)")
+    return IrtBundle.load(Path(path), threads=settings.router.threads)
+
+
+def spread(queries: list[Any], n: int) -> list[Any]:
+    """``n`` queries taken round-robin over datasets, in the set's order."""
+    by_ds: dict[str, list[Any]] = {}
+    for q in queries:
+        by_ds.setdefault(q.dataset, []).append(q)
+    out: list[Any] = []
+    groups = [list(v) for _, v in sorted(by_ds.items())]
+    while len(out) < n and any(groups):
+        for g in groups:
+            if g and len(out) < n:
+                out.append(g.pop(0))
+    return out
+
+
+def _worst_case_usd(cfg: Any, queries: list[Any]) -> float:
+    from agent.runtime import prompt_tokens_upper_bound
+
+    pin = getattr(cfg, "input_usd_per_mtok", 0.0)
+    pout = getattr(cfg, "output_usd_per_mtok", 0.0)
+    total = 0.0
+    for q in queries:
+        tokens = prompt_tokens_upper_bound([{"role": "user", "content": q.prompt}])
+        total += (tokens * pin + MAX_TOKENS.get(q.dataset, 256) * pout) / 1e6
+    return total
+
+
+def _confirm(cost: float, args: argparse.Namespace) -> None:
+    if args.max_usd is not None and cost > args.max_usd:
+        raise PipelineError(f"worst-case cost ${cost:.4f} is over --max-usd {args.max_usd}; "
+                            "raise it or send fewer --queries")
+    if cost > 0 and not args.yes:
+        if not sys.stdin.isatty():
+            raise PipelineError(f"this run may spend up to ${cost:.4f}; pass --yes to go ahead")
+        if input(f"spend up to ${cost:.4f}? [y/N] ").strip().lower() not in ("y", "yes"):
+            raise PipelineError("not confirmed; nothing was sent")
+
+
+def _answer(runner: Any, q: Any, ledger: Any, cfg: Any) -> dict[str, Any]:
+    """One graded answer; a cloud call is reserved and settled in the ledger."""
+    from agent.runtime import prompt_tokens_upper_bound
+    from export.collect import answer_row
+
+    max_tokens = MAX_TOKENS.get(q.dataset, 256)
+    row_id = None
+    if ledger is not None:
+        tokens = prompt_tokens_upper_bound([{"role": "user", "content": q.prompt}])
+        worst = (tokens * cfg.input_usd_per_mtok + max_tokens * cfg.output_usd_per_mtok) / 1e6
+        row_id = ledger.reserve(runner.name, worst)
+    try:
+        row = answer_row(runner, q, max_tokens)
+    except BaseException:
+        if row_id is not None:
+            ledger.release(row_id)
+        raise
+    if row_id is not None:
+        ledger.settle(row_id, row["cost_usd"] or 0.0, row["input_tokens"] or 0,
+                      row["output_tokens"] or 0)
+    return row
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from agent.profile_router import configured_experts
+    from agent.profiles import DEVICE_PROFILES_NAME, ConfiguredExpert, ProfileSet, resolve
+    from agent.settings import load_settings
+    from export.calibration_set import load_calibration_set
+    from export.collect import TableSink, build_runners
+    from export.profile_fit import DEFAULT_L2, fit_profile
+    from export.table import read_table
+
+    settings = load_settings()
+    experts = {e.name: e for e in configured_experts(settings)}
+    if args.name not in experts:
+        raise PipelineError(f"expert {args.name!r} is not configured; configured: "
+                            f"{sorted(experts)}")
+    if args.queries < 5:
+        raise PipelineError(f"--queries {args.queries}: a profile needs at least 5")
+    expert: ConfiguredExpert = experts[args.name]
+    cfg = next(e for e in [*settings.local_experts, *settings.cloud_experts]
+               if e.name == args.name)
+    bundle = _bundle(settings)
+    queries = spread(load_calibration_set(), args.queries)
+    cost = _worst_case_usd(cfg, queries) if expert.kind == "cloud" else 0.0
+    print(f"calibrating {args.name} ({expert.kind}) on {len(queries)} queries over "
+          f"{len({q.dataset for q in queries})} datasets; worst-case cost ${cost:.4f}",
+          file=sys.stderr)
+    _confirm(cost, args)
+    store = Path(settings.paths.data_dir) / "calibration" / f"{args.name}.jsonl"
+    sink = TableSink(store, {"calibration_for": args.name})
+    todo = [q for q in queries if (q.query_id, args.name) not in sink.done]
+    ledger = None
+    if expert.kind == "cloud":
+        from agent.runtime import open_ledger
+
+        ledger = open_ledger(settings)
+    runner = build_runners(SimpleNamespace(experts=args.name, n_threads=None, no_nll=True))[0]
+    from tqdm import tqdm
+
+    t0 = time.monotonic()
+    try:
+        for q in tqdm(todo, desc=f"calibrate {args.name}", unit="query",
+                      disable=not args.progress):
+            sink.add(_answer(runner, q, ledger, cfg))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(sink.done)} of {len(queries)} answers kept in {store}; "
+              "run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        sink.close()
+        runner.close()
+        if ledger is not None:
+            ledger.close()
+    wanted = {q.query_id for q in queries}
+    rows = [r for r in read_table(store) if r["query_id"] in wanted and r["correct"] is not None]
+    u, d = bundle.features_batch([r["query"] for r in rows])
+    y = np.array([float(r["correct"]) for r in rows])
+    device_path = Path(settings.paths.data_dir) / DEVICE_PROFILES_NAME
+    device = (ProfileSet.read(device_path) if device_path.is_file()
+              else ProfileSet(bundle.shipped.encoder_id, bundle.shipped.dim))
+    if device.encoder_id != bundle.shipped.encoder_id:
+        device = ProfileSet(bundle.shipped.encoder_id, bundle.shipped.dim)
+    before = resolve(ConfiguredExpert(expert.name, expert.kind, expert.model, expert.profile),
+                     bundle.shipped, {})
+    after = fit_profile(u, d, y, before.profile, args.name, expert.kind,
+                        DEFAULT_L2 if args.l2 is None else args.l2,
+                        f"calibration set ({len(rows)} queries)")
+    device.with_profiles([after]).write(device_path)
+    _report(rows, u, d, before, after, time.monotonic() - t0)
+    print(f"profile of {args.name} -> {device_path}; reload a running daemon (SIGHUP or "
+          "POST /admin/router/reload) to use it", file=sys.stderr)
+    return 0
+
+
+def _report(rows: list[dict[str, Any]], u: np.ndarray, d: np.ndarray, before: Any,
+            after: Any, wall_s: float) -> None:
+    from export.routers.irt import p_matrix
+
+    pb = p_matrix(u, d, [before.profile])[:, 0]
+    pa = p_matrix(u, d, [after])[:, 0]
+    print(f"{'dataset':<10} {'n':>4} {'observed':>9} {'before':>8} {'after':>8}   "
+          f"(before: {before.source} profile {before.profile.name!r})")
+    datasets = np.array([r["dataset"] for r in rows])
+    y = np.array([float(r["correct"]) for r in rows])
+    for ds in [*sorted(set(datasets.tolist())), "all"]:
+        m = datasets == ds if ds != "all" else np.ones(len(rows), bool)
+        print(f"{ds:<10} {int(m.sum()):>4} {y[m].mean():>9.3f} {pb[m].mean():>8.3f} "
+              f"{pa[m].mean():>8.3f}")
+    print(f"({wall_s:.0f} s)")
+
+
+def list_profiles(args: argparse.Namespace) -> int:
+    from agent.settings import load_settings
+
+    bundle = _bundle(load_settings())
+    print(f"{'profile':<48} {'kind':<6} {'mean P':>7} {'obs':>7}  fitted on")
+    for p in sorted(bundle.shipped.profiles.values(), key=lambda p: (p.kind, p.name)):
+        mp = f"{p.mean_p:.3f}" if p.mean_p is not None else "-"
+        print(f"{p.name:<48} {p.kind:<6} {mp:>7} {p.observations:>7}  {p.fitted_on}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.experts_command == "list":
+        return list_profiles(args)
+    return calibrate(args)

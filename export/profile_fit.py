@@ -1,0 +1,190 @@
+"""``edgeroute profile fit``: fit ability profiles for experts from graded outcomes, with the
+router's encoder and query tower frozen.
+
+    edgeroute profile fit --router DIR --table T [--max-per-expert N] [--seed S] --out DIR2
+
+One expert's profile is a logistic regression on the query features the router already
+computes: P(correct) = sigmoid(u(q) . theta + bias - d(q)), fitted by Newton's method with
+an L2 pull toward a prior (the expert's current profile, or the median profile of its
+kind): a handful of graded answers moves it where the data says, and no further. The same
+fit serves ``edgeroute experts calibrate`` (a live expert on the calibration set).
+
+DIR is a trained ``irt`` router folder or an exported ``irt`` bundle (the embedded one,
+``agent/assets/router``, too); DIR2 is a copy with the fitted profiles added or replaced,
+which ``edgeroute evaluate --router DIR2`` scores like any router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.profiles import Profile, ProfileSet
+from export.errors import PipelineError
+
+DEFAULT_L2 = 1.0  # pull toward the prior; chosen by leave-one-expert-out on validation
+
+
+def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, name: str,
+                kind: str, l2: float = DEFAULT_L2, fitted_on: str = "",
+                iterations: int = 50) -> Profile:
+    """MAP profile of one expert from features (u, d) and outcomes y in [0, 1]."""
+    if len(y) == 0:
+        raise PipelineError(f"expert {name!r}: no graded outcomes to fit a profile on")
+    a = np.hstack([u, np.ones((len(u), 1))])
+    beta0 = np.array([*prior.theta, prior.bias], dtype=np.float64)
+    beta = beta0.copy()
+    for _ in range(iterations):
+        z = np.clip(a @ beta - d, -40, 40)
+        p = 1.0 / (1.0 + np.exp(-z))
+        grad = a.T @ (p - y) + l2 * (beta - beta0)
+        hess = (a * (p * (1 - p))[:, None]).T @ a + l2 * np.eye(len(beta))
+        step = np.linalg.solve(hess, grad)
+        beta -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    z = np.clip(a @ beta - d, -40, 40)
+    return Profile(name=name, theta=tuple(float(t) for t in beta[:-1]), bias=float(beta[-1]),
+                   kind=kind, fitted_on=fitted_on, observations=len(y),
+                   mean_p=float((1.0 / (1.0 + np.exp(-z))).mean()))
+
+
+def prior_for(profiles: ProfileSet, name: str, kind: str) -> Profile:
+    return profiles.profiles.get(name) or profiles.prior(kind)
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Where u(q), d(q) come from: a trained router folder (torch encoder, cached) or an
+    exported bundle (the daemon's own ONNX scorer)."""
+
+    path: Path
+    profiles: ProfileSet
+    bundle: Any = None  # agent.profile_router.IrtBundle
+    router: Any = None  # export.routers.irt.IrtRouter
+
+    @classmethod
+    def open(cls, path: Path, threads: int = 2) -> FeatureSource:
+        path = Path(path)
+        if (path / "manifest.json").is_file():
+            from agent.profile_router import IrtBundle
+
+            b = IrtBundle.load(path, threads)
+            return cls(path, b.shipped, bundle=b)
+        from export.routers.base import load_router
+        from export.routers.irt import IrtRouter
+
+        r = load_router(path)
+        if not isinstance(r, IrtRouter):
+            raise PipelineError(f"{path} is a {r.kind!r} router; profiles need an irt router "
+                                "(`edgeroute train --router irt`) or an irt bundle")
+        return cls(path, r.profiles, router=r)
+
+    def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.bundle is not None:
+            return self.bundle.features_batch(texts)  # type: ignore[no-any-return]
+        return self.router.features(texts)  # type: ignore[no-any-return]
+
+    def write(self, profiles: ProfileSet, out: Path) -> None:
+        """A copy of the router or bundle with ``profiles`` in place of its own."""
+        out = Path(out)
+        if out.resolve() != self.path.resolve():
+            if out.exists():
+                shutil.rmtree(out)
+            shutil.copytree(self.path, out)
+        profiles.write(out / "profiles.json")
+        if self.bundle is not None:
+            _rehash_manifest(out)
+        else:
+            meta_path = out / "router.json"
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            meta["experts"] = list(profiles.profiles)
+            meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                                 encoding="utf-8")
+
+
+def _rehash_manifest(bundle: Path) -> None:
+    from agent.router_bundle import file_sha256
+
+    path = bundle / "manifest.json"
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw["files"]["profiles.json"] = {"sha256": file_sha256(bundle / "profiles.json")}
+    raw["experts"] = [p["name"] for p in json.loads(
+        (bundle / "profiles.json").read_text(encoding="utf-8"))["profiles"]]
+    path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+
+
+def fit_from_matrix(src: FeatureSource, queries: Sequence[str], y: np.ndarray,
+                    experts: Sequence[str], rows: np.ndarray, max_per_expert: int | None,
+                    seed: int, l2: float, fitted_on: str) -> list[Profile]:
+    """Profiles of ``experts`` from outcome matrix ``y`` (queries x experts) on ``rows``."""
+    from export.routers.irt import expert_kind
+
+    rng = np.random.default_rng(seed)
+    chosen: dict[str, np.ndarray] = {}
+    for j, name in enumerate(experts):
+        obs = rows[~np.isnan(y[rows, j])]
+        if max_per_expert is not None and len(obs) > max_per_expert:
+            obs = np.sort(rng.choice(obs, max_per_expert, replace=False))
+        chosen[name] = obs
+    need = sorted({int(i) for v in chosen.values() for i in v})
+    u_all, d_all = src.features([queries[i] for i in need]) if need else (None, None)
+    pos = {q: k for k, q in enumerate(need)}
+    out = []
+    for j, name in enumerate(experts):
+        idx = [pos[int(i)] for i in chosen[name]]
+        if not idx:
+            continue
+        kind = (src.profiles.profiles[name].kind if name in src.profiles.profiles
+                else expert_kind(name))
+        prior = prior_for(src.profiles, name, kind)
+        out.append(fit_profile(u_all[idx], d_all[idx], y[chosen[name], j], prior, name, kind,
+                               l2, fitted_on))
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="profile_command", required=True)
+    f = sub.add_parser("fit", help="fit experts' profiles from a table's train split")
+    f.add_argument("--router", type=Path, required=True,
+                   help="irt router folder or irt bundle (e.g. agent/assets/router)")
+    f.add_argument("--table", type=Path, required=True, help="expert table with outcomes")
+    f.add_argument("--out", type=Path, required=True, help="folder for the refitted copy")
+    f.add_argument("--experts", default=None, help="comma-separated experts (default: all)")
+    f.add_argument("--max-per-expert", type=int, default=None,
+                   help="fit each expert on at most N of its train rows (few-shot profiles)")
+    f.add_argument("--seed", type=int, default=0, help="split and sampling seed")
+    f.add_argument("--test-fraction", type=float, default=0.2, help="held-out share")
+    f.add_argument("--l2", type=float, default=DEFAULT_L2, help="pull toward the prior")
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.labels import build_matrix, split_indices
+    from export.table import read_table
+
+    src = FeatureSource.open(args.router)
+    m = build_matrix(read_table(args.table))
+    experts = m.experts if args.experts is None else [e.strip() for e in
+                                                       args.experts.split(",") if e.strip()]
+    unknown = sorted(set(experts) - set(m.experts))
+    if unknown:
+        raise PipelineError(f"--experts {','.join(unknown)}: not in {args.table} "
+                            f"(it has {', '.join(m.experts)})")
+    y = m.values["correct"][:, [m.experts.index(e) for e in experts]]
+    train, _ = split_indices(m, args.seed, args.test_fraction)
+    fitted = fit_from_matrix(src, m.queries, y, experts, train, args.max_per_expert,
+                             args.seed, args.l2, f"profile fit: {Path(args.table).name} train")
+    src.write(src.profiles.with_profiles(fitted), args.out)
+    for prof in fitted:
+        print(f"{prof.name}: {prof.observations} outcomes, mean P(correct) "
+              f"{prof.mean_p:.3f}", file=sys.stderr)
+    print(f"{len(fitted)} profile(s) -> {args.out}", file=sys.stderr)
+    return 0

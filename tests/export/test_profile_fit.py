@@ -1,0 +1,45 @@
+"""Profile fits: a known ability is recovered from its outcomes, and few outcomes stay near
+the prior (the shrinkage that makes 50-query calibration safe)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agent.profiles import Profile
+from export.errors import PipelineError
+from export.profile_fit import fit_profile
+
+
+def _data(n: int, theta: np.ndarray, bias: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    u = rng.normal(size=(n, len(theta)))
+    d = rng.normal(scale=0.5, size=n)
+    p = 1 / (1 + np.exp(-(u @ theta + bias - d)))
+    return u, d, (rng.random(n) < p).astype(float)
+
+
+def test_many_outcomes_recover_the_generating_profile() -> None:
+    truth = np.array([1.5, -1.0, 0.5])
+    u, d, y = _data(20000, truth, 0.7)
+    prior = Profile("prior", (0.0, 0.0, 0.0), 0.0)
+    got = fit_profile(u, d, y, prior, "e", "cloud", l2=1.0)
+    assert np.allclose(got.theta, truth, atol=0.08)
+    assert got.bias == pytest.approx(0.7, abs=0.08)
+    assert got.observations == 20000 and got.name == "e" and got.kind == "cloud"
+
+
+def test_few_outcomes_stay_near_the_prior_and_move_toward_the_data() -> None:
+    truth = np.array([0.0, 0.0, 0.0])
+    u, d, y = _data(20, truth, 3.0, seed=1)  # an expert that is almost always right
+    prior = Profile("prior", (0.0, 0.0, 0.0), -1.0)
+    strong = fit_profile(u, d, y, prior, "e", "local", l2=100.0)
+    weak = fit_profile(u, d, y, prior, "e", "local", l2=0.1)
+    assert -1.0 < strong.bias < weak.bias  # more shrinkage, closer to the prior
+    assert abs(strong.bias + 1.0) < 0.5
+
+
+def test_no_outcomes_is_an_error_naming_the_expert() -> None:
+    prior = Profile("prior", (0.0,), 0.0)
+    with pytest.raises(PipelineError, match="'lonely'"):
+        fit_profile(np.zeros((0, 1)), np.zeros(0), np.zeros(0), prior, "lonely", "cloud")
