@@ -1,0 +1,282 @@
+"""The ability-profile (irt) router study: shape chosen on validation, then test figures.
+
+    .venv/bin/python artifacts/report/irt/study.py select   # shape on the pooled validation split
+    .venv/bin/python artifacts/report/irt/study.py tables   # 5 seeds x 3 tables: irt vs MLP
+    .venv/bin/python artifacts/report/irt/study.py loo      # leave-one-expert-out + profile fit
+    .venv/bin/python artifacts/report/irt/study.py budget   # RouterBench: GPT-4 quality vs cost
+
+Inputs: ``runs/pooled.jsonl.gz`` (``edgeroute table pool``, see artifacts/expert_table.md)
+and ``artifacts/expert_table.jsonl.gz``. Embeddings come from the cache
+(``EDGEROUTE_EMBED_CACHE``); every fit after the first encoder pass takes seconds. Each
+step writes ``<step>.json`` beside this file; ``summary.md`` is rewritten from them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+sys.path.insert(0, str(REPO))
+
+from export.evaluate import paired_ci  # noqa: E402
+from export.labels import build_matrix, labelled_rows, split_indices  # noqa: E402
+from export.routers.base import RouterMeta  # noqa: E402
+from export.routers.irt import IrtConfig, IrtRouter, p_matrix, train_on_matrix  # noqa: E402
+from export.table import read_table, write_table  # noqa: E402
+
+POOLED = REPO / "runs" / "pooled.jsonl.gz"
+COMMITTED = REPO / "artifacts" / "expert_table.jsonl.gz"
+WORK = REPO / "runs" / "irt"
+SEEDS = (0, 1, 2, 3, 4)
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+
+def meta_for(rows_path: Path, m: Any, seed: int, n_train: int) -> RouterMeta:
+    from export.labels import table_sha256
+
+    return RouterMeta(kind="irt", experts=list(m.experts), metric="correct", temperature=0.1,
+                      seed=seed, table_sha256=table_sha256(rows_path), train_queries=n_train,
+                      datasets=sorted(set(m.datasets)), max_length=128,
+                      label_spec={"metric": "correct", "temperature": 0.1,
+                                  "quality": "bertsim", "cost_weight": 0.5,
+                                  "throughput_weight": 0.0},
+                      test_fraction=0.2)
+
+
+def routed_quality(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per query: the outcome of the expert with the highest P among those observed."""
+    avail = ~np.isnan(y)
+    pick = np.where(avail, p, -np.inf).argmax(axis=1)
+    return y[np.arange(len(y)), pick]
+
+
+def sources_of(rows: list[dict[str, Any]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for r in rows:
+        out.setdefault(r["query_id"], r.get("source") or "?")
+    return out
+
+
+def macro(values: np.ndarray, groups: list[str]) -> dict[str, float]:
+    g = np.array(groups)
+    per = {s: float(np.nanmean(values[g == s])) for s in sorted(set(groups))}
+    per["macro"] = float(np.mean(list(per.values())))
+    return per
+
+
+# -- select: shape on validation ----------------------------------------------------------
+GRID = [dict(layers=L, hidden=h, dim=k) for L in (1, 2, 3) for h in (0, 256) for k in (8, 32)]
+
+
+def select() -> dict[str, Any]:
+    from export.routers.training import validation_split
+
+    rows = read_table(POOLED)
+    m = build_matrix(rows)
+    y = m.values["correct"]
+    train, test = split_indices(m, 0, 0.2)
+    train = np.intersect1d(train, labelled_rows(y))
+    inner, val = validation_split(len(train), 0.1, 0)
+    src = sources_of(rows)
+    val_rows = train[val]
+    groups = [src[m.query_ids[i]] for i in val_rows]
+    results = []
+    for shape in GRID:
+        cfg = IrtConfig(**shape, seed=0)
+        t0 = time.monotonic()
+        meta = meta_for(POOLED, m, 0, len(inner))
+        router, tlog = train_on_matrix(m, meta, cfg, train, 0.1, "select", progress=False)
+        p = router.score_batch([m.queries[i] for i in val_rows])
+        q = routed_quality(p, y[val_rows])
+        res = {**shape, "val_bce": tlog["best_val_bce"], "epochs": tlog["epochs"],
+               "val_quality": macro(q, groups), "fit_s": round(time.monotonic() - t0, 1)}
+        log(json.dumps(res))
+        results.append(res)
+    return write_selection(results)
+
+
+def write_selection(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Lowest validation BCE (a proper score over every observed cell); within 0.001 of
+    it, the fewest encoder layers (the router's latency is the encoder's)."""
+    low = min(r["val_bce"] for r in results)
+    near = [r for r in results if r["val_bce"] <= low + 1e-3]
+    best = min(near, key=lambda r: (r["layers"], r["val_bce"]))
+    out = {"split": "pooled corpus seed 0; validation = 10% of train (test never seen)",
+           "criterion": "validation BCE over all observed cells; within 0.001 of the best, "
+                        "fewest layers. Routed correctness on validation is reported too: "
+                        "its spread over shapes (0.683-0.691 macro) is within noise",
+           "results": results, "chosen": {k: best[k] for k in ("layers", "hidden", "dim")}}
+    (HERE / "select.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+def chosen_config(seed: int = 0) -> IrtConfig:
+    sel = json.loads((HERE / "select.json").read_text())
+    return IrtConfig(**sel["chosen"], seed=seed)
+
+
+# -- tables: 5 seeds, irt vs MLP ------------------------------------------------------------
+def table_files() -> dict[str, Path]:
+    rows = read_table(POOLED)
+    out = {"expert_table": COMMITTED}
+    for source in ("routerbench", "routerdc"):
+        path = WORK / "tables" / f"{source}.jsonl.gz"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_table(path, [r for r in rows if r.get("source") == source])
+        out[source] = path
+    return out
+
+
+def train_irt_on(table: Path, seed: int, out: Path, cfg: IrtConfig,
+                 drop: str | None = None) -> tuple[IrtRouter, Any]:
+    m = build_matrix(read_table(table))
+    y = m.values["correct"]
+    train, _ = split_indices(m, seed, 0.2)
+    train = np.intersect1d(train, labelled_rows(y))
+    if drop is not None:  # leave one expert out: its outcomes are never trained on
+        m.values = {**m.values, "correct": y.copy()}
+        m.values["correct"][:, m.experts.index(drop)] = np.nan
+    meta = meta_for(table, m, seed, len(train))
+    router, _ = train_on_matrix(m, meta, cfg, train, 0.1, f"{table.name} train", progress=False)
+    if drop is not None:
+        m.values["correct"] = y
+    router.save(out)
+    return router, m
+
+
+def test_outcomes(table: Path, router_dir: Path) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(test matrix, test outcomes y, router scores on them) by evaluate's own split."""
+    from export.labels import held_out
+    from export.routers.base import load_router
+
+    r = load_router(router_dir)
+    _, mt, q, _ = held_out(table, r.meta)
+    order = [list(r.experts).index(e) for e in mt.experts]
+    return mt, q, r.score_batch(mt.queries)[:, order]
+
+
+def tables() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, table in table_files().items():
+        out[name] = []
+        for seed in SEEDS:
+            base = WORK / name / f"seed{seed}"
+            irt_dir, mlp_dir = base / "irt", base / "mlp"
+            if not (mlp_dir / "router.json").is_file():
+                subprocess.run([str(REPO / ".venv/bin/edgeroute"), "train", "--table", str(table),
+                                "--router", "mlp", "--metric", "correct", "--seed", str(seed),
+                                "--out", str(mlp_dir), "--no-progress"], check=True)
+            if not (irt_dir / "router.json").is_file():
+                train_irt_on(table, seed, irt_dir, chosen_config(seed))
+            mt, y, s_irt = test_outcomes(table, irt_dir)
+            _, y2, s_mlp = test_outcomes(table, mlp_dir)
+            assert np.array_equal(np.isnan(y), np.isnan(y2))
+            qi, qm = routed_quality(s_irt, y), routed_quality(s_mlp, y)
+            means = np.nanmean(y, axis=0)
+            res = {"seed": seed, "test_queries": len(y), "irt": float(qi.mean()),
+                   "mlp": float(qm.mean()), "irt_minus_mlp_ci95": paired_ci(qi - qm),
+                   "best_expert": mt.experts[int(np.nanargmax(means))],
+                   "best_expert_quality": float(np.nanmax(means)),
+                   "oracle": float(np.nanmax(np.nan_to_num(y, nan=-1), axis=1).mean())}
+            log(f"{name} {json.dumps(res)}")
+            out[name].append(res)
+    (HERE / "tables.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+# -- leave one expert out ----------------------------------------------------------------------
+def loo(shots: int = 50) -> dict[str, Any]:
+    from agent.profiles import ProfileSet
+    from export.profile_fit import fit_profile
+    from export.routers.irt import expert_kind
+
+    files = table_files()
+    out: dict[str, Any] = {"shots": shots, "seed": 0, "tables": {}}
+    for name in ("routerdc", "routerbench"):
+        table = files[name]
+        full_dir = WORK / name / "seed0" / "irt"
+        if not (full_dir / "router.json").is_file():
+            train_irt_on(table, 0, full_dir, chosen_config(0))
+        mt, y, s_full = test_outcomes(table, full_dir)
+        q_full = float(routed_quality(s_full, y).mean())
+        rows = []
+        for expert in mt.experts:
+            d = WORK / name / "loo" / expert.replace("/", "_")
+            router, m = train_irt_on(table, 0, d, chosen_config(0), drop=expert)
+            others = ProfileSet(router.profiles.encoder_id, router.profiles.dim,
+                                {k: v for k, v in router.profiles.profiles.items() if k != expert})
+            j = m.experts.index(expert)
+            train, _ = split_indices(m, 0, 0.2)
+            obs = train[~np.isnan(m.values["correct"][train, j])]
+            pick = np.sort(np.random.default_rng(0).choice(obs, min(shots, len(obs)),
+                                                           replace=False))
+            u, dd = router.features([m.queries[i] for i in pick])
+            kind = expert_kind(expert)
+            prof = fit_profile(u, dd, m.values["correct"][pick, j], others.prior(kind), expert,
+                               kind, fitted_on=f"{shots} train rows")
+            router.profiles = others.with_profiles([prof])
+            u_t, d_t = router.features(mt.queries)
+            names = list(router.profiles.profiles)
+            p = p_matrix(u_t, d_t, list(router.profiles.profiles.values()))
+            p = p[:, [names.index(e) for e in mt.experts]]
+            q = float(routed_quality(p, y).mean())
+            res = {"expert": expert, "loo_quality": q, "full_quality": q_full,
+                   "difference": q - q_full}
+            log(f"{name} {json.dumps(res)}")
+            rows.append(res)
+        out["tables"][name] = rows
+    (HERE / "loo.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+# -- RouterBench: quality vs cost against GPT-4 ---------------------------------------------------
+def budget() -> dict[str, Any]:
+    from agent.policy import utility
+    from export.labels import held_out
+    from export.routers.base import load_router
+
+    table = table_files()["routerbench"]
+    out: dict[str, Any] = {"table": "routerbench", "seeds": []}
+    for seed in SEEDS:
+        r = load_router(WORK / "routerbench" / f"seed{seed}" / "irt")
+        m, mt, y, train = held_out(table, r.meta)
+        order = [list(r.experts).index(e) for e in mt.experts]
+        p = r.score_batch(mt.queries)[:, order]
+        cost_train = np.nanmean(m.values["cost_usd"][train], axis=0)
+        cost_test = mt.values["cost_usd"]
+        g = mt.experts.index("gpt-4-1106-preview")
+        gq, gc = float(np.nanmean(y[:, g])), float(np.nanmean(cost_test[:, g]))
+        curve = []
+        for v in [None, *np.geomspace(1e-4, 10, 41).tolist()]:
+            util = np.where(np.isnan(y), -np.inf, utility(p, cost_train[None, :], v))
+            pick = util.argmax(axis=1)
+            idx = np.arange(len(y))
+            curve.append({"usd_per_correct": v, "quality": float(y[idx, pick].mean()),
+                          "cost_usd": float(np.nanmean(cost_test[idx, pick]))})
+        reach = [c["cost_usd"] / gc for c in curve if c["quality"] >= gq - 1e-12]
+        within = [c["quality"] for c in curve if c["cost_usd"] <= 0.5 * gc]
+        res = {"seed": seed, "gpt4_quality": gq, "gpt4_cost_usd": gc,
+               "min_cost_ratio_at_gpt4_quality": min(reach) if reach else None,
+               "best_quality_within_50pct_cost": max(within) if within else None,
+               "curve": curve}
+        log(f"budget seed {seed}: {json.dumps({k: v for k, v in res.items() if k != 'curve'})}")
+        out["seeds"].append(res)
+    (HERE / "budget.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    step = sys.argv[1] if len(sys.argv) > 1 else "select"
+    {"select": select, "tables": tables, "loo": loo, "budget": budget}[step]()
