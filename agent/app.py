@@ -43,8 +43,11 @@ log = logging.getLogger("edgeroute.app")
 
 
 def _params(req: ChatRequest, settings: Settings) -> SamplingParams:
-    max_tokens = req.max_tokens or req.max_completion_tokens or settings.server.default_max_tokens
     cap = settings.server.max_tokens_cap
+    # An operator who lowers the cap below the default must not break every request
+    # that omits max_tokens: the default is clamped, an explicit value is checked.
+    max_tokens = (req.max_tokens or req.max_completion_tokens
+                  or min(settings.server.default_max_tokens, cap))
     if max_tokens > cap:
         raise RequestError(
             f"max_tokens {max_tokens} exceeds this daemon's cap of {cap}; ask for fewer",

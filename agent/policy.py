@@ -9,7 +9,9 @@ plus the expert's typical answer length, capped by max_tokens), ``usd_per_correc
 correct answer is worth to the user (one knob, in dollars; unset: cost is not weighed) and
 lat the measured latency estimate. An expert is feasible when it is available, its
 worst-case cost (prompt + max_tokens) fits the per-request limit and the remaining spend,
-and its latency estimate fits the latency limit. Because cost enters linearly, the chosen
+its latency estimate fits the latency limit, and it has what the request needs
+(``missing_capability``: tools, response_format, a context that holds the prompt plus
+max_tokens). Because cost enters linearly, the chosen
 expert's cost can only rise as a correct answer is worth more (a property test holds us
 to it).
 """
@@ -35,6 +37,10 @@ class ExpertState:
     latency_s: float | None = None  # moving estimate from real calls; None = not measured
     remaining_usd: float | None = None  # least budget left over the caps that apply
     typical_output_tokens: float | None = None  # moving estimate; None = assume max_tokens
+    context_tokens: int | None = None  # context window; None = unknown, not checked
+    prompt_tokens: int | None = None  # this expert's own count (its tokenizer); None: req's
+    tools: bool = True  # can answer a request with ``tools``
+    json_mode: bool = True  # can honour ``response_format``
 
     def worst_case_usd(self, prompt_tokens: int, max_tokens: int) -> float:
         return (prompt_tokens * self.input_usd_per_mtok
@@ -72,6 +78,8 @@ class Request:
     max_cost_usd: float | None = None
     max_latency_ms: float | None = None
     expected_prompt_tokens: int | None = None  # a typical count (None: the upper bound)
+    tools: bool = False  # the request has ``tools``
+    json_mode: bool = False  # the request has ``response_format`` other than text
 
 
 @dataclass(frozen=True)
@@ -113,7 +121,26 @@ def tighter(device: float | None, request: float | None) -> float | None:
     return min(device, request)
 
 
+def missing_capability(e: ExpertState, req: Request) -> tuple[str, str] | None:
+    """The request field ``e`` cannot serve and why, or None. Capabilities never change
+    while the daemon runs, so when no expert has one the request itself is wrong (400
+    naming the field), unlike a budget or an open breaker."""
+    if req.tools and not e.tools:
+        return "tools", "does not support tools"
+    if req.json_mode and not e.json_mode:
+        return "response_format", "does not support response_format"
+    if e.context_tokens is not None:
+        n = req.prompt_tokens if e.prompt_tokens is None else e.prompt_tokens
+        if n + req.max_tokens > e.context_tokens:
+            return "messages", (f"prompt of up to {n} tokens + max_tokens {req.max_tokens} "
+                                f"> context of {e.context_tokens}")
+    return None
+
+
 def why_infeasible(e: ExpertState, req: Request) -> str | None:
+    missing = missing_capability(e, req)
+    if missing is not None:
+        return missing[1]
     if not e.available:
         return "unavailable"
     cost = e.worst_case_usd(req.prompt_tokens, req.max_tokens)

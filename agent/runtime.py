@@ -20,13 +20,22 @@ from agent.dispatch import Dispatcher, routable
 from agent.errors import (
     BundleError,
     ExpertUnavailableError,
+    RequestError,
     UnknownExpertError,
 )
 from agent.experts.base import Expert, Message
 from agent.ledger import BudgetExceededError, Caps, Ledger, prompt_tokens_upper_bound
 from agent.metrics import Metrics, decision_kind
 from agent.model_files import resolve_model
-from agent.policy import Decision, ExpertState, Request, Weights, decide, tighter
+from agent.policy import (
+    Decision,
+    ExpertState,
+    Request,
+    Weights,
+    decide,
+    missing_capability,
+    tighter,
+)
 from agent.routing import FixedRouter, Router, query_text
 from agent.settings import Settings
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
@@ -47,6 +56,18 @@ def prompt_tokens_typical(messages: list[Message]) -> int:
     token, OpenAI's rule of thumb) plus role markers: the expected cost the policy weighs.
     Budgets reserve the upper bound below, never this."""
     return sum(len(m.get("content", "")) // 4 + 8 for m in messages) + 8
+
+
+CAPABILITY_ORDER = ("tools", "response_format", "messages")  # which field a 400 names
+
+
+def _own_count(e: Expert, messages: list[Message], req: Request) -> int | None:
+    """The expert's own prompt count, asked only when the byte bound does not fit its
+    context (counting takes a tokenizer pass); None: the bound stands."""
+    ctx, count = e.info.context_tokens, getattr(e, "prompt_tokens", None)
+    if ctx is None or count is None or req.prompt_tokens + req.max_tokens <= ctx:
+        return None
+    return int(count(messages))
 
 
 @dataclass
@@ -74,7 +95,8 @@ class Runtime:
         return self.settings.local_experts[0].name
 
     # -- deciding -----------------------------------------------------------------------
-    def _states(self, budgets: bool) -> dict[str, ExpertState]:
+    def _states(self, budgets: bool, messages: list[Message],
+                req: Request) -> dict[str, ExpertState]:
         out = {}
         for name, e in self.experts.items():
             out[name] = ExpertState(
@@ -85,6 +107,10 @@ class Runtime:
                 latency_s=self.latency_s.get(name),
                 remaining_usd=(self.ledger.remaining(name)
                                if budgets and e.info.kind == "cloud" else None),
+                context_tokens=e.info.context_tokens,
+                prompt_tokens=_own_count(e, messages, req),
+                tools=e.info.tools,
+                json_mode=e.info.json_mode,
             )
         return out
 
@@ -106,18 +132,35 @@ class Runtime:
         weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight)
         kw: dict[str, Any] = {"weights": weights, "default_expert": self.settings.default_expert(),
                               "mode": self.router.mode}
-        decision = decide(scores, self._states(budgets=True), req, **kw)
+        states = self._states(True, messages, req)
+        decision = decide(scores, states, req, **kw)
         if not decision.refused and b.on_exceeded == "refuse":
-            free = decide(scores, self._states(budgets=False), req, **kw)
+            free = decide(scores, self._states(False, messages, req), req, **kw)
             if not free.refused and free.expert != decision.expert:
                 self._refuse(f"{free.expert}: {decision.rejected.get(free.expert, 'over budget')}")
         if decision.refused:
-            if all(r == "unavailable" for r in decision.rejected.values()):
-                raise ExpertUnavailableError(decision.reason, retry_after_s=5)
-            self._refuse(decision.reason)
+            self._no_expert(decision, states, req)
         self.metrics.decisions.labels(
             decision_kind(decision, requested, self.settings.default_expert())).inc()
         return decision
+
+    def _no_expert(self, decision: Decision, states: dict[str, ExpertState],
+                   req: Request) -> None:
+        """Why nothing fits, as the right status: every expert lacks something the request
+        asks for (a capability never comes back): 400 naming the field; the rest are only
+        unavailable: 503; else a budget refused it: 429."""
+        missing = {n: m for n, e in states.items() if (m := missing_capability(e, req))}
+        others = [r for n, r in decision.rejected.items() if n not in missing]
+        if not others:
+            params = [m[0] for m in missing.values()]
+            param = min(params, key=CAPABILITY_ORDER.index)
+            self.metrics.refusals.labels("capability").inc()
+            raise RequestError(f"no configured expert can serve this request's {param}: "
+                               + "; ".join(f"{n}: {m[1]}" for n, m in sorted(missing.items())),
+                               param=param, code=f"unsupported_{param}")
+        if all(r == "unavailable" for r in others):
+            raise ExpertUnavailableError(decision.reason, retry_after_s=5)
+        self._refuse(decision.reason)
 
     def _refuse(self, reason: str) -> None:
         self.metrics.refusals.labels("budget").inc()

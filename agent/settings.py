@@ -146,6 +146,20 @@ class LocalExpertSettings(_Section):
         None, description="llama-cpp-python chat format; default: the GGUF's own template."
     )
     seed: int = Field(0, description="Sampling seed, for reproducible answers.")
+    tools: bool | None = Field(
+        None,
+        description=(
+            "The expert can answer requests with `tools` (function calling); default: true "
+            "only for a function-calling chat_format (e.g. chatml-function-calling)."
+        ),
+    )
+    json_mode: bool = Field(
+        True,
+        description=(
+            "The expert can answer response_format json_object / json_schema (llama.cpp "
+            "constrains sampling with a grammar)."
+        ),
+    )
     profile: str | None = Field(
         None,
         description=(
@@ -245,6 +259,19 @@ class CloudExpertSettings(_Section):
             "Answer with the first local expert when this expert fails before its first "
             "byte (offline-first); false: fail the request with HTTP 503 instead."
         ),
+    )
+    context_tokens: int = Field(
+        128_000, ge=128,
+        description=(
+            "The model's context window in tokens: a prompt (counted from above) plus "
+            "max_tokens that does not fit is routed elsewhere."
+        ),
+    )
+    tools: bool = Field(
+        True, description="The endpoint answers requests with `tools` (function calling)."
+    )
+    json_mode: bool = Field(
+        True, description="The endpoint honours response_format (json_object, json_schema)."
     )
 
     @field_validator("name")

@@ -84,7 +84,7 @@ def cloud_server(smollm_gguf: Path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm_gguf),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
          "--model_alias", "smollm2-cloud"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

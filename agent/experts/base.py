@@ -35,6 +35,10 @@ class ExpertInfo:
     prices: Prices = field(default_factory=Prices)
     fallback_to_local: bool = True  # may the first local expert answer when this one fails
     extra: dict[str, Any] = field(default_factory=dict)
+    # Capabilities, hard constraints in the policy (simonw/llm's ``can_stream`` idea).
+    context_tokens: int | None = None  # prompt + max_tokens must fit; None: unknown, no check
+    tools: bool = False  # answers requests with ``tools``
+    json_mode: bool = False  # honours ``response_format``
 
     def cost_usd(self, usage: TokenUsage) -> float:
         return self.prices.cost_usd(usage)

@@ -76,6 +76,9 @@ class CloudExpert:
             prices=endpoint.prices,
             fallback_to_local=cfg.fallback_to_local,
             extra={"base_url": cfg.base_url, "streaming": cfg.streaming},
+            context_tokens=cfg.context_tokens,
+            tools=cfg.tools,
+            json_mode=cfg.json_mode,
         )
         return cls(info, BridgeClient(endpoint))
 

@@ -11,17 +11,52 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from agent.cores import generation_threads
+from agent.errors import RequestError
 from agent.experts.base import ExpertInfo, Message
 from agent.settings import LocalExpertSettings
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 _END = object()
+MESSAGE_MARGIN = 16  # role markers of one message (ChatML: about 5 tokens)
+TEMPLATE_MARGIN = 64  # a template's default system prompt (Qwen2.5: about 30 tokens)
+# llama-cpp-python chat formats that turn `tools` into function calls.
+FUNCTION_CALLING_FORMATS = frozenset({"chatml-function-calling", "functionary",
+                                      "functionary-v1", "functionary-v2"})
+
+
+def local_tools(settings: LocalExpertSettings) -> bool:
+    """Whether a local expert declares tools: as set, else only with a chat format that
+    does function calling (a GGUF's own template ignores ``tools``)."""
+    if settings.tools is not None:
+        return settings.tools
+    return settings.chat_format in FUNCTION_CALLING_FORMATS
+
+
+@contextmanager
+def _context_checked(info: ExpertInfo) -> Iterator[None]:
+    """llama.cpp refuses a prompt longer than its context with a ValueError; the policy
+    routes such prompts elsewhere, so this is left for a fallback or a named expert: a
+    400 naming ``messages``, never a 500."""
+    try:
+        yield
+    except ValueError as exc:
+        if "context window" not in str(exc):
+            raise
+        raise RequestError(f"the prompt does not fit expert {info.name!r}'s context of "
+                           f"{info.context_tokens} tokens ({exc}); shorten the messages",
+                           param="messages", code="context_length_exceeded") from exc
+
+
+def _context_checked_iter(info: ExpertInfo, chunks: Iterable[Any]) -> Iterator[Any]:
+    with _context_checked(info):
+        yield from chunks
 
 
 class LocalExpert:
@@ -50,8 +85,20 @@ class LocalExpert:
             verbose=False,
         )
         info = ExpertInfo(name=settings.name, kind="local", model=str(path),
-                          extra={"n_threads": threads})
+                          extra={"n_threads": threads}, context_tokens=settings.n_ctx,
+                          tools=local_tools(settings), json_mode=settings.json_mode)
         return cls(info, llama, path, threads)
+
+    def prompt_tokens(self, messages: list[Message]) -> int:
+        """This model's own count of a chat prompt, from above: its tokenizer on each
+        message plus a margin for the chat template's markers and default system prompt.
+        Much tighter than the byte bound, so a 2,048-token context is not refused a
+        prompt of 1,500 characters. The vocabulary is read-only: safe beside generation."""
+        total = TEMPLATE_MARGIN
+        for m in messages:
+            text = m.get("content", "").encode("utf-8", "replace")
+            total += len(self.llama.tokenize(text, add_bos=False, special=False)) + MESSAGE_MARGIN
+        return total
 
     def available(self) -> bool:
         """A loaded model can always take a call (admission queues them)."""
@@ -67,7 +114,7 @@ class LocalExpert:
 
     # -- sync API (CLI, pipeline) -------------------------------------------------------
     def complete_sync(self, messages: list[Message], params: SamplingParams) -> ChatResult:
-        with self._sync_lock:
+        with self._sync_lock, _context_checked(self.info):
             out = self.llama.create_chat_completion(**self._kwargs(messages, params))
         choice = out["choices"][0]
         usage = out.get("usage") or {}
@@ -87,7 +134,7 @@ class LocalExpert:
             n_out = 0
             finish: str | None = None
             try:
-                for chunk in chunks:
+                for chunk in _context_checked_iter(self.info, chunks):
                     if cancel.is_set():
                         finish = "cancelled"
                         break
