@@ -194,29 +194,35 @@ def check_threads(settings: Settings) -> Finding:
 
 
 def check_bundle(settings: Settings) -> Finding:
-    bundle = settings.router.bundle
-    try:
-        from agent import router_bundle
-    except ImportError:
-        router_bundle = None  # type: ignore[assignment]
-    if bundle is None or str(bundle).lower() == "none":
-        embedded = router_bundle.embedded_bundle() if router_bundle is not None else None
-        where = f"; embedded bundle at {embedded}" if embedded else ""
-        return Finding("router bundle", "ok", f"none configured: every query goes to "
-                       f"{settings.default_expert()}{where}")
-    if router_bundle is None:
-        return Finding("router bundle", "error", f"{bundle} is configured but this install "
-                       "lacks agent.router_bundle; reinstall edgeroute")
+    """The router the daemon would run, loaded as it loads it: for an ability-profile
+    bundle, where each configured expert's profile comes from (a prior is a warning)."""
+    from agent import router_bundle
     from agent.errors import AgentError
 
+    bundle = settings.router.bundle
+    if bundle is not None and str(bundle).lower() == "none":
+        return Finding("router bundle", "ok", "router.bundle=none: every query goes to "
+                       f"{settings.default_expert()}")
+    path = Path(bundle) if bundle is not None else router_bundle.embedded_bundle()
+    if path is None:
+        return Finding("router bundle", "warn", "no bundle installed: every query goes to "
+                       f"{settings.default_expert()}")
     try:
-        manifest = router_bundle.BundleManifest.read(bundle)
-        manifest.verify()
-        manifest.check_experts(settings.expert_names())
+        from agent.profile_router import open_bundle
+
+        described = open_bundle(path, settings, settings.router.threads).describe()
     except AgentError as exc:
         return Finding("router bundle", "error", str(exc))
-    return Finding("router bundle", "ok", f"{bundle}: experts {list(manifest.experts)}, "
-                   f"metric {manifest.metric}, all file hashes match")
+    if described["mode"] != "profile":
+        return Finding("router bundle", "ok", f"{path}: experts {described['experts']}, "
+                       "all file hashes match")
+    experts = described["experts"]
+    parts = [f"{n}: {e['profile_source']} {e['profile']!r}" for n, e in experts.items()]
+    prior = [n for n, e in experts.items() if e["profile_source"] == "prior"]
+    hint = (f"; calibrate {', '.join(prior)} (`edgeroute experts calibrate NAME`)"
+            if prior else "")
+    return Finding("router bundle", "warn" if prior else "ok",
+                   f"{path}: profiles {'; '.join(parts)}{hint}")
 
 
 def credential_path(name: Path) -> Path:

@@ -184,6 +184,20 @@ def load_routers(dirs: list[Path]) -> dict[str, TrainedRouter]:
     return routers
 
 
+def profiled_in(table: Path, meta: Any) -> Any:
+    """An irt router's meta narrowed to the experts ``table`` has outcomes for."""
+    import dataclasses
+
+    from export.table import iter_rows
+
+    have = {r["expert"] for r in iter_rows(table)}
+    experts = [e for e in meta.experts if e in have]
+    if len(experts) < 2:
+        raise PipelineError(f"{table} has outcomes for {len(experts)} of the router's profiled "
+                            "experts; fit profiles for its experts first (`profile fit`)")
+    return dataclasses.replace(meta, experts=experts)
+
+
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """The stage: the evaluation object (what ``--json`` prints and the report reads)."""
     table, router_dirs = cfg.table, list(cfg.router)
@@ -191,6 +205,8 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     meta = next(iter(routers.values())).meta
     for r in routers.values():
         check_held_out(table, r.meta)
+    if meta.kind == "irt":  # profiles for any experts: score those the table has
+        meta = profiled_in(table, meta)
     m, mt, q, train = held_out(table, meta, cfg.max_test_queries)
     scores = {}
     for name, r in routers.items():

@@ -30,7 +30,8 @@ import numpy as np
 from agent.profiles import Profile, ProfileSet
 from export.errors import PipelineError
 
-DEFAULT_L2 = 1.0  # pull toward the prior; chosen by leave-one-expert-out on validation
+DEFAULT_L2 = 30.0  # pull toward the prior: chosen by leave-one-expert-out on validation
+# (artifacts/report/irt/loo_l2.json: 1 to 300 tried, 50 answers per left-out expert)
 
 
 def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, name: str,
@@ -63,34 +64,32 @@ def prior_for(profiles: ProfileSet, name: str, kind: str) -> Profile:
 
 @dataclass(frozen=True)
 class FeatureSource:
-    """Where u(q), d(q) come from: a trained router folder (torch encoder, cached) or an
-    exported bundle (the daemon's own ONNX scorer)."""
+    """Where u(q), d(q) come from: a trained irt router folder (torch encoder, cached) or an
+    exported irt bundle (the daemon's own ONNX graph), both through ``load_router``."""
 
     path: Path
-    profiles: ProfileSet
-    bundle: Any = None  # agent.profile_router.IrtBundle
-    router: Any = None  # export.routers.irt.IrtRouter
+    router: Any  # export.routers.irt.IrtRouter or IrtBundleRouter
+
+    @property
+    def profiles(self) -> ProfileSet:
+        return self.router.profiles  # type: ignore[no-any-return]
+
+    @property
+    def is_bundle(self) -> bool:
+        return (self.path / "manifest.json").is_file()
 
     @classmethod
-    def open(cls, path: Path, threads: int = 2) -> FeatureSource:
-        path = Path(path)
-        if (path / "manifest.json").is_file():
-            from agent.profile_router import IrtBundle
-
-            b = IrtBundle.load(path, threads)
-            return cls(path, b.shipped, bundle=b)
+    def open(cls, path: Path) -> FeatureSource:
         from export.routers.base import load_router
         from export.routers.irt import IrtRouter
 
-        r = load_router(path)
+        r = load_router(Path(path))
         if not isinstance(r, IrtRouter):
             raise PipelineError(f"{path} is a {r.kind!r} router; profiles need an irt router "
                                 "(`edgeroute train --router irt`) or an irt bundle")
-        return cls(path, r.profiles, router=r)
+        return cls(Path(path), r)
 
     def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.bundle is not None:
-            return self.bundle.features_batch(texts)  # type: ignore[no-any-return]
         return self.router.features(texts)  # type: ignore[no-any-return]
 
     def write(self, profiles: ProfileSet, out: Path) -> None:
@@ -101,7 +100,7 @@ class FeatureSource:
                 shutil.rmtree(out)
             shutil.copytree(self.path, out)
         profiles.write(out / "profiles.json")
-        if self.bundle is not None:
+        if self.is_bundle:
             _rehash_manifest(out)
         else:
             meta_path = out / "router.json"

@@ -113,9 +113,14 @@ class TrainedRouter(ABC):
 
 
 def load_router(folder: Path) -> TrainedRouter:
-    """Load any trained router folder (imports torch only for kinds that need it)."""
+    """Load any trained router folder (imports torch only for kinds that need it), or an
+    exported ``irt`` bundle (the embedded one too): profiles make it a router of its own."""
     from export.routers.kinds import router_kind
 
+    if (Path(folder) / "manifest.json").is_file() and not (Path(folder) / "router.json").is_file():
+        from export.routers.irt import IrtBundleRouter
+
+        return IrtBundleRouter.open(Path(folder))
     meta = RouterMeta.read(folder)
     return router_kind(meta.kind).load(Path(folder), meta)
 

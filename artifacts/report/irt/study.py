@@ -4,6 +4,7 @@
     .venv/bin/python artifacts/report/irt/study.py tables   # 5 seeds x 3 tables: irt vs MLP
     .venv/bin/python artifacts/report/irt/study.py loo      # leave-one-expert-out + profile fit
     .venv/bin/python artifacts/report/irt/study.py budget   # RouterBench: GPT-4 quality vs cost
+    .venv/bin/python artifacts/report/irt/study.py pooled   # shipped settings, pooled test split
 
 Inputs: ``runs/pooled.jsonl.gz`` (``edgeroute table pool``, see artifacts/expert_table.md)
 and ``artifacts/expert_table.jsonl.gz``. Embeddings come from the cache
@@ -241,6 +242,76 @@ def loo(shots: int = 50) -> dict[str, Any]:
     return out
 
 
+L2_GRID = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
+
+
+def loo_l2(shots: int = 50) -> dict[str, Any]:
+    """The profile fit's pull toward the prior, chosen on validation: the routers ``loo``
+    trained without each expert are reused; each l2 fits the left-out expert from the same
+    ``shots`` train rows; the l2 with the best mean validation quality is kept and its
+    test figures reported."""
+    from agent.profiles import ProfileSet
+    from export.profile_fit import fit_profile
+    from export.routers.base import load_router
+    from export.routers.irt import expert_kind
+    from export.routers.training import validation_split
+
+    files = table_files()
+    per: list[dict[str, Any]] = []
+    for name in ("routerdc", "routerbench"):
+        table = files[name]
+        full = load_router(WORK / name / "seed0" / "irt")
+        m = build_matrix(read_table(table), full.experts)
+        y = m.values["correct"]
+        train, test = split_indices(m, 0, 0.2)
+        train = np.intersect1d(train, labelled_rows(y))
+        test = np.intersect1d(test, labelled_rows(y))
+        inner, val = validation_split(len(train), 0.1, 0)
+        val_rows, fit_rows = train[val], train[inner]
+        u_v, d_v = full.features([m.queries[i] for i in val_rows])
+        u_t, d_t = full.features([m.queries[i] for i in test])
+        full_names = list(full.profiles.profiles)
+        base = {"val": float(routed_quality(p_matrix(u_v, d_v, list(
+            full.profiles.profiles.values())), y[val_rows]).mean()),
+                "test": float(routed_quality(p_matrix(u_t, d_t, list(
+                    full.profiles.profiles.values())), y[test]).mean())}
+        assert full_names == list(m.experts)
+        for expert in m.experts:
+            r = load_router(WORK / name / "loo" / expert.replace("/", "_"))
+            j = m.experts.index(expert)
+            obs = fit_rows[~np.isnan(y[fit_rows, j])]
+            pick = np.sort(np.random.default_rng(0).choice(obs, min(shots, len(obs)),
+                                                           replace=False))
+            u, d = r.features([m.queries[i] for i in pick])
+            others = ProfileSet(r.profiles.encoder_id, r.profiles.dim,
+                                {k: v for k, v in r.profiles.profiles.items() if k != expert})
+            uv, dv = r.features([m.queries[i] for i in val_rows])
+            ut, dt = r.features([m.queries[i] for i in test])
+            kind = expert_kind(expert)
+            for l2 in L2_GRID:
+                prof = fit_profile(u, d, y[pick, j], others.prior(kind), expert, kind, l2)
+                profs = others.with_profiles([prof]).profiles
+                order = [list(profs).index(e) for e in m.experts]
+                qv = routed_quality(p_matrix(uv, dv, list(profs.values()))[:, order],
+                                    y[val_rows]).mean()
+                qt = routed_quality(p_matrix(ut, dt, list(profs.values()))[:, order],
+                                    y[test]).mean()
+                per.append({"table": name, "expert": expert, "l2": l2,
+                            "val_diff": float(qv) - base["val"],
+                            "test_diff": float(qt) - base["test"]})
+    means = {l2: float(np.mean([r["val_diff"] for r in per if r["l2"] == l2]))
+             for l2 in L2_GRID}
+    chosen = max(means, key=lambda k: means[k])
+    out = {"shots": shots, "grid": list(L2_GRID), "mean_val_diff": means, "chosen_l2": chosen,
+           "chosen_on": "validation (10% of each table's train split)",
+           "test": [r for r in per if r["l2"] == chosen], "all": per}
+    log(f"l2 mean validation differences {means}; chosen {chosen}")
+    for r in out["test"]:
+        log(f"{r['table']} {r['expert']}: test difference {r['test_diff']:+.4f}")
+    (HERE / "loo_l2.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # -- RouterBench: quality vs cost against GPT-4 ---------------------------------------------------
 def budget() -> dict[str, Any]:
     from agent.policy import utility
@@ -277,6 +348,129 @@ def budget() -> dict[str, Any]:
     return out
 
 
+# -- the shipped configuration on the pooled test split ------------------------------------
+def pooled(router_dir: Path = REPO / "build" / "router-irt") -> dict[str, Any]:
+    """The shipped settings trained on the pooled train split (``build/router-irt``), on the
+    pooled test split: per source, and on the committed queries with only the two local
+    experts (what a device without a cloud expert gets) against always-Qwen."""
+    from export.labels import held_out
+    from export.routers.base import load_router
+
+    rows = read_table(POOLED)
+    src = sources_of(rows)
+    r = load_router(router_dir)
+    m, mt, y, _ = held_out(POOLED, r.meta)
+    p = r.score_batch(mt.queries)
+    groups = [src[q] for q in mt.query_ids]
+    q = routed_quality(p, y)
+    g = np.array(groups)
+    # a single expert counts where it answered at least half of that source's queries
+    means = {s_: {e: float(np.nanmean(y[g == s_, j])) for j, e in enumerate(mt.experts)
+                  if (~np.isnan(y[g == s_, j])).mean() >= 0.5}
+             for s_ in sorted(set(groups))}
+    local = [mt.experts.index(e) for e in ("qwen2.5-coder-0.5b", "smollm2-135m")]
+    sel = np.array([g == "collected" for g in groups])
+    yl = y[sel][:, local]
+    ql = routed_quality(p[sel][:, local], yl)
+    out = {"router": str(router_dir), "test_queries": len(mt),
+           "per_source": {s_: {"router": v, "best_expert": max(means[s_].values()),
+                               "best_expert_name": max(means[s_], key=means[s_].get)}
+                          for s_, v in macro(q, groups).items() if s_ != "macro"},
+           "local_only": {"queries": int(sel.sum()), "router": float(ql.mean()),
+                          "always_qwen": float(np.nanmean(yl[:, 0])),
+                          "always_smollm2": float(np.nanmean(yl[:, 1])),
+                          "oracle": float(np.nanmax(yl, axis=1).mean()),
+                          "router_minus_qwen_ci95": paired_ci(ql - yl[:, 0])}}
+    log(json.dumps(out))
+    (HERE / "pooled.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+# -- summary.md and plots from the JSON files ------------------------------------------------
+def report() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = ["# irt router study (generated by `study.py report`; numbers from the JSON files)",
+             ""]
+    sel = json.loads((HERE / "select.json").read_text())
+    lines += [f"Shape chosen on validation ({sel['criterion']}): {sel['chosen']}.", "",
+              "| table | seeds | irt mean | MLP mean | irt - MLP 95% CI per seed |",
+              "| --- | ---: | ---: | ---: | --- |"]
+    tab = json.loads((HERE / "tables.json").read_text())
+    fig, ax = plt.subplots(1, len(tab), figsize=(4 * len(tab), 3.5))
+    for k, (name, runs) in enumerate(tab.items()):
+        irt = [r["irt"] for r in runs]
+        mlp = [r["mlp"] for r in runs]
+        cis = "; ".join(f"[{r['irt_minus_mlp_ci95'][0]:+.3f}, {r['irt_minus_mlp_ci95'][1]:+.3f}]"
+                        for r in runs)
+        lines.append(f"| {name} | {len(runs)} | {np.mean(irt):.4f} | {np.mean(mlp):.4f} | "
+                     f"{cis} |")
+        ax[k].plot(range(len(runs)), irt, "o-", label="irt")
+        ax[k].plot(range(len(runs)), mlp, "s--", label="MLP")
+        ax[k].set(title=name, xlabel="seed", ylabel="routed correctness (test)")
+        ax[k].legend()
+    fig.tight_layout()
+    fig.savefig(HERE / "tables.png", dpi=100)
+    if (HERE / "pooled.json").is_file():
+        pj = json.loads((HERE / "pooled.json").read_text())
+        lo = pj["local_only"]
+        lines += ["", f"Shipped settings, trained on the pooled train split, pooled test split "
+                  f"({pj['test_queries']} queries):", "",
+                  "| source | router | best single expert |", "| --- | ---: | --- |"]
+        lines += [f"| {k} | {v['router']:.4f} | {v['best_expert']:.4f} ({v['best_expert_name']}) |"
+                  for k, v in pj["per_source"].items()]
+        lines += ["", f"Local experts only, committed queries in the pooled test split "
+                  f"({lo['queries']}): router {lo['router']:.4f}, always-Qwen "
+                  f"{lo['always_qwen']:.4f}, always-SmolLM2 {lo['always_smollm2']:.4f}, oracle "
+                  f"{lo['oracle']:.4f}; router - Qwen 95% CI {lo['router_minus_qwen_ci95']}."]
+    if (HERE / "loo_l2.json").is_file():
+        lj = json.loads((HERE / "loo_l2.json").read_text())
+        lines += ["", f"Leave one expert out: router retrained without the expert's rows, its "
+                  f"profile fitted from {lj['shots']} of its train rows with l2 "
+                  f"{lj['chosen_l2']} (chosen on {lj['chosen_on']}; mean validation "
+                  f"difference per l2: "
+                  + ", ".join(f"{k}: {100 * v:+.2f} pt" for k, v in lj["mean_val_diff"].items())
+                  + "). Test difference against the router trained on all its rows:", "",
+                  "| table | expert | test difference (points) |", "| --- | --- | ---: |"]
+        fig, ax = plt.subplots(figsize=(8, 5))
+        names, diffs = [], []
+        for r in lj["test"]:
+            lines.append(f"| {r['table']} | {r['expert']} | {100 * r['test_diff']:+.2f} |")
+            names.append(f"{r['table']}:{r['expert'].split('/')[-1][:20]}")
+            diffs.append(100 * r["test_diff"])
+        ax.barh(names, diffs)
+        ax.axvline(-1, ls="--", color="k", lw=0.8)
+        ax.set(xlabel="routing quality, left out + 50-answer profile minus full (points)")
+        fig.tight_layout()
+        fig.savefig(HERE / "loo.png", dpi=100)
+    if (HERE / "budget.json").is_file():
+        bj = json.loads((HERE / "budget.json").read_text())
+        lines += ["", "RouterBench slice, GPT-4 quality vs cost (test split, per seed):", "",
+                  "| seed | GPT-4 quality | cost ratio at GPT-4 quality | best quality <= 50% "
+                  "cost |", "| ---: | ---: | ---: | ---: |"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in bj["seeds"]:
+            ratio = r["min_cost_ratio_at_gpt4_quality"]
+            best = r["best_quality_within_50pct_cost"]
+            lines.append(f"| {r['seed']} | {r['gpt4_quality']:.4f} | "
+                         f"{'-' if ratio is None else f'{ratio:.3f}'} | "
+                         f"{'-' if best is None else f'{best:.4f}'} |")
+            pts = sorted((c["cost_usd"], c["quality"]) for c in r["curve"])
+            ax.plot([c for c, _ in pts], [q for _, q in pts], lw=1, label=f"irt seed {r['seed']}")
+            ax.scatter([r["gpt4_cost_usd"]], [r["gpt4_quality"]], marker="x", color="k")
+        ax.set(xscale="log", xlabel="mean cost per query (USD)", ylabel="correctness",
+               title="RouterBench slice: irt over usd_per_correct; x = GPT-4")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(HERE / "budget.png", dpi=100)
+    (HERE / "summary.md").write_text("\n".join(lines) + "\n")
+
+
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "select"
-    {"select": select, "tables": tables, "loo": loo, "budget": budget}[step]()
+    steps = {"select": select, "tables": tables, "loo": loo, "loo_l2": loo_l2,
+             "budget": budget, "pooled": pooled, "report": report}
+    steps[step]()
