@@ -386,6 +386,48 @@ def pooled(router_dir: Path = REPO / "build" / "router-irt") -> dict[str, Any]:
     return out
 
 
+# -- a calibrated profile against the table ----------------------------------------------------
+def calib_check(profiles: Path = REPO / "runs" / "calib-data" / "device-profiles.json",
+                expert: str = "smollm2-135m") -> dict[str, Any]:
+    """``edgeroute experts calibrate smollm2-135m`` (80 calibration queries, none from the
+    table) wrote ``profiles``; its predicted accuracy per dataset on the committed table's
+    queries, through the embedded bundle's own graph, against the table's accuracy."""
+    from agent.profiles import ProfileSet
+    from agent.router_bundle import embedded_bundle
+    from export.routers.base import load_router
+
+    bundle = load_router(embedded_bundle())
+    fitted = ProfileSet.read(profiles).profiles[expert]
+    shipped = bundle.profiles.profiles[expert]
+    rows = [r for r in read_table(COMMITTED) if r["expert"] == expert and r["correct"] is not None]
+    u, d = bundle.features([r["query"] for r in rows])
+    y = np.array([float(r["correct"]) for r in rows])
+    ds = np.array([r["dataset"] for r in rows])
+    # the same answers fitted from the local prior, as for an expert nothing is known of
+    from export.profile_fit import DEFAULT_L2, fit_profile
+
+    cal = read_table(profiles.parent / "calibration" / f"{expert}.jsonl")
+    cu, cd = bundle.features([r["query"] for r in cal])
+    others = ProfileSet(bundle.profiles.encoder_id, bundle.profiles.dim,
+                        {k: v for k, v in bundle.profiles.profiles.items() if k != expert})
+    blind = fit_profile(cu, cd, np.array([float(r["correct"]) for r in cal]),
+                        others.prior("local"), expert, "local", DEFAULT_L2)
+    pf, ps = p_matrix(u, d, [fitted])[:, 0], p_matrix(u, d, [shipped])[:, 0]
+    pb = p_matrix(u, d, [blind])[:, 0]
+    out: dict[str, Any] = {"expert": expert, "calibration_answers": fitted.observations,
+                           "per_dataset": {}}
+    for name in sorted(set(ds.tolist())):
+        k = ds == name
+        out["per_dataset"][name] = {"queries": int(k.sum()), "table": float(y[k].mean()),
+                                    "calibrated": float(pf[k].mean()),
+                                    "shipped": float(ps[k].mean()),
+                                    "from_prior_only": float(pb[k].mean()),
+                                    "within_0.1": bool(abs(pf[k].mean() - y[k].mean()) <= 0.1)}
+    log(json.dumps(out))
+    (HERE / "calib_check.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # -- summary.md and plots from the JSON files ------------------------------------------------
 def report() -> None:
     import matplotlib
@@ -466,11 +508,24 @@ def report() -> None:
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(HERE / "budget.png", dpi=100)
+    if (HERE / "calib_check.json").is_file():
+        cj = json.loads((HERE / "calib_check.json").read_text())
+        lines += ["", f"`edgeroute experts calibrate {cj['expert']}` ({cj['calibration_answers']} "
+                  "calibration answers, none from the table): predicted accuracy on the "
+                  "committed table's queries vs the table's accuracy (the shipped profile "
+                  "was fitted on these rows, so it is in-sample):", "",
+                  "| dataset | queries | table | calibrated (prior: shipped profile) | "
+                  "within 0.1 | calibrated from the local prior only | shipped profile |",
+                  "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+        lines += [f"| {k} | {v['queries']} | {v['table']:.3f} | {v['calibrated']:.3f} | "
+                  f"{v['within_0.1']} | {v['from_prior_only']:.3f} | {v['shipped']:.3f} |"
+                  for k, v in cj["per_dataset"].items()]
     (HERE / "summary.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "select"
     steps = {"select": select, "tables": tables, "loo": loo, "loo_l2": loo_l2,
-             "budget": budget, "pooled": pooled, "report": report}
+             "budget": budget, "pooled": pooled, "calib_check": calib_check,
+             "report": report}
     steps[step]()
