@@ -35,7 +35,15 @@ from agent.http_limits import BodySizeLimit
 from agent.http_security import BearerToken, HostAllowList, read_token
 from agent.policy import Decision, tighter
 from agent.runtime import Hints, Runtime
-from agent.schemas import ERROR_RESPONSES, ChatRequest, chunk_body, completion_body, new_id
+from agent.schemas import (
+    ERROR_RESPONSES,
+    STREAM_RESPONSE,
+    ChatRequest,
+    chunk_body,
+    completion_body,
+    new_id,
+    openapi_limits,
+)
 from agent.settings import Settings
 from cloud_bridge.wire import SamplingParams, StreamPiece
 
@@ -44,16 +52,18 @@ log = logging.getLogger("edgeroute.app")
 
 def _params(req: ChatRequest, settings: Settings) -> SamplingParams:
     cap = settings.server.max_tokens_cap
+    for key in ("max_tokens", "max_completion_tokens"):
+        asked = getattr(req, key)
+        if asked is not None and asked > cap:
+            raise RequestError(
+                f"{key} {asked} exceeds this daemon's cap of {cap}; ask for fewer",
+                param=key,
+                code="max_tokens_too_large",
+            )
     # An operator who lowers the cap below the default must not break every request
     # that omits max_tokens: the default is clamped, an explicit value is checked.
     max_tokens = (req.max_tokens or req.max_completion_tokens
                   or min(settings.server.default_max_tokens, cap))
-    if max_tokens > cap:
-        raise RequestError(
-            f"max_tokens {max_tokens} exceeds this daemon's cap of {cap}; ask for fewer",
-            param="max_tokens",
-            code="max_tokens_too_large",
-        )
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=req.temperature,
@@ -88,22 +98,33 @@ def _hints(req: ChatRequest, request: Request) -> Hints:
 
 
 def _check_messages(req: ChatRequest, settings: Settings) -> None:
-    if len(req.messages) > settings.server.max_messages:
+    """The limits that depend on settings (the OpenAPI document states them too). A chat
+    without a user message is fine, as in OpenAI's API: the router scores the last one."""
+    srv = settings.server
+    if len(req.messages) > srv.max_messages:
         raise RequestError(
-            f"{len(req.messages)} messages exceed the limit of {settings.server.max_messages}",
+            f"{len(req.messages)} messages exceed the limit of {srv.max_messages}",
             param="messages",
             code="too_many_messages",
         )
-    if not any(m.role == "user" for m in req.messages):
-        raise RequestError("messages must contain at least one 'user' message", param="messages")
+    for i, m in enumerate(req.messages):
+        if len(m.content) > srv.max_message_chars:
+            raise RequestError(
+                f"messages.{i}.content has {len(m.content)} characters, more than the limit "
+                f"of {srv.max_message_chars}; send a shorter message",
+                param=f"messages.{i}.content", code="message_too_long")
 
 
 def _validation_param(exc: RequestValidationError) -> tuple[str, str | None]:
     errors = exc.errors()
     if not errors:
         return "invalid request", None
-    first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    # A union (``stop``: a string or a list) reports one error per member; the one that
+    # is not a type mismatch says what is wrong, and member tags are not part of a field.
+    first = next((e for e in errors if not str(e.get("type", "")).endswith("_type")),
+                 errors[0])
+    loc = [str(p) for p in first.get("loc", ())
+           if p != "body" and not (isinstance(p, str) and ("[" in p or "-" in p))]
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     param = ".".join(loc) or None
@@ -140,9 +161,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         param = "body" if exc.status_code == 413 else None
-        return JSONResponse(
-            openai_error_body(str(exc.detail), kind, param, None), exc.status_code
-        )
+        # A 405 keeps Starlette's Allow header (RFC 9110).
+        return JSONResponse(openai_error_body(str(exc.detail), kind, param, None),
+                            exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -249,6 +270,19 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(HostAllowList, allowed=srv.allowed_hosts)
 
 
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """The OpenAPI document states this daemon's own limits (settings, not constants)."""
+    generate = app.openapi
+    srv = settings.server
+
+    def openapi() -> dict[str, Any]:
+        return openapi_limits(generate(), max_messages=srv.max_messages,
+                              max_tokens_cap=srv.max_tokens_cap,
+                              max_message_chars=srv.max_message_chars)
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     """The ASGI app for one runtime. Closing the app closes the runtime's experts."""
 
@@ -265,6 +299,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="edgeroute", version="0.1.0", lifespan=lifespan)
     _install_guards(app, settings)
+    _document_limits(app, settings)
     _install_error_handlers(app)
 
     async def _answer(req: ChatRequest, request: Request) -> Any:
@@ -284,13 +319,15 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             routing=decision.as_dict(),
         )
 
+    chat_responses = STREAM_RESPONSE | ERROR_RESPONSES
+
     @app.post("/predict", summary="Route one chat query and answer it (seed API).",
-              responses=ERROR_RESPONSES)
+              responses=chat_responses)
     async def predict(req: ChatRequest, request: Request) -> Any:
         return await _answer(req, request)
 
     @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completions.",
-              responses=ERROR_RESPONSES)
+              responses=chat_responses)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         return await _answer(req, request)
 

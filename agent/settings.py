@@ -75,6 +75,10 @@ class ServerSettings(_Section):
     max_messages: int = Field(
         256, ge=1, description="Most chat messages accepted in one request (HTTP 400 above)."
     )
+    max_message_chars: int = Field(
+        200_000, ge=1, le=200_000,
+        description="Longest message content in characters (HTTP 400 above); in /openapi.json.",
+    )
     max_tokens_cap: int = Field(
         4096, ge=1, description="Hard ceiling for a request's max_tokens (HTTP 400 above)."
     )

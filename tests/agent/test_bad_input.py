@@ -23,7 +23,9 @@ CASES = [
      "messages.0.content"),
     ("null-content", {"messages": [{"role": "user", "content": None}]}, 400,
      "messages.0.content"),
-    ("no-user-message", {"messages": [{"role": "system", "content": "x"}]}, 400, "messages"),
+    # A chat without a user message is valid (as in OpenAI's API): test_schema_strict.
+    ("bool-as-limit", {"messages": OK_MSG, "edgeroute": {"max_cost_usd": False}}, 400,
+     "edgeroute.max_cost_usd"),
     ("unknown-expert", {"messages": OK_MSG, "model": "gpt-9"}, 404, "model"),
     ("non-string-model", {"messages": OK_MSG, "model": 7}, 400, "model"),
     ("negative-max-tokens", {"messages": OK_MSG, "max_tokens": -5}, 400, "max_tokens"),
