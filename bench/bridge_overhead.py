@@ -39,7 +39,7 @@ def start_server(gguf: Path, threads: int) -> tuple[str, subprocess.Popen[bytes]
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host",
          "127.0.0.1", "--port", str(port), "--n_ctx", "512", "--n_threads", str(threads),
-         "--model_alias", MODEL],
+         "--model_alias", MODEL, "--interrupt_requests", "false"],  # concurrent streams
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}/v1"

@@ -156,6 +156,30 @@ def _rows(label: str, router: object, tokenizer: object, size: float, threads: i
               f" {cpu:>8.2f} {mark:>6}  {size:>5.1f}")
 
 
+def in_daemon(n: int = 200) -> None:
+    """The router's own histogram (``edgeroute_router_latency_seconds``) in a daemon built
+    from the default settings plus one cloud expert, over short queries through
+    ``Runtime.decide`` (the request path minus HTTP)."""
+    from agent.runtime import build_runtime
+    from agent.settings import Settings
+    from cloud_bridge.wire import SamplingParams
+
+    settings = Settings(cloud_experts=[{"name": "cloud", "base_url": "http://127.0.0.1:9/v1",
+                                        "model": "gpt-4-1106-preview"}])
+    runtime = build_runtime(settings)
+    words = TEXT.split()
+    for k in range(n):
+        text = " ".join(words[k % 7: k % 7 + 10])  # 12-16 tokens
+        runtime.decide("auto", [{"role": "user", "content": text}], SamplingParams())
+    h = runtime.metrics.router_latency
+    count = sum(m.value for m in h.collect()[0].samples if m.name.endswith("_count"))
+    total = sum(m.value for m in h.collect()[0].samples if m.name.endswith("_sum"))
+    mean = 1e3 * total / max(count, 1)
+    print(f"daemon histogram edgeroute_router_latency_seconds: {int(count)} short queries, "
+          f"mean {mean:.3f} ms (goal 1.5: {'ok' if mean <= 1.5 else 'MISS'}), "
+          f"router threads {settings.router.threads}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--router", type=Path, help="trained BERT router folder for the "
@@ -187,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         r = shipped_router(threads)
         tok = r.bundle.scorer.tokenizer  # type: ignore[attr-defined]
         _rows(f"shipped irt {shipped_layers()}L", r, tok, size, threads, args.iters, True)
+    in_daemon()
     print(f"(cpu cores: {os.cpu_count()}; 1-min load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after: figures are only comparable on an idle machine; "
           "the shipped rows are judged against the goals)")

@@ -85,7 +85,10 @@ def cloud_server(smollm_gguf: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm_gguf),
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
-         "--model_alias", "smollm2-cloud"],
+         "--model_alias", "smollm2-cloud",
+         # llama-cpp-python's server cancels a running stream when another request arrives
+         # (interrupt_requests=True): a real cloud serves concurrent streams side by side.
+         "--interrupt_requests", "false"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
