@@ -15,7 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 class Router(Protocol):
     @property
     def mode(self) -> str:
-        """'fixed' or 'onnx': reported in /health and in every decision."""
+        """'fixed', 'onnx' (a classifier bundle) or 'profile' (ability profiles): reported
+        in /health and in every decision."""
         ...
 
     @property
@@ -29,6 +30,11 @@ class Router(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What /health reports about this router."""
+        ...
+
+    def swap(self) -> object:
+        """Re-read the bundle from its path and switch to it atomically; raises
+        ``agent.errors.BundleError`` (the old router keeps serving) when it cannot."""
         ...
 
 
@@ -46,6 +52,11 @@ class FixedRouter:
 
     def scores(self, text: str) -> dict[str, float]:
         return {e: (1.0 if e == self.default_expert else 0.0) for e in self.experts}
+
+    def swap(self) -> object:
+        from agent.errors import BundleError
+
+        raise BundleError("no router bundle is loaded (fixed mode); nothing to reload")
 
     def describe(self) -> dict[str, Any]:
         return {

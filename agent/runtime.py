@@ -8,6 +8,7 @@ path is a one-line start-up error, not a traceback in a request. The app keeps i
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -58,6 +59,22 @@ def prompt_tokens_typical(messages: list[Message]) -> int:
     return sum(len(m.get("content", "")) // 4 + 8 for m in messages) + 8
 
 
+def _tool_bytes(messages: list[Message], params: SamplingParams) -> int:
+    """Tool definitions and earlier tool calls are prompt too: their JSON bytes bound
+    their tokens (the ledger's bound counts message contents)."""
+    parts: list[Any] = [m["tool_calls"] for m in messages if m.get("tool_calls")]
+    if params.tools:
+        parts.append(list(params.tools))
+    return len(json.dumps(parts, ensure_ascii=False).encode()) if parts else 0
+
+
+def _needs_tools(messages: list[Message], params: SamplingParams) -> bool:
+    """Tools offered, or a conversation that already holds tool calls or results: only
+    an expert that declares tools can continue it."""
+    return bool(params.tools) or any(m.get("tool_calls") or m.get("role") == "tool"
+                                     for m in messages)
+
+
 CAPABILITY_ORDER = ("tools", "response_format", "messages")  # which field a 400 names
 
 
@@ -67,7 +84,8 @@ def _own_count(e: Expert, messages: list[Message], req: Request) -> int | None:
     ctx, count = e.info.context_tokens, getattr(e, "prompt_tokens", None)
     if ctx is None or count is None or req.prompt_tokens + req.max_tokens <= ctx:
         return None
-    return int(count(messages))
+    tool_part = req.prompt_tokens - prompt_tokens_upper_bound(messages)  # tools' bytes
+    return int(count(messages)) + tool_part
 
 
 @dataclass
@@ -125,10 +143,12 @@ class Runtime:
             scores = self.router.scores(query_text(messages))
             self.metrics.router_latency.observe(time.perf_counter() - t)
         b, p = self.settings.budget, self.settings.policy
-        req = Request(requested, prompt_tokens_upper_bound(messages), params.max_tokens,
+        bound = prompt_tokens_upper_bound(messages) + _tool_bytes(messages, params)
+        req = Request(requested, bound, params.max_tokens,
                       tighter(b.max_request_usd, hints.max_cost_usd),
                       tighter(b.max_latency_ms, hints.max_latency_ms),
-                      expected_prompt_tokens=prompt_tokens_typical(messages))
+                      expected_prompt_tokens=prompt_tokens_typical(messages),
+                      tools=_needs_tools(messages, params), json_mode=params.json_mode)
         weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight)
         kw: dict[str, Any] = {"weights": weights, "default_expert": self.settings.default_expert(),
                               "mode": self.router.mode}
@@ -173,12 +193,15 @@ class Runtime:
     ) -> tuple[ChatResult, Decision]:
         """One whole answer, and the decision that produced it (a fallback's, if any)."""
         parts: list[str] = []
+        calls: list[dict[str, Any]] = []
         last, answered = StreamPiece(), decision
         async for piece, by in self.dispatcher.run(decision, messages, params, stream=False):
             parts.append(piece.content)
+            calls.extend(piece.tool_calls)
             last, answered = piece, by
         assert last.usage is not None  # every expert ends with its usage
-        return ChatResult("".join(parts), last.finish_reason or "stop", last.usage), answered
+        return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
+                          tool_calls=tuple(calls)), answered
 
     def stream(
         self, decision: Decision, messages: list[Message], params: SamplingParams
@@ -204,10 +227,7 @@ class Runtime:
     def reload_router(self) -> dict[str, Any]:
         """Re-read the router bundle from its path (after an operator replaced it). The
         swap is atomic; a bad bundle raises BundleError and the old router keeps serving."""
-        swap = getattr(self.router, "swap", None)
-        if swap is None:
-            raise BundleError("no router bundle is loaded (fixed mode); nothing to reload")
-        swap()
+        self.router.swap()
         return self.router.describe()
 
     async def aclose(self) -> None:

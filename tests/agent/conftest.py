@@ -67,3 +67,15 @@ def daemon(daemon_settings, runtime) -> Iterator[str]:
     """Base URL (no trailing slash) of a running daemon; its shutdown closes the runtime."""
     with running_daemon(daemon_settings, runtime) as url:
         yield url
+
+
+def share_local_expert(monkeypatch: pytest.MonkeyPatch, expert: object) -> None:
+    """build_runtime stays real; only its local model load returns ``expert``, one model
+    shared by a module's tests (each daemon closes nothing of it)."""
+    from agent.experts.local import LocalExpert
+
+    async def keep_open() -> None:
+        return None
+
+    monkeypatch.setattr(LocalExpert, "load", classmethod(lambda cls, cfg, path: expert))
+    monkeypatch.setattr(expert, "aclose", keep_open)

@@ -17,6 +17,7 @@ import pytest
 
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import SamplingParams
+from tests.agent.conftest import share_local_expert
 from tests.cloud_bridge.conftest import fault_proxy  # noqa: F401  (fixture)
 from tests.cloud_bridge.faultproxy import Fault, FaultProxy
 
@@ -61,13 +62,7 @@ def _shared_local(smollm_gguf: Path) -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def _reuse_local(monkeypatch: pytest.MonkeyPatch, _shared_local: Any) -> None:
     """build_runtime stays real; only its local model load is shared across tests."""
-    from agent.experts.local import LocalExpert
-
-    async def keep_open() -> None:
-        return None
-
-    monkeypatch.setattr(LocalExpert, "load", classmethod(lambda cls, cfg, path: _shared_local))
-    monkeypatch.setattr(_shared_local, "aclose", keep_open)
+    share_local_expert(monkeypatch, _shared_local)
 
 
 @pytest.fixture

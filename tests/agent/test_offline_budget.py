@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.agent.conftest import running_daemon
+from tests.agent.conftest import running_daemon, share_local_expert
 from tests.cloud_bridge.fakestream import FakeStreamOptions, FakeStreamServer
 from tests.cloud_bridge.faultproxy import Fault, FaultProxy
 from tests.conftest import MODEL_CACHE, free_port
@@ -50,13 +50,7 @@ def _shared_local(smollm_gguf: Path) -> Iterator[Any]:
 @pytest.fixture(autouse=True)
 def _reuse_local(monkeypatch: pytest.MonkeyPatch, _shared_local: Any) -> None:
     """build_runtime stays real; only its local model load is shared across tests."""
-    from agent.experts.local import LocalExpert
-
-    async def keep_open() -> None:
-        return None
-
-    monkeypatch.setattr(LocalExpert, "load", classmethod(lambda cls, cfg, path: _shared_local))
-    monkeypatch.setattr(_shared_local, "aclose", keep_open)
+    share_local_expert(monkeypatch, _shared_local)
     _shared_local._async_lock = None  # each daemon runs its own event loop
 
 
