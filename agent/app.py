@@ -64,12 +64,19 @@ def _params(req: ChatRequest, settings: Settings) -> SamplingParams:
     # that omits max_tokens: the default is clamped, an explicit value is checked.
     max_tokens = (req.max_tokens or req.max_completion_tokens
                   or min(settings.server.default_max_tokens, cap))
+    tool_choice = req.tool_choice
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
         stop=req.stop_tuple(),
         seed=req.seed,
+        tools=tuple(t.model_dump(exclude_none=True) for t in req.tools or ()),
+        tool_choice=(tool_choice.model_dump() if tool_choice is not None
+                     and not isinstance(tool_choice, str) else tool_choice),
+        response_format=req.response_format.as_openai() if req.response_format else None,
+        logprobs=req.logprobs,
+        user=req.user,
     )
 
 
@@ -108,9 +115,9 @@ def _check_messages(req: ChatRequest, settings: Settings) -> None:
             code="too_many_messages",
         )
     for i, m in enumerate(req.messages):
-        if len(m.content) > srv.max_message_chars:
+        if len(m.content or "") > srv.max_message_chars:
             raise RequestError(
-                f"messages.{i}.content has {len(m.content)} characters, more than the limit "
+                f"messages.{i}.content has {len(m.content or '')} characters, more than the limit "
                 f"of {srv.max_message_chars}; send a shorter message",
                 param=f"messages.{i}.content", code="message_too_long")
 
@@ -206,11 +213,29 @@ async def _open_stream(rt: Runtime, req: ChatRequest, params: SamplingParams,
                              background=BackgroundTask(it.aclose))
 
 
+def _openai_deltas(calls: tuple[dict[str, Any], ...], seen: set[int]) -> list[dict[str, Any]]:
+    """Tool-call deltas the way OpenAI streams them, which is how clients accumulate
+    them (they concatenate every string): id, type and name in a call's first delta
+    only, then argument fragments. llama-cpp-python repeats id and name in every one."""
+    out = []
+    for call in calls:
+        index = int(call.get("index", 0))
+        fn = call.get("function") or {}
+        if index in seen:
+            out.append({"index": index, "function": {"arguments": fn.get("arguments") or ""}})
+            continue
+        seen.add(index)
+        out.append({"index": index, "id": call.get("id"), "type": call.get("type", "function"),
+                    "function": {"name": fn.get("name"), "arguments": fn.get("arguments") or ""}})
+    return out
+
+
 async def _events(stream: AsyncIterator[tuple[StreamPiece, Decision]],
                   req: ChatRequest) -> AsyncIterator[bytes]:
     cid, created = new_id(), int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     first = True
+    seen_calls: set[int] = set()
     try:
         async for delta, dec in stream:
             if first:
@@ -221,6 +246,10 @@ async def _events(stream: AsyncIterator[tuple[StreamPiece, Decision]],
             if delta.content:
                 yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
                                       delta={"content": delta.content}))
+            if delta.tool_calls:
+                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
+                                      delta={"tool_calls": _openai_deltas(delta.tool_calls,
+                                                                          seen_calls)}))
             if delta.finish_reason is not None:
                 yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert, delta={},
                                       finish_reason=delta.finish_reason))
@@ -270,15 +299,19 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     app.add_middleware(HostAllowList, allowed=srv.allowed_hosts)
 
 
-def _document_limits(app: FastAPI, settings: Settings) -> None:
-    """The OpenAPI document states this daemon's own limits (settings, not constants)."""
+def _document_limits(app: FastAPI, settings: Settings, runtime: Runtime) -> None:
+    """The OpenAPI document states this daemon's own limits (settings, not constants) and
+    what its experts can do (no expert with tools: ``tools`` may only be empty)."""
     generate = app.openapi
     srv = settings.server
+    infos = [e.info for e in runtime.experts.values()]
 
     def openapi() -> dict[str, Any]:
         return openapi_limits(generate(), max_messages=srv.max_messages,
                               max_tokens_cap=srv.max_tokens_cap,
-                              max_message_chars=srv.max_message_chars)
+                              max_message_chars=srv.max_message_chars,
+                              tools=any(i.tools for i in infos),
+                              json_mode=any(i.json_mode for i in infos))
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -299,7 +332,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
 
     app = FastAPI(title="edgeroute", version="0.1.0", lifespan=lifespan)
     _install_guards(app, settings)
-    _document_limits(app, settings)
+    _document_limits(app, settings, runtime)
     _install_error_handlers(app)
 
     async def _answer(req: ChatRequest, request: Request) -> Any:
@@ -317,6 +350,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             finish_reason=completion.finish_reason,
             usage=completion.usage,
             routing=decision.as_dict(),
+            tool_calls=completion.tool_calls,
         )
 
     chat_responses = STREAM_RESPONSE | ERROR_RESPONSES

@@ -26,7 +26,7 @@ from agent.errors import ExpertCallError, ExpertUnavailableError
 from agent.experts.base import Expert, Message
 from agent.ledger import BudgetExceededError, Ledger, prompt_tokens_upper_bound
 from agent.metrics import Metrics
-from agent.policy import Decision
+from agent.policy import Decision, lacks_capability
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import SamplingParams, StreamPiece
 
@@ -104,6 +104,12 @@ class Dispatcher:
         else:
             if sent or exc.partial or decision.expert == self.fallback_expert:
                 raise exc
+            lacks = decision.rejected.get(self.fallback_expert)
+            if lacks_capability(lacks):  # it would answer without what the client asked for
+                raise ExpertUnavailableError(
+                    f"expert {decision.expert!r} failed ({exc.reason}) and the fallback "
+                    f"expert {self.fallback_expert!r} {lacks}", retry_after_s=exc.retry_after_s
+                    or 5) from exc
             if not self.experts[decision.expert].info.fallback_to_local:
                 raise ExpertUnavailableError(
                     f"cloud expert {decision.expert!r} failed and fallback_to_local is off: "
@@ -138,7 +144,8 @@ class Dispatcher:
                 yield piece
             return
         answer = await expert.complete(messages, params)
-        yield StreamPiece(answer.content, answer.finish_reason, answer.usage)
+        yield StreamPiece(answer.content, answer.finish_reason, answer.usage,
+                          tool_calls=answer.tool_calls)
 
     def _bill(self, turn: _Turn, usage: TokenUsage) -> None:
         """Settle the row. A usage the bridge counted (the peer sent none) guesses the

@@ -121,18 +121,27 @@ def tighter(device: float | None, request: float | None) -> float | None:
     return min(device, request)
 
 
+NOT_SUPPORTED = "does not support "
+TOO_LONG = "prompt of up to "
+
+
+def lacks_capability(reason: str | None) -> bool:
+    """Whether a rejection reason is a missing capability (not a passing condition)."""
+    return reason is not None and reason.startswith((NOT_SUPPORTED, TOO_LONG))
+
+
 def missing_capability(e: ExpertState, req: Request) -> tuple[str, str] | None:
     """The request field ``e`` cannot serve and why, or None. Capabilities never change
     while the daemon runs, so when no expert has one the request itself is wrong (400
     naming the field), unlike a budget or an open breaker."""
     if req.tools and not e.tools:
-        return "tools", "does not support tools"
+        return "tools", NOT_SUPPORTED + "tools"
     if req.json_mode and not e.json_mode:
-        return "response_format", "does not support response_format"
+        return "response_format", NOT_SUPPORTED + "response_format"
     if e.context_tokens is not None:
         n = req.prompt_tokens if e.prompt_tokens is None else e.prompt_tokens
         if n + req.max_tokens > e.context_tokens:
-            return "messages", (f"prompt of up to {n} tokens + max_tokens {req.max_tokens} "
+            return "messages", (f"{TOO_LONG}{n} tokens + max_tokens {req.max_tokens} "
                                 f"> context of {e.context_tokens}")
     return None
 

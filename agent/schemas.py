@@ -18,7 +18,7 @@ from pydantic import (
 
 from cloud_bridge.usage import TokenUsage
 
-Role = Literal["system", "user", "assistant", "developer"]
+Role = Literal["system", "user", "assistant", "developer", "tool"]
 MAX_CONTENT_CHARS = 200_000
 
 
@@ -34,7 +34,13 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Role = Field(description="Who wrote the message.")
-    content: StrictStr = Field(max_length=MAX_CONTENT_CHARS, description="The message text.")
+    content: StrictStr | None = Field(max_length=MAX_CONTENT_CHARS,
+                                      description="The message text (null: none, e.g. an "
+                                      "assistant turn that only calls tools).")
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, max_length=128, description="An assistant turn's tool calls, as it made them.")
+    tool_call_id: StrictStr | None = Field(None, description="A tool turn: the call answered.")
+    name: StrictStr | None = Field(None, description="Optional author name.")
 
 
 class StreamOptions(BaseModel):
@@ -53,6 +59,50 @@ class RoutingHints(BaseModel):
                                                description="Latency limit, ms.")
 
     _numbers = field_validator("max_cost_usd", "max_latency_ms", mode="before")(json_number)
+
+
+class FunctionDef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Function name.")
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = Field(None, description="JSON Schema of the arguments.")
+    strict: StrictBool | None = None
+
+
+class Tool(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class JsonSchemaSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: StrictStr | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format; ``json_schema`` needs its ``json_schema`` object."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = None
+
+    def as_openai(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, by_alias=True)
 
 
 StopString = Annotated[StrictStr, StringConstraints(min_length=1, max_length=200)]
@@ -79,6 +129,16 @@ class ChatRequest(BaseModel):
     stream: StrictBool = Field(False, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
     edgeroute: RoutingHints | None = Field(None, description="edgeroute routing limits.")
+    tools: list[Tool] | None = Field(
+        None, max_length=128,
+        description="Functions the model may call: routed only to experts that declare tools.")
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(
+        None, description="Whether and which tool to call (with tools only).")
+    response_format: ResponseFormat | None = Field(
+        None, description="text, json_object or json_schema: routed to experts with JSON mode.")
+    logprobs: StrictBool | None = Field(None, description="Ask the expert for logprobs.")
+    user: StrictStr | None = Field(None, max_length=256,
+                                   description="End-user id, passed to cloud experts.")
 
     _numbers = field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p",
                                "seed", "n", mode="before")(json_number)
@@ -88,8 +148,17 @@ class ChatRequest(BaseModel):
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def plain_messages(self) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in self.messages]
+    def plain_messages(self) -> list[dict[str, Any]]:
+        """The messages as experts take them: content always a string (a tools-only
+        assistant turn has ""), tool fields only when set."""
+        out: list[dict[str, Any]] = []
+        for m in self.messages:
+            d: dict[str, Any] = {"role": m.role, "content": m.content or ""}
+            for key in ("tool_calls", "tool_call_id", "name"):
+                if getattr(m, key) is not None:
+                    d[key] = getattr(m, key)
+            out.append(d)
+        return out
 
 
 class ErrorDetail(BaseModel):
@@ -141,7 +210,12 @@ def completion_body(
     finish_reason: str,
     usage: TokenUsage,
     routing: dict[str, Any],
+    tool_calls: tuple[dict[str, Any], ...] = (),
 ) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:  # OpenAI's shape: content null when the turn only calls tools
+        message = {"role": "assistant", "content": content or None,
+                   "tool_calls": list(tool_calls)}
     return {
         "id": cid,
         "object": "chat.completion",
@@ -150,7 +224,7 @@ def completion_body(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": content},
+                "message": message,
                 "finish_reason": finish_reason,
             }
         ],
@@ -195,7 +269,8 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def openapi_limits(doc: dict[str, Any], *, max_messages: int, max_tokens_cap: int,
-                   max_message_chars: int) -> dict[str, Any]:
+                   max_message_chars: int, tools: bool = True,
+                   json_mode: bool = True) -> dict[str, Any]:
     """Write the limits this daemon's settings enforce into its OpenAPI document, so that
     a request the document allows is one the server takes (schemathesis holds us to it)."""
     schemas = doc.get("components", {}).get("schemas", {})
@@ -206,7 +281,20 @@ def openapi_limits(doc: dict[str, Any], *, max_messages: int, max_tokens_cap: in
         for branch in chat.get(key, {}).get("anyOf", []):
             if branch.get("type") == "integer":
                 branch["maximum"] = max_tokens_cap
+    if not tools:  # no expert declares tools: no tools, no tool turns
+        empty = [{"type": "array", "maxItems": 0}, {"type": "null"}]
+        if "tools" in chat:
+            chat["tools"]["anyOf"] = empty
+        message = schemas.get("ChatMessage", {}).get("properties", {})
+        if "tool_calls" in message:
+            message["tool_calls"]["anyOf"] = empty
+        role = message.get("role", {})
+        if "tool" in role.get("enum", []):
+            role["enum"] = [r for r in role["enum"] if r != "tool"]
+    if not json_mode and "ResponseFormat" in schemas:
+        schemas["ResponseFormat"]["properties"]["type"] = {"const": "text", "type": "string"}
     content = schemas.get("ChatMessage", {}).get("properties", {}).get("content")
-    if content is not None:
-        content["maxLength"] = min(MAX_CONTENT_CHARS, max_message_chars)
+    for branch in (content or {}).get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["maxLength"] = min(MAX_CONTENT_CHARS, max_message_chars)
     return doc

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -51,8 +51,10 @@ from cloud_bridge.wire import (
     SamplingParams,
     StreamPiece,
     error_detail,
-    parse_chunk,
+    merge_tool_calls,
+    parse_chunk_piece,
     parse_completion,
+    parse_completion_message,
     request_body,
 )
 
@@ -177,14 +179,17 @@ class BridgeClient:
         if not self.endpoint.streams:
             return await self._complete_whole(messages, params, call)
         parts: list[str] = []
+        calls: list[dict[str, Any]] = []
         last = StreamPiece()
         async with aclosing(self._streamed(messages, params, call, buffered=True)) as pieces:
             async for piece in pieces:
                 parts.append(piece.content)
+                calls.extend(piece.tool_calls)
                 last = piece
         assert last.usage is not None  # the final piece always carries usage
         return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
-                          last.cost_usd or 0.0, attempts=call.attempts)
+                          last.cost_usd or 0.0, attempts=call.attempts,
+                          tool_calls=merge_tool_calls(calls))
 
     async def stream(
         self, messages: list[dict[str, str]], params: SamplingParams
@@ -197,8 +202,9 @@ class BridgeClient:
         call = self._new_call()
         if not self.endpoint.streams:
             result = await self._complete_whole(messages, params, call)
-            if result.content:
-                yield StreamPiece(content=result.content)
+            if result.content or result.tool_calls:
+                yield StreamPiece(content=result.content, tool_calls=tuple(
+                    {"index": i, **c} for i, c in enumerate(result.tool_calls)))
             yield StreamPiece(finish_reason=result.finish_reason, usage=result.usage,
                               cost_usd=result.cost_usd)
             return
@@ -262,12 +268,12 @@ class BridgeClient:
                     await self._drain(lines, call.deadline)
                     return
                 if payload is not None:
-                    content, finish, usage = parse_chunk(name, payload)
-                    call.usage = usage or call.usage
-                    call.finish_reason = finish or call.finish_reason
-                    if content:
+                    got = parse_chunk_piece(name, payload)
+                    call.usage = got.usage or call.usage
+                    call.finish_reason = got.finish_reason or call.finish_reason
+                    if got.content or got.tool_calls:
                         call.token()
-                        yield StreamPiece(content=content)
+                        yield StreamPiece(content=got.content, tool_calls=got.tool_calls)
                 if line is None:
                     raise StreamBroken(name, "stream ended without [DONE]")
         finally:
@@ -295,7 +301,7 @@ class BridgeClient:
             while True:
                 call.new_attempt()
                 try:
-                    content, finish, usage = await self._complete_once(body, call)
+                    result, usage = await self._complete_once(body, call)
                     break
                 except CallError as exc:
                     await self._wait_or_raise(exc, call, call.deadline.remaining())
@@ -305,11 +311,12 @@ class BridgeClient:
         self.breaker.record_success()
         usage = usage or counted_usage(messages, 0)
         cost = self.endpoint.prices.cost_usd(usage)
-        return ChatResult(content, finish, usage, cost, attempts=call.attempts)
+        return ChatResult(result.content, result.finish_reason, usage, cost,
+                          attempts=call.attempts, tool_calls=result.tool_calls)
 
     async def _complete_once(
         self, body: dict[str, object], call: _Call
-    ) -> tuple[str, str, TokenUsage | None]:
+    ) -> tuple[ChatResult, TokenUsage | None]:
         first_byte, left = self.endpoint.timeouts.first_byte_s, call.deadline.remaining()
         limit, which = (first_byte, "first byte") if first_byte < left else (left, "deadline")
         response = await self._open(body, call, limit, which)
@@ -318,7 +325,9 @@ class BridgeClient:
                                      "body")
         finally:
             await response.aclose()
-        return parse_completion(self.endpoint.name, raw.decode("utf-8", "replace"))
+        text = raw.decode("utf-8", "replace")
+        return parse_completion_message(self.endpoint.name, text), parse_completion(
+            self.endpoint.name, text)[2]
 
     # -- shared -----------------------------------------------------------------------
     def _timed_out(self, which: str) -> CallError:

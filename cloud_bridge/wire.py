@@ -25,16 +25,35 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Passed through as the client sent them (the daemon validated their shape).
+    tools: tuple[dict[str, Any], ...] = ()
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    user: str | None = None
+
+    @property
+    def json_mode(self) -> bool:
+        """The answer must be JSON (``response_format`` other than text)."""
+        return self.response_format is not None and self.response_format.get("type") != "text"
 
     def openai_kwargs(self) -> dict[str, Any]:
-        """OpenAI's keyword arguments: ``stop`` and ``seed`` only when set, because some
-        servers reject an empty stop list or a null seed."""
+        """OpenAI's keyword arguments, the one place they are built: optional ones only
+        when set, because some servers reject an empty stop list, a null seed or a
+        tool_choice without tools."""
         kw: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature,
                               "top_p": self.top_p}
         if self.stop:
             kw["stop"] = list(self.stop)
         if self.seed is not None:
             kw["seed"] = self.seed
+        if self.tools:
+            kw["tools"] = list(self.tools)
+            if self.tool_choice is not None:
+                kw["tool_choice"] = self.tool_choice
+        for key in ("response_format", "logprobs", "user"):
+            if getattr(self, key) is not None:
+                kw[key] = getattr(self, key)
         return kw
 
 
@@ -48,6 +67,7 @@ class ChatResult:
     usage: TokenUsage
     cost_usd: float = 0.0
     attempts: int = 1
+    tool_calls: tuple[dict[str, Any], ...] = ()  # whole calls: id, type, function
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,21 @@ class StreamPiece:
     finish_reason: str | None = None
     usage: TokenUsage | None = None
     cost_usd: float | None = None
+    tool_calls: tuple[dict[str, Any], ...] = ()  # deltas as streamed: index, id, fragments
+
+
+def merge_tool_calls(deltas: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """Whole tool calls from streamed deltas, the way OpenAI's SDK accumulates them: by
+    ``index``, the name and id from whichever delta has them, arguments concatenated."""
+    calls: dict[int, dict[str, Any]] = {}
+    for d in deltas:
+        call = calls.setdefault(int(d.get("index", 0)), {
+            "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call["id"] = d.get("id") or call["id"]
+        fn = d.get("function") or {}
+        call["function"]["name"] = fn.get("name") or call["function"]["name"]
+        call["function"]["arguments"] += fn.get("arguments") or ""
+    return tuple(calls[i] for i in sorted(calls))
 
 
 def request_body(
@@ -99,34 +134,57 @@ def _raise_in_band_error(expert: str, obj: dict[str, Any]) -> None:
     raise UpstreamStatusError(expert, 200, f"error event from peer: {message}")
 
 
-def parse_completion(expert: str, text: str) -> tuple[str, str, TokenUsage | None]:
-    """``(content, finish_reason, usage)`` from a plain chat.completion body."""
+def _tool_calls(obj: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    calls = obj.get("tool_calls")
+    return tuple(c for c in calls if isinstance(c, dict)) if isinstance(calls, list) else ()
+
+
+def parse_completion_message(expert: str, text: str) -> ChatResult:
+    """A plain chat.completion body: content, tool calls, finish_reason, usage (counted
+    as zero when the peer sent none; ``parse_usage`` tells)."""
     obj = _load(expert, text, "completion body")
     _raise_in_band_error(expert, obj)
     try:
         choice = obj["choices"][0]
-        content = choice["message"].get("content") or ""
+        message = choice["message"]
+        content = message.get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise MalformedResponse(expert, f"completion has no choices[0].message: {text[:120]!r}") \
             from exc
-    return str(content), str(choice.get("finish_reason") or "stop"), parse_usage(obj)
+    return ChatResult(str(content), str(choice.get("finish_reason") or "stop"),
+                      parse_usage(obj) or TokenUsage(0, 0), tool_calls=_tool_calls(message))
 
 
-def parse_chunk(expert: str, payload: str) -> tuple[str, str | None, TokenUsage | None]:
-    """``(content, finish_reason, usage)`` from one chat.completion.chunk payload.
+def parse_completion(expert: str, text: str) -> tuple[str, str, TokenUsage | None]:
+    """``(content, finish_reason, usage)`` from a plain chat.completion body."""
+    result = parse_completion_message(expert, text)
+    return result.content, result.finish_reason, parse_usage(_load(expert, text, "body"))
+
+
+def parse_chunk_piece(expert: str, payload: str) -> StreamPiece:
+    """One chat.completion.chunk payload as a piece (its tool-call deltas included).
 
     The usage-only final chunk OpenAI sends with ``include_usage`` has empty choices.
     """
     obj = _load(expert, payload, "stream chunk")
     _raise_in_band_error(expert, obj)
     choices = obj.get("choices") or []
-    content, finish = "", None
+    content, finish, calls = "", None, ()
     if choices:
         choice = choices[0] if isinstance(choices[0], dict) else {}
         delta = choice.get("delta") or {}
-        content = (delta.get("content") or "") if isinstance(delta, dict) else ""
+        if isinstance(delta, dict):
+            content = delta.get("content") or ""
+            calls = _tool_calls(delta)
         finish = choice.get("finish_reason")
-    return str(content), (str(finish) if finish else None), parse_usage(obj)
+    return StreamPiece(str(content), str(finish) if finish else None, parse_usage(obj),
+                       tool_calls=calls)
+
+
+def parse_chunk(expert: str, payload: str) -> tuple[str, str | None, TokenUsage | None]:
+    """``(content, finish_reason, usage)`` from one chat.completion.chunk payload."""
+    piece = parse_chunk_piece(expert, payload)
+    return piece.content, piece.finish_reason, piece.usage
 
 
 def error_detail(text: str) -> str:

@@ -110,7 +110,21 @@ class LocalExpert:
         return self._async_lock
 
     def _kwargs(self, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
-        return {"messages": messages, **params.openai_kwargs()}
+        """OpenAI's arguments as llama-cpp-python takes them: its JSON mode is
+        ``{"type": "json_object", "schema": ...}`` (a grammar from the schema, else any
+        JSON); it has no ``user``; tools only when this expert declares them."""
+        kw = params.openai_kwargs()
+        kw.pop("user", None)
+        if not self.info.tools:
+            kw.pop("tools", None)
+            kw.pop("tool_choice", None)
+        fmt = kw.pop("response_format", None)
+        if fmt is not None and fmt.get("type") == "json_schema":
+            schema = (fmt.get("json_schema") or {}).get("schema")
+            fmt = {"type": "json_object", **({"schema": schema} if schema else {})}
+        if fmt is not None and fmt.get("type") == "json_object":
+            kw["response_format"] = fmt
+        return {"messages": messages, **kw}
 
     # -- sync API (CLI, pipeline) -------------------------------------------------------
     def complete_sync(self, messages: list[Message], params: SamplingParams) -> ChatResult:
@@ -122,6 +136,7 @@ class LocalExpert:
             content=choice["message"].get("content") or "",
             finish_reason=choice.get("finish_reason") or "stop",
             usage=TokenUsage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+            tool_calls=tuple(choice["message"].get("tool_calls") or ()),
         )
 
     def stream_sync(
@@ -139,10 +154,12 @@ class LocalExpert:
                         finish = "cancelled"
                         break
                     choice = chunk["choices"][0]
-                    text = choice.get("delta", {}).get("content") or ""
-                    if text:
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content") or ""
+                    calls = tuple(delta.get("tool_calls") or ())
+                    if text or calls:
                         n_out += 1
-                        yield StreamPiece(content=text)
+                        yield StreamPiece(content=text, tool_calls=calls)
                     if choice.get("finish_reason"):
                         finish = choice["finish_reason"]
             finally:

@@ -21,7 +21,8 @@ CASES = [
      "messages.0.content"),
     ("list-content", {"messages": [{"role": "user", "content": ["a"]}]}, 400,
      "messages.0.content"),
-    ("null-content", {"messages": [{"role": "user", "content": None}]}, 400,
+    # null content is valid (an assistant turn that only calls tools): a number is not.
+    ("number-content", {"messages": [{"role": "user", "content": 5}]}, 400,
      "messages.0.content"),
     # A chat without a user message is valid (as in OpenAI's API): test_schema_strict.
     ("bool-as-limit", {"messages": OK_MSG, "edgeroute": {"max_cost_usd": False}}, 400,

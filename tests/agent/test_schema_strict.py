@@ -88,7 +88,11 @@ def test_openapi_states_the_configured_limits(strict_url: str) -> None:
     chat = schemas["ChatRequest"]["properties"]
     assert chat["messages"]["maxItems"] == 4
     assert {"type": "integer", "minimum": 1, "maximum": 4} in chat["max_tokens"]["anyOf"]
-    assert schemas["ChatMessage"]["properties"]["content"]["maxLength"] == 128
+    message = schemas["ChatMessage"]["properties"]
+    assert {"type": "string", "maxLength": 128} in message["content"]["anyOf"]
+    # No expert declares tools here: the document allows neither tools nor tool turns.
+    assert {"type": "array", "maxItems": 0} in chat["tools"]["anyOf"]
+    assert "tool" not in message["role"]["enum"]
     r = httpx.post(f"{strict_url}/predict", json=_chat(max_tokens=2, max_completion_tokens=5))
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
     r = httpx.post(f"{strict_url}/predict",
