@@ -169,7 +169,8 @@ def parse_chunk_piece(expert: str, payload: str) -> StreamPiece:
     obj = _load(expert, payload, "stream chunk")
     _raise_in_band_error(expert, obj)
     choices = obj.get("choices") or []
-    content, finish, calls = "", None, ()
+    content, finish = "", None
+    calls: tuple[dict[str, Any], ...] = ()
     if choices:
         choice = choices[0] if isinstance(choices[0], dict) else {}
         delta = choice.get("delta") or {}

@@ -104,3 +104,17 @@ def test_default_max_tokens_is_clamped_to_a_lower_cap(local_only: str) -> None:
     assert r.json()["usage"]["completion_tokens"] <= 16
     r = httpx.post(f"{local_only}/predict", json=body | {"max_tokens": 17}, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+
+
+def test_policy_routes_tools_and_json_only_to_experts_that_declare_them() -> None:
+    experts = {"local": ExpertState("local", "local", tools=False, json_mode=True),
+               "cloud": ExpertState("cloud", "cloud", 1.0, 1.0, tools=True, json_mode=False)}
+    tools = Request(None, prompt_tokens=100, max_tokens=16, tools=True)
+    assert decide({}, experts, tools, default_expert="local", mode="fixed").expert == "cloud"
+    json_req = Request(None, prompt_tokens=100, max_tokens=16, json_mode=True)
+    assert decide({}, experts, json_req, default_expert="local", mode="fixed").expert == "local"
+    both = Request(None, prompt_tokens=100, max_tokens=16, tools=True, json_mode=True)
+    refused = decide({}, experts, both, default_expert="local", mode="fixed")
+    assert refused.refused
+    assert refused.rejected == {"local": "does not support tools",
+                                "cloud": "does not support response_format"}

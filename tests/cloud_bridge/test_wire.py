@@ -49,3 +49,30 @@ def test_cost_from_prices_and_counted_usage_is_marked() -> None:
     assert Prices(2.5, 10.0).cost_usd(TokenUsage(1000, 100)) == pytest.approx(0.0035)
     u = counted_usage([{"role": "user", "content": "x" * 40}], 5)
     assert u.estimated and u.completion_tokens == 5 and u.prompt_tokens == 11 + 8
+
+
+def test_openai_kwargs_pass_tools_and_formats_through_only_when_set() -> None:
+    from cloud_bridge.wire import SamplingParams
+
+    assert SamplingParams().openai_kwargs() == {"max_tokens": 256, "temperature": 0.7,
+                                                "top_p": 1.0}
+    tool = {"type": "function", "function": {"name": "f"}}
+    kw = SamplingParams(tools=(tool,), tool_choice="auto", user="u1", logprobs=True,
+                        response_format={"type": "json_object"}).openai_kwargs()
+    assert kw["tools"] == [tool] and kw["tool_choice"] == "auto"
+    assert kw["user"] == "u1" and kw["logprobs"] is True
+    assert kw["response_format"] == {"type": "json_object"}
+    # tool_choice alone would be refused by OpenAI: it goes only with tools.
+    assert "tool_choice" not in SamplingParams(tool_choice="auto").openai_kwargs()
+
+
+def test_tool_call_deltas_merge_like_the_sdk() -> None:
+    from cloud_bridge.wire import merge_tool_calls, parse_chunk_piece
+
+    first = ('{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function",'
+             '"function":{"name":"get_weather","arguments":"{\\"city\\""}}]}}]}')
+    rest = '{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":": 1}"}}]}}]}'
+    pieces = [parse_chunk_piece("x", first), parse_chunk_piece("x", rest)]
+    calls = merge_tool_calls([d for p in pieces for d in p.tool_calls])
+    assert calls == ({"id": "c1", "type": "function",
+                      "function": {"name": "get_weather", "arguments": '{"city": 1}'}},)
