@@ -42,16 +42,21 @@ def local_tools(settings: LocalExpertSettings) -> bool:
 @contextmanager
 def _context_checked(info: ExpertInfo) -> Iterator[None]:
     """llama.cpp refuses a prompt longer than its context with a ValueError; the policy
-    routes such prompts elsewhere, so this is left for a fallback or a named expert: a
-    400 naming ``messages``, never a 500."""
+    routes such prompts elsewhere, so this is left for a named expert: a 400 naming
+    ``messages``, never a 500. Likewise a streamed ``tool_choice: auto`` with the
+    chatml-function-calling format: a 400 naming ``tool_choice``."""
     try:
         yield
     except ValueError as exc:
-        if "context window" not in str(exc):
-            raise
-        raise RequestError(f"the prompt does not fit expert {info.name!r}'s context of "
-                           f"{info.context_tokens} tokens ({exc}); shorten the messages",
-                           param="messages", code="context_length_exceeded") from exc
+        if "context window" in str(exc):
+            raise RequestError(f"the prompt does not fit expert {info.name!r}'s context of "
+                               f"{info.context_tokens} tokens ({exc}); shorten the messages",
+                               param="messages", code="context_length_exceeded") from exc
+        if "tool choice is not supported" in str(exc):  # chatml-function-calling, streamed
+            raise RequestError(f"expert {info.name!r} streams tool calls only for a named "
+                               f"tool_choice ({exc}); name the function or send stream=false",
+                               param="tool_choice", code="unsupported_tool_choice") from exc
+        raise
 
 
 def _context_checked_iter(info: ExpertInfo, chunks: Iterable[Any]) -> Iterator[Any]:
@@ -143,9 +148,10 @@ class LocalExpert:
         self, messages: list[Message], params: SamplingParams, cancel: threading.Event
     ) -> Iterator[StreamPiece]:
         with self._sync_lock:
-            chunks = self.llama.create_chat_completion(
-                **self._kwargs(messages, params), stream=True
-            )
+            with _context_checked(self.info):
+                chunks = self.llama.create_chat_completion(
+                    **self._kwargs(messages, params), stream=True
+                )
             n_out = 0
             finish: str | None = None
             try:

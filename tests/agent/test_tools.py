@@ -121,3 +121,30 @@ def test_local_json_mode_parses_20_of_20(client: openai.OpenAI) -> None:
         assert (r.model_extra or {})["expert"] == "local"
         text = r.choices[0].message.content or ""
         assert isinstance(json.loads(text), dict), (seed, r.choices[0].finish_reason, text)
+
+
+def test_local_expert_with_a_function_calling_format_declares_tools(
+        smollm_gguf: Path, tmp_path: Path) -> None:
+    """chat_format chatml-function-calling: the local expert declares tools and answers
+    tool calls itself; a streamed automatic tool choice, which that format cannot do, is
+    a 400 naming tool_choice, not a 500."""
+    from agent.settings import Settings
+
+    settings = Settings(
+        paths={"data_dir": tmp_path / "d", "cache_dir": tmp_path / "c", "config_dir": tmp_path},
+        server={"port": free_port()},
+        local_experts=[{"name": "local", "model": str(smollm_gguf), "n_threads": 2,
+                        "chat_format": "chatml-function-calling"}],
+        router={"bundle": "none"},
+    )
+    with running_daemon(settings) as url:
+        sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        r = sdk.chat.completions.create(model="auto", messages=ASK, tools=[WEATHER],
+                                        tool_choice=FORCE, max_tokens=48, temperature=0)
+        assert r.choices[0].finish_reason == "tool_calls"
+        _check_call((r.choices[0].message.tool_calls or [None])[0])
+        with pytest.raises(openai.BadRequestError) as err:
+            sdk.chat.completions.create(model="auto", messages=ASK, tools=[WEATHER],
+                                        tool_choice="auto", max_tokens=8, stream=True)
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "tool_choice"
