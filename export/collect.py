@@ -227,11 +227,11 @@ def build_runners(args: argparse.Namespace) -> list[Runner]:
 # -- one call -------------------------------------------------------------------------
 def answer_row(runner: Runner, query: Query, max_tokens: int) -> dict[str, Any]:
     """Prompt one expert with one query; every table column but BERTSim."""
-    from agent.experts.base import GenerationParams
+    from cloud_bridge.wire import SamplingParams
     from export.metrics import grade, grader_name
 
     messages = [{"role": "user", "content": query.prompt}]
-    params = GenerationParams(max_tokens=max_tokens, temperature=0.0, seed=0)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0)
     start = time.perf_counter()
     completion = runner.complete(messages, params)
     latency = time.perf_counter() - start

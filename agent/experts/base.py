@@ -17,11 +17,6 @@ from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 Message = dict[str, str]
 ExpertKind = Literal["local", "cloud"]
 
-# The pipeline (export/) still imports these names; they are the bridge's types.
-GenerationParams = SamplingParams
-Usage = TokenUsage
-Completion = ChatResult
-Delta = StreamPiece
 
 
 @dataclass(frozen=True)
