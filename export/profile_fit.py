@@ -111,14 +111,16 @@ class FeatureSource:
 
 
 def _rehash_manifest(bundle: Path) -> None:
-    from agent.router_bundle import file_sha256
+    """The bundle's manifest again, through the daemon's own type: new profiles.json hash,
+    the profiled experts; provenance kept."""
+    from agent.router_bundle import BundleManifest
 
-    path = bundle / "manifest.json"
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    raw["files"]["profiles.json"] = {"sha256": file_sha256(bundle / "profiles.json")}
-    raw["experts"] = [p["name"] for p in json.loads(
-        (bundle / "profiles.json").read_text(encoding="utf-8"))["profiles"]]
-    path.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
+    old = BundleManifest.read(bundle)
+    names = list(ProfileSet.read(bundle / "profiles.json").profiles)
+    kept = {k: v for k, v in old.raw.items()
+            if k not in ("files", "experts", "format", "metric", "max_length")}
+    BundleManifest.create(bundle, experts=names, metric=old.metric, max_length=old.max_length,
+                          provenance=kept).write()
 
 
 def fit_from_matrix(src: FeatureSource, queries: Sequence[str], y: np.ndarray,

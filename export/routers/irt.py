@@ -353,11 +353,8 @@ def fit(data: Any) -> tuple[IrtRouter, dict[str, Any]]:
     if meta.metric != "correct":
         raise PipelineError(f"--router irt learns P(correct), not {meta.metric!r}: train it "
                             "with --metric correct")
-    cfg = IrtConfig(layers=c.layers or IrtConfig.layers,
-                    dim=getattr(c, "irt_dim", None) or IrtConfig.dim,
-                    hidden=(IrtConfig.hidden if getattr(c, "irt_hidden", None) is None
-                            else c.irt_hidden),
-                    max_length=c.max_length, epochs=data.fit.epochs,
+    cfg = IrtConfig(layers=c.layers or IrtConfig.layers, max_length=c.max_length,
+                    epochs=data.fit.epochs,
                     batch_size=data.fit.batch_size, lr=data.fit.lr,
                     patience=data.fit.patience, seed=data.fit.seed, threads=data.fit.threads)
     used = np.union1d(data.train_idx, data.val_idx)
