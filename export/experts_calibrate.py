@@ -76,16 +76,13 @@ def spread(queries: list[Any], n: int) -> list[Any]:
     return out
 
 
-def _worst_case_usd(cfg: Any, queries: list[Any]) -> float:
+def _worst_usd(cfg: Any, q: Any) -> float:
+    """The most one calibration call can cost (prompt upper bound + its max_tokens)."""
     from agent.runtime import prompt_tokens_upper_bound
 
-    pin = getattr(cfg, "input_usd_per_mtok", 0.0)
-    pout = getattr(cfg, "output_usd_per_mtok", 0.0)
-    total = 0.0
-    for q in queries:
-        tokens = prompt_tokens_upper_bound([{"role": "user", "content": q.prompt}])
-        total += (tokens * pin + MAX_TOKENS.get(q.dataset, 256) * pout) / 1e6
-    return total
+    tokens = prompt_tokens_upper_bound([{"role": "user", "content": q.prompt}])
+    return (tokens * getattr(cfg, "input_usd_per_mtok", 0.0)
+            + MAX_TOKENS.get(q.dataset, 256) * getattr(cfg, "output_usd_per_mtok", 0.0)) / 1e6
 
 
 def _confirm(cost: float, args: argparse.Namespace) -> None:
@@ -101,17 +98,11 @@ def _confirm(cost: float, args: argparse.Namespace) -> None:
 
 def _answer(runner: Any, q: Any, ledger: Any, cfg: Any) -> dict[str, Any]:
     """One graded answer; a cloud call is reserved and settled in the ledger."""
-    from agent.runtime import prompt_tokens_upper_bound
     from export.collect import answer_row
 
-    max_tokens = MAX_TOKENS.get(q.dataset, 256)
-    row_id = None
-    if ledger is not None:
-        tokens = prompt_tokens_upper_bound([{"role": "user", "content": q.prompt}])
-        worst = (tokens * cfg.input_usd_per_mtok + max_tokens * cfg.output_usd_per_mtok) / 1e6
-        row_id = ledger.reserve(runner.name, worst)
+    row_id = None if ledger is None else ledger.reserve(runner.name, _worst_usd(cfg, q))
     try:
-        row = answer_row(runner, q, max_tokens)
+        row = answer_row(runner, q, MAX_TOKENS.get(q.dataset, 256))
     except BaseException:
         if row_id is not None:
             ledger.release(row_id)
@@ -143,7 +134,7 @@ def calibrate(args: argparse.Namespace) -> int:
                if e.name == args.name)
     bundle = _bundle(settings)
     queries = spread(load_calibration_set(), args.queries)
-    cost = _worst_case_usd(cfg, queries) if expert.kind == "cloud" else 0.0
+    cost = sum(_worst_usd(cfg, q) for q in queries) if expert.kind == "cloud" else 0.0
     print(f"calibrating {args.name} ({expert.kind}) on {len(queries)} queries over "
           f"{len({q.dataset for q in queries})} datasets; worst-case cost ${cost:.4f}",
           file=sys.stderr)

@@ -139,11 +139,12 @@ def embed(texts: Sequence[str], layers: int, max_length: int = 128, threads: int
     Missing texts are encoded once for every depth up to ``layers`` (one pass gives all), so
     a depth sweep pays the encoder once. Shape (len(texts), 384), float32."""
     want = [text_key(t) for t in texts]
-    caches = {depth: _read_cache(_cache_path(depth, max_length)) for depth in
-              range(1, layers + 1)}
+    caches = {layers: _read_cache(_cache_path(layers, max_length))}
     missing = sorted({k: t for k, t in zip(want, texts, strict=True)
                       if k not in caches[layers]}.items())
-    if missing:
+    if missing:  # the shallower caches are read only when they are about to grow
+        caches |= {depth: _read_cache(_cache_path(depth, max_length))
+                   for depth in range(1, layers)}
         _encode_into(caches, [t for _, t in missing], [k for k, _ in missing], layers,
                      max_length, threads, batch_size, progress)
         for depth, cache in caches.items():
