@@ -58,6 +58,22 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class AnswerConfidence:
+    """How sure a model was of the answer it generated: the mean and the minimum natural-log
+    probability of its generated tokens under the model's own (untempered) distribution.
+    Local experts report it for free while generating; the cascade keeps a local answer
+    whose confidence clears a threshold (issue #18)."""
+
+    mean_logprob: float
+    min_logprob: float
+    tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean_logprob": round(self.mean_logprob, 4),
+                "min_logprob": round(self.min_logprob, 4), "tokens": self.tokens}
+
+
+@dataclass(frozen=True)
 class ChatResult:
     """One plain completion: what was said, why it stopped, what it used and cost. Local
     experts answer with the same type (at no cost)."""
@@ -68,6 +84,7 @@ class ChatResult:
     cost_usd: float = 0.0
     attempts: int = 1
     tool_calls: tuple[dict[str, Any], ...] = ()  # whole calls: id, type, function
+    confidence: AnswerConfidence | None = None  # local experts' token log-probabilities
 
 
 @dataclass(frozen=True)
@@ -80,6 +97,7 @@ class StreamPiece:
     usage: TokenUsage | None = None
     cost_usd: float | None = None
     tool_calls: tuple[dict[str, Any], ...] = ()  # deltas as streamed: index, id, fragments
+    confidence: AnswerConfidence | None = None  # on the last piece, where the expert has it
 
 
 def merge_tool_calls(deltas: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
