@@ -45,7 +45,7 @@ from agent.schemas import (
     openapi_limits,
 )
 from agent.settings import Settings
-from cloud_bridge.wire import SamplingParams, StreamPiece
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 log = logging.getLogger("edgeroute.app")
 
@@ -101,7 +101,7 @@ def _hints(req: ChatRequest, request: Request) -> Hints:
                                    param=header, code="invalid_value")
         from_body = getattr(req.edgeroute, key) if req.edgeroute else None
         values[key] = tighter(from_header, from_body)
-    return Hints(**values)
+    return Hints(**values, cascade=req.edgeroute.cascade if req.edgeroute else None)
 
 
 def _check_messages(req: ChatRequest, settings: Settings) -> None:
@@ -211,6 +211,13 @@ async def _open_stream(rt: Runtime, req: ChatRequest, params: SamplingParams,
     return StreamingResponse(_events(replay(), req), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"},
                              background=BackgroundTask(it.aclose))
+
+
+async def _replay(answer: ChatResult,
+                  decision: Decision) -> AsyncIterator[tuple[StreamPiece, Decision]]:
+    """A whole answer as the pieces of a stream (a cascaded, buffered reply)."""
+    yield StreamPiece(answer.content, tool_calls=answer.tool_calls), decision
+    yield StreamPiece(finish_reason=answer.finish_reason, usage=answer.usage), decision
 
 
 def _openai_deltas(calls: tuple[dict[str, Any], ...], seen: set[int]) -> list[dict[str, Any]]:
@@ -339,10 +346,18 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         _check_messages(req, settings)
         params = _params(req, settings)
         messages = req.plain_messages()
-        decision = runtime.decide(req.model, messages, params, _hints(req, request))
-        if req.stream:
+        hints = _hints(req, request)
+        decision = runtime.decide(req.model, messages, params, hints)
+        first = runtime.cascade_first(decision, params, req.model != "auto", hints,
+                                      stream=req.stream)
+        if req.stream and first is None:
             return await _open_stream(runtime, req, params, decision)
-        completion, decision = await runtime.complete(decision, messages, params)
+        completion, decision = await runtime.complete(decision, messages, params,
+                                                      cascade_first=first)
+        if req.stream:  # cascade_stream: the kept or escalated answer, buffered
+            return StreamingResponse(_events(_replay(completion, decision), req),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
         return completion_body(
             cid=new_id(),
             expert=decision.expert,

@@ -64,12 +64,14 @@ class Dispatcher:
 
     async def run(
         self, decision: Decision, messages: list[Message], params: SamplingParams, *,
-        stream: bool,
+        stream: bool, fallback: bool = True,
     ) -> AsyncGenerator[tuple[StreamPiece, Decision], None]:
         """Pieces of the answer with the decision that produced them (after a fallback,
-        the fallback's). A plain call yields its whole answer as one final piece."""
+        the fallback's). A plain call yields its whole answer as one final piece.
+        ``fallback=False`` (a cascade's escalation, which holds a local answer already):
+        a failed call or a lost budget raises instead of asking the local expert again."""
         while True:
-            turn = await self._begin(decision, prompt_tokens_upper_bound(messages))
+            turn = await self._begin(decision, prompt_tokens_upper_bound(messages), fallback)
             decision = turn.decision
             sent = False
             try:
@@ -81,6 +83,8 @@ class Dispatcher:
                 return
             except ExpertCallError as exc:
                 self._close_failed(turn, exc)
+                if not fallback:
+                    raise
                 decision = self.next_expert(decision, exc, sent=sent)
             finally:
                 turn.slot.release()
@@ -123,7 +127,7 @@ class Dispatcher:
                         rejected=decision.rejected)
 
     # -- the steps ------------------------------------------------------------------------
-    async def _begin(self, decision: Decision, prompt_bound: int) -> _Turn:
+    async def _begin(self, decision: Decision, prompt_bound: int, fallback: bool = True) -> _Turn:
         """Admit, then reserve a cloud call's worst case. The slot is the answering
         expert's: a fallback after a lost budget race queues for the local expert."""
         slot = await self.admission.acquire(decision.expert)
@@ -133,6 +137,8 @@ class Dispatcher:
             row = self.ledger.reserve(decision.expert, decision.expected_cost_usd)
         except BudgetExceededError as exc:
             slot.release()
+            if not fallback:
+                raise
             return await self._begin(self.next_expert(decision, exc), prompt_bound)
         return _Turn(decision, slot, row, prompt_bound)
 
@@ -145,7 +151,7 @@ class Dispatcher:
             return
         answer = await expert.complete(messages, params)
         yield StreamPiece(answer.content, answer.finish_reason, answer.usage,
-                          tool_calls=answer.tool_calls)
+                          tool_calls=answer.tool_calls, confidence=answer.confidence)
 
     def _bill(self, turn: _Turn, usage: TokenUsage) -> None:
         """Settle the row. A usage the bridge counted (the peer sent none) guesses the

@@ -33,6 +33,10 @@ class Metrics:
         self.router_latency = Histogram(
             "edgeroute_router_latency_seconds", "Router scoring time",
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1), registry=r)
+        self.cascade = Counter(
+            "edgeroute_cascade", "Local-first cascade attempts by outcome: kept, escalated, "
+            "kept_over_budget (the escalation would break a cap), kept_cloud_failed",
+            ["outcome"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

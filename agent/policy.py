@@ -93,6 +93,7 @@ class Decision:
     expected_cost_usd: float = 0.0
     expected_latency_s: float | None = None
     rejected: Mapping[str, str] = field(default_factory=dict)
+    cascade: Mapping[str, object] | None = None  # the local attempt, when one was made
 
     @property
     def refused(self) -> bool:
@@ -109,6 +110,7 @@ class Decision:
             "expected_cost_usd": round(self.expected_cost_usd, 8),
             "expected_latency_s": self.expected_latency_s,
             "rejected": dict(self.rejected),
+            **({"cascade": dict(self.cascade)} if self.cascade is not None else {}),
         }
 
 

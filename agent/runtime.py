@@ -12,14 +12,16 @@ import json
 import logging
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.admission import Admission
+from agent.cascade import CascadeRule, keep_local, local_first
 from agent.dispatch import Dispatcher, routable
 from agent.errors import (
     BundleError,
+    ExpertCallError,
     ExpertUnavailableError,
     RequestError,
     UnknownExpertError,
@@ -50,6 +52,7 @@ class Hints:
 
     max_cost_usd: float | None = None
     max_latency_ms: float | None = None
+    cascade: bool | None = None  # None: the device's policy.cascade
 
 
 def prompt_tokens_typical(messages: list[Message]) -> int:
@@ -191,20 +194,83 @@ class Runtime:
     async def complete(
         self, decision: Decision, messages: list[Message], params: SamplingParams
     ) -> tuple[ChatResult, Decision]:
-        """One whole answer, and the decision that produced it (a fallback's, if any)."""
+    # -- the local-first cascade (agent/cascade.py) ----------------------------------------
+    def cascade_rule(self) -> CascadeRule:
+        p = self.settings.policy
+        return CascadeRule(p.cascade_band, p.cascade_threshold, p.cascade_signal)
+
+    def cascade_first(self, decision: Decision, params: SamplingParams, requested: bool,
+                      hints: Hints = Hints(), *, stream: bool = False) -> str | None:
+        """The local expert to try before the decision's cloud expert, or None: the
+        cascade is on (the request's ``edgeroute.cascade``, else the setting), the router
+        chose (no expert named), the reply is plain text (no tools, no JSON mode: a local
+        answer's confidence is about text), and a stream only with ``cascade_stream``."""
+        p = self.settings.policy
+        on = p.cascade if hints.cascade is None else hints.cascade
+        if not on or requested or params.tools or params.json_mode:
+            return None
+        if stream and not p.cascade_stream:
+            return None
+        kinds = {n: e.info.kind for n, e in self.experts.items()}
+        return local_first(decision, kinds, p.cascade_band)
+
+    async def _cascade(self, decision: Decision, local: str, messages: list[Message],
+                       params: SamplingParams) -> tuple[ChatResult, Decision]:
+        """Answer with ``local`` first; keep it when confident, else ask the decision's
+        cloud expert. The ledger sees only the cloud call; an escalation that a budget
+        refuses, or that fails, keeps the local answer and says so."""
+        rule = self.cascade_rule()
+        attempt = replace(decision, expert=local, expected_cost_usd=0.0,
+                          expected_quality=decision.scores.get(local),
+                          expected_latency_s=self.latency_s.get(local),
+                          reason=f"cascade: {local} first, {decision.expert} if unsure")
+        started = time.perf_counter()
+        answer, by = await self.complete(attempt, messages, params)
+        conf = answer.confidence
+        info: dict[str, object] = {
+            "local_expert": by.expert, "cloud_expert": decision.expert,
+            "confidence": conf.as_dict() if conf is not None else None,
+            "signal": rule.signal, "threshold": rule.threshold, "band": rule.band,
+            "local_latency_s": round(time.perf_counter() - started, 4),
+            "local_finish_reason": answer.finish_reason,
+        }
+        value = getattr(conf, rule.signal) if conf is not None else None
+        if keep_local(value, answer.finish_reason, rule):
+            return answer, self._cascaded(by, info, "kept")
+        try:
+            cloud, cdec = await self.complete(decision, messages, params, fallback=False)
+        except BudgetExceededError as exc:
+            info["note"] = (f"escalation to {decision.expert} would break a budget "
+                            f"({exc.message}); kept the local answer")
+            return answer, self._cascaded(by, info, "kept_over_budget")
+        except (ExpertCallError, ExpertUnavailableError) as exc:
+            info["note"] = f"escalation to {decision.expert} failed ({exc}); kept the local answer"
+            return answer, self._cascaded(by, info, "kept_cloud_failed")
+        return cloud, self._cascaded(cdec, info, "escalated")
+
+    def _cascaded(self, by: Decision, info: dict[str, object], outcome: str) -> Decision:
+        self.metrics.cascade.labels(outcome).inc()
+        return replace(by, cascade={**info, "outcome": outcome})
+
+        """One whole answer, and the decision that produced it (a fallback's, if any).
+        ``cascade_first``: a local expert to try first (:meth:`cascade_first`)."""
+        if cascade_first is not None:
+            return await self._cascade(decision, cascade_first, messages, params)
         parts: list[str] = []
         calls: list[dict[str, Any]] = []
         last, answered = StreamPiece(), decision
-        async for piece, by in self.dispatcher.run(decision, messages, params, stream=False):
+        async for piece, by in self.dispatcher.run(decision, messages, params, stream=False,
+                                                   fallback=fallback):
             parts.append(piece.content)
             calls.extend(piece.tool_calls)
             last, answered = piece, by
         assert last.usage is not None  # every expert ends with its usage
         return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
-                          tool_calls=tuple(calls)), answered
+                          tool_calls=tuple(calls), confidence=last.confidence), answered
 
     def stream(
-        self, decision: Decision, messages: list[Message], params: SamplingParams
+        self, decision: Decision, messages: list[Message], params: SamplingParams, *,
+        cascade_first: str | None = None, fallback: bool = True,
     ) -> AsyncGenerator[tuple[StreamPiece, Decision], None]:
         """Pieces as they come; falls back to the local expert only before the first.
         Close it (``aclose``) when done early: that frees the admission slot."""

@@ -58,6 +58,10 @@ class RoutingHints(BaseModel):
     max_latency_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
                                                description="Latency limit, ms.")
 
+    cascade: StrictBool | None = Field(
+        None, description="Local-first cascade for this request (default: the device's "
+                          "policy.cascade setting).")
+
     _numbers = field_validator("max_cost_usd", "max_latency_ms", mode="before")(json_number)
 
 

@@ -36,12 +36,21 @@ class CalibrateConfig:
     router: Path
     target_cloud_share: float | None = None
     target_quality: float | None = None
+    policy: str = "route"  # "cascade": choose the cascade's band and threshold instead
+    usd_per_correct: float | None = None  # the cascade's V (default: the shipped one)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", type=Path, required=True, help="expert table (.jsonl[.gz])")
     p.add_argument("--router", type=Path, required=True, help="a trained router folder")
-    goal = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("--policy", choices=("route", "cascade"), default="route",
+                   help="route: choose usd_per_correct for a target (default); cascade: "
+                        "choose the local-first cascade's band, threshold and signal at "
+                        "--usd-per-correct (export/cascade_sim.py)")
+    p.add_argument("--usd-per-correct", type=float, default=None,
+                   help="cascade only: what a correct answer is worth (default: the "
+                        "daemon's default)")
+    goal = p.add_mutually_exclusive_group()
     goal.add_argument("--target-cloud-share", type=float,
                       help="most share of queries (0-1) that may go to priced experts")
     goal.add_argument("--target-quality", type=float,
@@ -111,6 +120,8 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     from export.labels import check_held_out, held_out, metric_values
     from export.routers.base import load_router
 
+    if cfg.policy == "cascade":
+        return calibrate_cascade(cfg)
     table, router = cfg.table, cfg.router
     cloud_share, quality = cfg.target_cloud_share, cfg.target_quality
     if (cloud_share is None) == (quality is None):
@@ -132,6 +143,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     if cloud_share is not None:
         ok = [p for p in curve if p["cloud_share"] <= cloud_share + 1e-9][-1:]
     else:
+        assert quality is not None
         ok = [p for p in curve if p["quality"] is not None and p["quality"] >= quality - 1e-9]
     if not ok:
         raise PipelineError("no usd_per_correct on the sweep meets the target on the "
@@ -150,12 +162,77 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
                 mt, q, scores, cloud, t=t_val["threshold"])}}
 
 
+def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
+    """The cascade's rule chosen on the validation split at V = ``usd_per_correct``, its
+    figures on test beside route-only at the same V and at equal cloud spend."""
+    import numpy as np
+
+    from agent.cascade import CascadeRule
+    from agent.settings import DEFAULT_USD_PER_CORRECT
+    from export import cascade_sim
+    from export.errors import PipelineError
+    from export.labels import check_held_out, held_out, metric_values
+    from export.routers.base import load_router
+
+    r = load_router(cfg.router)
+    check_held_out(cfg.table, r.meta)
+    meta = r.meta
+    if meta.kind == "irt":
+        from export.evaluate import profiled_in
+
+        meta = profiled_in(cfg.table, meta)
+    m, mt, q, train = held_out(cfg.table, meta)
+    if cascade_sim.local_experts(m.values).sum() == 0:
+        raise PipelineError(f"{cfg.table} has no local answer with a recorded confidence; "
+                            "run `edgeroute table confidence` on it first")
+    val = validation_rows(m, meta, train)
+    if len(val) == 0:
+        raise PipelineError("the router's validation split is empty; nothing to choose on")
+    mv, qv = m.subset(val), metric_values(m, meta.labels())[val]
+    order = [list(r.experts).index(e) for e in mt.experts]
+    scores, scores_v = (r.score_batch(x.queries)[:, order] for x in (mt, mv))
+    cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
+    if not (cost > 0).any():
+        raise PipelineError("the cascade needs a priced (cloud) expert in the table")
+    v = cfg.usd_per_correct if cfg.usd_per_correct is not None else DEFAULT_USD_PER_CORRECT
+    chosen = cascade_sim.choose(mv.values, qv, scores_v, cost, v)
+    rule = CascadeRule(**chosen["rule"])
+    test = cascade_sim.compare(mt.values, q, scores, cost, v, rule, VALUES)
+    return {"router": str(cfg.router), "experts": mt.experts, "usd_per_correct": v,
+            "validation_queries": len(val), "test_queries": len(mt), "chosen_on": "validation",
+            "chosen": chosen, "test": test}
+
+
+def _print_cascade(res: dict[str, Any]) -> None:
+    c, t = res["chosen"], res["test"]
+    rule = c["rule"]
+    print(f"{res['validation_queries']} validation queries (chosen there), "
+          f"{res['test_queries']} test queries (reported); usd_per_correct "
+          f"{res['usd_per_correct']}")
+    print(f"chosen on validation: EDGEROUTE_POLICY__CASCADE_BAND={rule['band']} "
+          f"EDGEROUTE_POLICY__CASCADE_THRESHOLD={rule['threshold']} "
+          f"EDGEROUTE_POLICY__CASCADE_SIGNAL={rule['signal']} (validation utility "
+          f"{c['utility']:.4f} vs route-only {c['route_only_utility']:.4f})")
+    print(f"{'on test':<28} {'quality':>8} {'cost $/q':>10} {'cloud':>6} {'tried':>6} "
+          f"{'kept':>6}")
+    for name, pt in (("cascade", t["cascade"]), ("route-only, same V", t["route_only_same_v"]),
+                     ("route-only, equal spend", t["route_only_equal_spend"])):
+        print(f"{name:<28} {pt['quality'] or float('nan'):>8.4f} {pt['cost_usd']:>10.6f} "
+              f"{pt['cloud_share']:>6.2f} {pt['attempted_share']:>6.2f} {pt['kept_share']:>6.2f}")
+    ci = t["diff_ci95"]
+    print(f"cascade minus route-only at equal spend: {t['diff_quality']:+.4f} "
+          f"(95% paired bootstrap {ci[0]:+.4f} .. {ci[1]:+.4f})" if ci else "no interval")
+
+
 def run(args: argparse.Namespace) -> int:
     from export.cli import stage_config
 
     res = calibrate(stage_config(CalibrateConfig, args))
     if args.json:
         print(json.dumps(res, indent=2))
+        return 0
+    if res.get("test", {}).get("cascade") is not None:
+        _print_cascade(res)
         return 0
     c, t = res["chosen"], res["test"]
     th = res["routellm_threshold"]

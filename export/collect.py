@@ -228,7 +228,7 @@ def build_runners(args: argparse.Namespace) -> list[Runner]:
 def answer_row(runner: Runner, query: Query, max_tokens: int) -> dict[str, Any]:
     """Prompt one expert with one query; every table column but BERTSim."""
     from cloud_bridge.wire import SamplingParams
-    from export.metrics import grade, grader_name
+    from export.metrics import answer_check, grade, grader_name
 
     messages = [{"role": "user", "content": query.prompt}]
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=0)
@@ -236,6 +236,7 @@ def answer_row(runner: Runner, query: Query, max_tokens: int) -> dict[str, Any]:
     completion = runner.complete(messages, params)
     latency = time.perf_counter() - start
     nll = runner.nll.nll(messages, query.reference) if runner.nll is not None else None
+    confidence = _confidence(runner, messages, completion)
     correct = grade(query, completion.content)
     return {
         "query_id": query.query_id, "dataset": query.dataset, "split": query.split,
@@ -247,7 +248,25 @@ def answer_row(runner: Runner, query: Query, max_tokens: int) -> dict[str, Any]:
         "cost_usd": runner.expert.info.cost_usd(completion.usage),
         "source": "collected",
         "grader": grader_name(query.dataset) if correct is not None else None,
+        "mean_logprob": confidence[0] if confidence else None,
+        "min_logprob": confidence[1] if confidence else None,
+        "check": answer_check(query.dataset, completion.content, query.test_setup),
     }
+
+
+def _confidence(runner: Runner, messages: list[dict[str, str]],
+                completion: Any) -> tuple[float, float] | None:
+    """A local answer's (mean, min) token log-probability: as the expert reported it
+    while generating, else scored under its model after the prompt (teacher forcing)."""
+    if runner.expert.info.kind != "local":
+        return None
+    conf = getattr(completion, "confidence", None)
+    if conf is not None:
+        return conf.mean_logprob, conf.min_logprob
+    if runner.nll is None or not completion.content:
+        return None
+    scored = runner.nll.answer_logprobs(messages, completion.content)
+    return None if scored is None else (scored[0], scored[1])
 
 
 def _worker(runner: Runner, todo: list[Query], max_tokens: dict[str, int],

@@ -427,6 +427,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sel.add_argument("--complete", action="store_true",
                      help="keep only queries that every listed expert answered")
     sel.add_argument("--out", type=Path, required=True, help="selected table")
+    from export import confidence
+
+    confidence.add_arguments(sub)
     for p in (imp, join, reg):
         p.add_argument("--data-dir", type=Path, default=None,
                        help="shared data dir (default: $EDGEROUTE_SHARED_DATA or ../shared/data)")
@@ -456,6 +459,10 @@ def run(args: argparse.Namespace) -> int:
         print(summary_markdown(rows) + "\n\n" + stats_lines(stats))
         print(f"wrote {n} rows to {args.out}", file=sys.stderr)
         return 0
+    if args.table_cmd == "confidence":
+        from export import confidence
+
+        return confidence.run(args)
     if args.table_cmd == "select":
         rows, header = select_experts(read_table(args.table), args.experts, args.complete)
         n = write_table(args.out, rows, header | {"source": str(args.table)})

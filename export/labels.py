@@ -37,6 +37,9 @@ OUTCOME_COLUMNS: tuple[str, ...] = (
     "input_tokens",
     "output_tokens",
     "cost_usd",
+    "mean_logprob",
+    "min_logprob",
+    "check",
 )
 
 

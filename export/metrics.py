@@ -117,8 +117,9 @@ class NllScorer:
         add_bos = bool(self.llama.metadata.get("tokenizer.ggml.add_bos_token") == "true")
         return list(self.llama.tokenize(text.encode(), add_bos=add_bos, special=True))
 
-    def nll(self, messages: list[dict[str, str]], answer: str) -> float | None:
-        """Summed NLL (nats) of ``answer``'s tokens; None if it does not fit the context."""
+    def token_logprobs(self, messages: list[dict[str, str]], answer: str) -> Any:
+        """Natural-log probability of each of ``answer``'s tokens after the chat-formatted
+        prompt (a numpy array), or None for an empty answer or one that does not fit."""
         import numpy as np
 
         prompt = self.prompt_tokens(messages)
@@ -132,8 +133,19 @@ class NllScorer:
                                 dtype=np.float64)
         peak = logits.max(axis=1, keepdims=True)
         logz = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-        picked = logits[np.arange(len(ans)), np.asarray(ans)]
-        return float((logz - picked).sum())
+        return logits[np.arange(len(ans)), np.asarray(ans)] - logz
+
+    def nll(self, messages: list[dict[str, str]], answer: str) -> float | None:
+        """Summed NLL (nats) of ``answer``'s tokens; None if it does not fit the context."""
+        lp = self.token_logprobs(messages, answer)
+        return None if lp is None else float(-lp.sum())
+
+    def answer_logprobs(self, messages: list[dict[str, str]],
+                        answer: str) -> tuple[float, float, int] | None:
+        """``(mean, min, n)`` of ``answer``'s token log-probabilities: the confidence the
+        model would have reported generating it (teacher forcing, no regeneration)."""
+        lp = self.token_logprobs(messages, answer)
+        return None if lp is None else (float(lp.mean()), float(lp.min()), len(lp))
 
     def close(self) -> None:
         close = getattr(self.llama, "close", None)
@@ -328,4 +340,21 @@ def grade(query: Query, response: str) -> float | None:
         return grade_gsm8k(response, query.answer)
     if query.dataset == "pubmedqa":
         return grade_pubmedqa(response, query.answer)
+    return None
+
+
+def answer_check(dataset: str, response: str, setup: str = "") -> float | None:
+    """1.0/0.0: whether a reply passes its dataset's check that needs no reference answer
+    (the cascade's cheap verifier); None for a dataset without one. ARC/MMLU: it states
+    an option letter; GSM8K: it states a number; PubMedQA: it states a decision; MBPP: its
+    code runs (the definitions, no asserts, a fresh Python, 10 s)."""
+    if dataset in ("arc", "mmlu"):
+        return float(_stated_letter(response.strip()) is not None)
+    if dataset == "gsm8k":
+        return float(extract_number(response) is not None)
+    if dataset == "pubmedqa":
+        return float(pubmedqa_decision(response) is not None)
+    if dataset == "mbpp":
+        code = extract_code(response)
+        return run_mbpp_tests(code, [], setup) if code.strip() else 0.0
     return None

@@ -21,6 +21,9 @@ one JSON object per line, these columns (missing values are ``null``):
 | cost_usd | float or null | USD at the expert's prices |
 | source | str or null | ``collected`` (by ``edgeroute collect``) or the public table |
 | grader | str or null | what set ``correct``, as ``name/version`` |
+| mean_logprob | float or null | local rows: mean log-probability (nats) of the answer's tokens |
+| min_logprob | float or null | local rows: the least of those token log-probabilities |
+| check | float or null | 1.0/0.0: the reply passes its dataset's reference-free check (see below) |
 
 ``source`` names a public table as ``edgeroute table import`` does: ``routerbench``,
 ``routellm-gsm8k``, ``routellm-mmlu``, ``routerdc``, ``routerarena``. ``grader`` is one of
@@ -30,6 +33,15 @@ ours (``edgeroute-arc/2``; see ``export.metrics.GRADERS``) or the source's own
 ``source`` and ``grader`` say whether two rows' ``correct`` mean the same thing: a router
 trained across tables should see one grader per dataset, or know that it does not. Tables
 written before these columns existed read them as null.
+
+``mean_logprob``/``min_logprob`` are the cascade's confidence signal (issue #18): the
+daemon gets the same numbers for free while a local model generates
+(``cloud_bridge.wire.AnswerConfidence``). ``edgeroute collect`` records them by scoring the
+response under its model after the prompt (teacher forcing, the NLL scorer's pass);
+``edgeroute table confidence`` adds them to a table's stored local responses the same way,
+without regenerating. Cloud rows leave them null. ``check`` needs no reference answer
+(``export.metrics.answer_check``): ARC states an option letter; GSM8K states a number;
+PubMedQA states a decision; MBPP's code runs (definitions only, no asserts).
 
 A first line ``{"_edgeroute_table": 1, ...}`` is an optional header (format version and
 free-form provenance); readers skip it.
@@ -50,10 +62,11 @@ FORMAT_VERSION = 1
 COLUMNS: tuple[str, ...] = (
     "query_id", "dataset", "split", "query", "reference", "expert", "response", "bertsim",
     "nll", "correct", "latency_s", "input_tokens", "output_tokens", "cost_usd", "source",
-    "grader",
+    "grader", "mean_logprob", "min_logprob", "check",
 )
 REQUIRED: tuple[str, ...] = ("query_id", "dataset", "query", "expert")
-FLOAT_COLUMNS = ("bertsim", "nll", "correct", "latency_s", "cost_usd")
+FLOAT_COLUMNS = ("bertsim", "nll", "correct", "latency_s", "cost_usd", "mean_logprob",
+                 "min_logprob", "check")
 INT_COLUMNS = ("input_tokens", "output_tokens")
 
 
