@@ -190,10 +190,6 @@ class Runtime:
         raise BudgetExceededError(f"refused by a budget: {reason}", param="model",
                                   code="budget_exceeded")
 
-    # -- serving: both go through the one dispatch routine (agent/dispatch.py) ----------
-    async def complete(
-        self, decision: Decision, messages: list[Message], params: SamplingParams
-    ) -> tuple[ChatResult, Decision]:
     # -- the local-first cascade (agent/cascade.py) ----------------------------------------
     def cascade_rule(self) -> CascadeRule:
         p = self.settings.policy
@@ -252,6 +248,11 @@ class Runtime:
         self.metrics.cascade.labels(outcome).inc()
         return replace(by, cascade={**info, "outcome": outcome})
 
+    # -- serving: both go through the one dispatch routine (agent/dispatch.py) ----------
+    async def complete(
+        self, decision: Decision, messages: list[Message], params: SamplingParams, *,
+        cascade_first: str | None = None, fallback: bool = True,
+    ) -> tuple[ChatResult, Decision]:
         """One whole answer, and the decision that produced it (a fallback's, if any).
         ``cascade_first``: a local expert to try first (:meth:`cascade_first`)."""
         if cascade_first is not None:
@@ -269,8 +270,7 @@ class Runtime:
                           tool_calls=tuple(calls), confidence=last.confidence), answered
 
     def stream(
-        self, decision: Decision, messages: list[Message], params: SamplingParams, *,
-        cascade_first: str | None = None, fallback: bool = True,
+        self, decision: Decision, messages: list[Message], params: SamplingParams
     ) -> AsyncGenerator[tuple[StreamPiece, Decision], None]:
         """Pieces as they come; falls back to the local expert only before the first.
         Close it (``aclose``) when done early: that frees the admission slot."""

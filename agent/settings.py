@@ -374,6 +374,28 @@ class PolicySettings(_Section):
     latency_ewma_alpha: float = Field(
         0.2, gt=0, le=1, description="Smoothing of the per-expert latency estimate."
     )
+    cascade: bool = Field(
+        False,
+        description=(
+            "Local-first cascade: when the policy picks a cloud expert but the best local "
+            "expert's P(correct) is within cascade_band of it, answer locally first and ask "
+            "the cloud only if the local answer's confidence is below cascade_threshold. "
+            "Per request: the body field edgeroute.cascade."
+        ),
+    )
+    cascade_band: float = Field(
+        DEFAULT_CASCADE_BAND, ge=0, le=1,
+        description="How far below the cloud expert's P(correct) a local expert may be and "
+                    "still be tried first.")
+    cascade_threshold: float = Field(
+        DEFAULT_CASCADE_THRESHOLD, le=0,
+        description="Keep a local answer whose confidence (cascade_signal, nats per token) "
+                    "is at least this.")
+    cascade_signal: Literal["mean_logprob", "min_logprob"] = Field(
+        "mean_logprob", description="The confidence: mean or least token log-probability.")
+    cascade_stream: bool = Field(
+        False, description="Cascade streamed requests too: the local answer is buffered "
+                           "(no tokens reach the client until it is kept or escalated).")
 
 
 def _default_local_experts() -> list[LocalExpertSettings]:
@@ -405,28 +427,6 @@ class Settings(BaseSettings):
     )
     cloud_experts: list[CloudExpertSettings] = Field(
         default_factory=list, description="Cloud experts (OpenAI-compatible) as a JSON list."
-    cascade: bool = Field(
-        False,
-        description=(
-            "Local-first cascade: when the policy picks a cloud expert but the best local "
-            "expert's P(correct) is within cascade_band of it, answer locally first and ask "
-            "the cloud only if the local answer's confidence is below cascade_threshold. "
-            "Per request: the body field edgeroute.cascade."
-        ),
-    )
-    cascade_band: float = Field(
-        DEFAULT_CASCADE_BAND, ge=0, le=1,
-        description="How far below the cloud expert's P(correct) a local expert may be and "
-                    "still be tried first.")
-    cascade_threshold: float = Field(
-        DEFAULT_CASCADE_THRESHOLD, le=0,
-        description="Keep a local answer whose confidence (cascade_signal, nats per token) "
-                    "is at least this.")
-    cascade_signal: Literal["mean_logprob", "min_logprob"] = Field(
-        "mean_logprob", description="The confidence: mean or least token log-probability.")
-    cascade_stream: bool = Field(
-        False, description="Cascade streamed requests too: the local answer is buffered "
-                           "(no tokens reach the client until it is kept or escalated).")
     )
     router: RouterSettings = Field(default_factory=RouterSettings, description="Router.")
     budget: BudgetSettings = Field(default_factory=BudgetSettings, description="Budgets.")
