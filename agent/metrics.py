@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
+    from agent.experts.batching import BatchStats
     from agent.policy import Decision
 
 
@@ -38,8 +41,55 @@ class Metrics:
             "kept_over_budget (the escalation would break a cap), kept_cloud_failed",
             ["outcome"], registry=r)
 
+        self.batches = BatchCollector()
+        r.register(self.batches)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class BatchCollector:
+    """Local experts' batch engines, read when /metrics is scraped (the engine thread
+    keeps its own figures; nothing is pushed per step)."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, Callable[[], BatchStats | None]] = {}
+
+    def watch(self, expert: str, stats: Callable[[], BatchStats | None]) -> None:
+        self.sources[expert] = stats
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = {
+            "slots": GaugeMetricFamily("edgeroute_local_batch_slots",
+                                       "Sequences one decode step can serve (n_parallel)",
+                                       labels=["expert"]),
+            "active": GaugeMetricFamily("edgeroute_local_active_sequences",
+                                        "Requests holding a batch slot", labels=["expert"]),
+            "waiting": GaugeMetricFamily("edgeroute_local_waiting_sequences",
+                                         "Requests waiting for a batch slot", labels=["expert"]),
+            "batch_sequences": GaugeMetricFamily(
+                "edgeroute_local_batch_size", "Sequences the last decode step served",
+                labels=["expert"]),
+            "batch_tokens": GaugeMetricFamily(
+                "edgeroute_local_batch_tokens",
+                "Tokens the last decode step decoded (prompt chunks included)",
+                labels=["expert"]),
+        }
+        steps = CounterMetricFamily("edgeroute_local_decode_steps", "Batched decode steps",
+                                    labels=["expert"])
+        tokens = CounterMetricFamily("edgeroute_local_generated_tokens",
+                                     "Tokens sampled by the batch engine", labels=["expert"])
+        for expert, source in self.sources.items():
+            st = source()
+            if st is None:
+                continue
+            for key, family in gauges.items():
+                family.add_metric([expert], getattr(st, key))
+            steps.add_metric([expert], st.steps)
+            tokens.add_metric([expert], st.generated_tokens)
+        yield from gauges.values()
+        yield steps
+        yield tokens
 
 
 DecisionKind = Literal["requested", "router", "fixed", "budget", "fallback", "refused"]

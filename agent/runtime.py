@@ -109,6 +109,10 @@ class Runtime:
             admission=self.admission, fallback_expert=self.fallback_expert,
             on_exceeded=self.settings.budget.on_exceeded,
             latency_alpha=self.settings.policy.latency_ewma_alpha, latency_s=self.latency_s)
+        for name, expert in self.experts.items():
+            stats = getattr(expert, "batch_stats", None)
+            if stats is not None:
+                self.metrics.batches.watch(name, stats)
 
     @property
     def fallback_expert(self) -> str:
@@ -325,11 +329,12 @@ def build_runtime(settings: Settings) -> Runtime:
 
 
 def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission:
-    """One gate per expert: a local model runs one call at a time, a cloud expert
-    ``max_inflight_cloud``; each has its own bounded, timed queue (README: Backpressure)."""
+    """One gate per expert: a local model runs as many calls as its batch has slots
+    (``n_parallel``), a cloud expert ``max_inflight_cloud``; each has its own bounded,
+    timed queue (README: Backpressure)."""
     srv = settings.server
     return Admission(
-        limits={n: (srv.max_inflight_cloud if e.info.kind == "cloud" else 1)
+        limits={n: (srv.max_inflight_cloud if e.info.kind == "cloud" else e.info.concurrency)
                 for n, e in experts.items()},
         max_queue=srv.max_queue_per_expert,
         timeout_s=srv.queue_timeout_s,

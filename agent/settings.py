@@ -156,6 +156,22 @@ class LocalExpertSettings(_Section):
         None, description="llama-cpp-python chat format; default: the GGUF's own template."
     )
     seed: int = Field(0, description="Sampling seed, for reproducible answers.")
+    n_parallel: int = Field(
+        4, ge=1, le=64,
+        description=(
+            "Requests to this model decoded together (continuous batching): each gets its "
+            "own sequence in one llama context, one decode step serves them all; admission "
+            "lets this many in at once (bench.local_batching; BENCHMARKS.md)."
+        ),
+    )
+    n_ctx_per_seq: int | None = Field(
+        None, ge=128, le=131072,
+        description=(
+            "KV cells each batched sequence gets (the context holds n_parallel x this); a "
+            "request whose prompt plus max_tokens does not fit is a 400 naming max_tokens. "
+            "Default: n_ctx."
+        ),
+    )
     tools: bool | None = Field(
         None,
         description=(

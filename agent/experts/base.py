@@ -34,6 +34,9 @@ class ExpertInfo:
     context_tokens: int | None = None  # prompt + max_tokens must fit; None: unknown, no check
     tools: bool = False  # answers requests with ``tools``
     json_mode: bool = False  # honours ``response_format``
+    # Calls it serves at once, which admission lets in (a local model: its batch slots;
+    # a cloud expert: the server's ``max_inflight_cloud`` instead).
+    concurrency: int = 1
 
     def cost_usd(self, usage: TokenUsage) -> float:
         return self.prices.cost_usd(usage)

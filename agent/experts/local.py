@@ -1,15 +1,23 @@
 """A local GGUF expert run by llama-cpp-python.
 
-llama.cpp calls block, so they run in a worker thread, one at a time per model: an
-``asyncio.Lock`` queues async callers without tying up threads, and a ``threading.Lock``
-guards the same model for sync callers (the CLI, the collection pipeline). Streaming
-hands chunks from the worker thread to the event loop through a queue; a client that goes
-away sets a flag the worker checks between tokens, so generation stops early.
+Plain chat (the overwhelming majority) goes through the model's batch engine
+(``agent/experts/batching.py``): concurrent requests decode together as sequences of one
+llama context, each with its own sampling, stop strings and seed, and every answer carries
+its confidence (token log-probabilities under the model's own distribution). Requests
+llama-cpp-python's chat handlers must serve (tools, a JSON ``response_format``, an explicit
+``chat_format``, a GGUF without a chat template) run on the Llama's own context one at a
+time, between two engine steps (``StepGate.exclusive``); they carry no confidence.
+
+llama.cpp calls block, so they run in worker threads; the async side waits on queues fed
+from the engine thread. A client that goes away cancels its sequence: the engine drops it
+at the next step and frees its KV cells.
 """
 
 from __future__ import annotations
 
 import asyncio
+import queue
+import random
 import threading
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import contextmanager
@@ -17,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.cores import generation_threads
-from agent.errors import RequestError
+from agent.errors import ExpertCallError, RequestError
 from agent.experts.base import ExpertInfo, Message
+from agent.experts.batching import BatchEngine, BatchStats, SequenceSpec, StepGate
+from agent.experts.chat_template import ChatTemplate
 from agent.settings import LocalExpertSettings
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
@@ -67,13 +77,19 @@ def _context_checked_iter(info: ExpertInfo, chunks: Iterable[Any]) -> Iterator[A
 class LocalExpert:
     """One loaded GGUF model. Build with :meth:`load`."""
 
-    def __init__(self, info: ExpertInfo, llama: Any, path: Path, n_threads: int = 0) -> None:
+    def __init__(self, info: ExpertInfo, llama: Any, path: Path, n_threads: int = 0, *,
+                 engine: BatchEngine | None = None, template: ChatTemplate | None = None,
+                 seed: int = 0) -> None:
         self.info = info
         self.path = path
         self.llama = llama
         self.n_threads = n_threads
-        self._sync_lock = threading.Lock()
+        self.engine = engine
+        self.template = template
+        self._gate = engine.gate if engine is not None else StepGate()
+        self._seeds = random.Random(seed)  # seeds of requests without one, as llama-cpp-python
         self._async_lock: asyncio.Lock | None = None
+        self._closed = False
 
     @classmethod
     def load(cls, settings: LocalExpertSettings, path: Path) -> LocalExpert:
@@ -89,10 +105,22 @@ class LocalExpert:
             seed=settings.seed,
             verbose=False,
         )
+        # Batching renders the GGUF's own template; an explicit chat_format is a
+        # llama-cpp-python handler, served by it.
+        template = ChatTemplate.of(llama) if settings.chat_format is None else None
+        per_seq = settings.n_ctx_per_seq or settings.n_ctx
+        engine = None
+        if template is not None:
+            engine = BatchEngine(llama, name=settings.name, n_parallel=settings.n_parallel,
+                                 n_ctx_per_seq=per_seq, n_threads=threads)
+        slots = settings.n_parallel if engine is not None else 1
         info = ExpertInfo(name=settings.name, kind="local", model=str(path),
-                          extra={"n_threads": threads}, context_tokens=settings.n_ctx,
-                          tools=local_tools(settings), json_mode=settings.json_mode)
-        return cls(info, llama, path, threads)
+                          extra={"n_threads": threads, "n_parallel": slots,
+                                 "n_ctx_per_seq": per_seq if engine is not None else None},
+                          context_tokens=settings.n_ctx, tools=local_tools(settings),
+                          json_mode=settings.json_mode, concurrency=slots)
+        return cls(info, llama, path, threads, engine=engine, template=template,
+                   seed=settings.seed)
 
     def prompt_tokens(self, messages: list[Message]) -> int:
         """This model's own count of a chat prompt, from above: its tokenizer on each
@@ -109,10 +137,39 @@ class LocalExpert:
         """A loaded model can always take a call (admission queues them)."""
         return True
 
+    def batch_stats(self) -> BatchStats | None:
+        """The batch engine's figures for /metrics; None without an engine."""
+        return self.engine.stats() if self.engine is not None else None
+
     def _lock(self) -> asyncio.Lock:
         if self._async_lock is None:
             self._async_lock = asyncio.Lock()
         return self._async_lock
+
+    def _batched(self, params: SamplingParams) -> bool:
+        """Plain chat goes through the engine; tools and JSON mode need llama-cpp-python's
+        chat handlers (function calling, grammar)."""
+        return self.engine is not None and not (
+            (params.tools and self.info.tools) or params.json_mode)
+
+    def _check_open(self) -> None:
+        """A closed model's memory is freed: a call must fail, not touch it."""
+        if self._closed:
+            raise ExpertCallError(self.info.name, "the model is closed (the daemon is "
+                                  "shutting down)")
+
+    def _spec(self, messages: list[Message], params: SamplingParams) -> SequenceSpec:
+        assert self.template is not None
+        self._check_open()
+        try:
+            prompt = self.template.tokens(messages)
+        except ValueError as exc:  # the template's raise_exception (e.g. roles out of order)
+            raise RequestError(f"expert {self.info.name!r}'s chat template refused the "
+                               f"messages: {exc}", param="messages") from exc
+        seed = params.seed if params.seed is not None else self._seeds.randrange(2**32)
+        return SequenceSpec(tuple(prompt), params.max_tokens, params.temperature,
+                            params.top_p, seed & 0xFFFFFFFF,
+                            tuple(params.stop) + self.template.stop)
 
     def _kwargs(self, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
         """OpenAI's arguments as llama-cpp-python takes them: its JSON mode is
@@ -133,7 +190,10 @@ class LocalExpert:
 
     # -- sync API (CLI, pipeline) -------------------------------------------------------
     def complete_sync(self, messages: list[Message], params: SamplingParams) -> ChatResult:
-        with self._sync_lock, _context_checked(self.info):
+        if self._batched(params):
+            return _gathered(self.stream_sync(messages, params, threading.Event()))
+        with self._gate.exclusive(), _context_checked(self.info):
+            self._check_open()
             out = self.llama.create_chat_completion(**self._kwargs(messages, params))
         choice = out["choices"][0]
         usage = out.get("usage") or {}
@@ -147,7 +207,34 @@ class LocalExpert:
     def stream_sync(
         self, messages: list[Message], params: SamplingParams, cancel: threading.Event
     ) -> Iterator[StreamPiece]:
-        with self._sync_lock:
+        if not self._batched(params):
+            yield from self._handler_stream(messages, params, cancel)
+            return
+        assert self.engine is not None
+        pieces: queue.SimpleQueue[StreamPiece | BaseException] = queue.SimpleQueue()
+        handle = self.engine.submit(self._spec(messages, params), pieces.put)
+        try:
+            while True:
+                try:
+                    item = pieces.get(timeout=0.1)
+                except queue.Empty:
+                    if cancel.is_set():
+                        return
+                    continue
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            handle.cancel()  # a no-op once finished
+
+    def _handler_stream(
+        self, messages: list[Message], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[StreamPiece]:
+        """llama-cpp-python's chat handler, streaming, with the model to itself."""
+        with self._gate.exclusive():
+            self._check_open()
             with _context_checked(self.info):
                 chunks = self.llama.create_chat_completion(
                     **self._kwargs(messages, params), stream=True
@@ -178,30 +265,57 @@ class LocalExpert:
 
     # -- async API (daemon) ---------------------------------------------------------------
     async def complete(self, messages: list[Message], params: SamplingParams) -> ChatResult:
+        if self._batched(params):
+            pieces = [p async for p in self.stream(messages, params)]
+            return _gathered(iter(pieces))
         async with self._lock():
             return await asyncio.to_thread(self.complete_sync, messages, params)
 
     async def stream(
         self, messages: list[Message], params: SamplingParams
     ) -> AsyncIterator[StreamPiece]:
+        if not self._batched(params):
+            async for piece in self._handler_stream_async(messages, params):
+                yield piece
+            return
+        assert self.engine is not None
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Any] = asyncio.Queue()
+        pieces: asyncio.Queue[StreamPiece | BaseException] = asyncio.Queue()
+        spec = await asyncio.to_thread(self._spec, messages, params)  # template + tokenizer
+        handle = self.engine.submit(
+            spec, lambda item: loop.call_soon_threadsafe(pieces.put_nowait, item))
+        try:
+            while True:
+                item = await pieces.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            handle.cancel()  # a client that went away frees its slot at the next step
+
+    async def _handler_stream_async(
+        self, messages: list[Message], params: SamplingParams
+    ) -> AsyncIterator[StreamPiece]:
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
 
         def worker() -> None:
             try:
-                for delta in self.stream_sync(messages, params, cancel):
-                    loop.call_soon_threadsafe(queue.put_nowait, delta)
+                for delta in self._handler_stream(messages, params, cancel):
+                    loop.call_soon_threadsafe(pieces.put_nowait, delta)
             except BaseException as exc:  # handed to the consumer, raised there
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
             finally:
-                loop.call_soon_threadsafe(queue.put_nowait, _END)
+                loop.call_soon_threadsafe(pieces.put_nowait, _END)
 
         async with self._lock():
             task = loop.run_in_executor(None, worker)
             try:
                 while True:
-                    item = await queue.get()
+                    item = await pieces.get()
                     if item is _END:
                         break
                     if isinstance(item, BaseException):
@@ -212,7 +326,27 @@ class LocalExpert:
                 await asyncio.shield(task)
 
     async def aclose(self) -> None:
-        close = getattr(self.llama, "close", None)
-        if close is not None:
-            with self._sync_lock:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Stop the engine (running requests fail), then free the model."""
+        if self.engine is not None:
+            self.engine.close()
+        with self._gate.exclusive():
+            if self._closed:
+                return
+            self._closed = True
+            close = getattr(self.llama, "close", None)
+            if close is not None:
                 close()
+
+
+def _gathered(pieces: Iterator[StreamPiece]) -> ChatResult:
+    """One answer from its pieces (the last has finish_reason, usage and confidence)."""
+    parts: list[str] = []
+    last = StreamPiece()
+    for piece in pieces:
+        parts.append(piece.content)
+        last = piece
+    return ChatResult("".join(parts), last.finish_reason or "stop",
+                      last.usage or TokenUsage(0, 0), confidence=last.confidence)

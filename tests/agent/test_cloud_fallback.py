@@ -56,7 +56,7 @@ def _shared_local(smollm_gguf: Path) -> Iterator[Any]:
         smollm_gguf,
     )
     yield expert
-    expert.llama.close()
+    expert.close()  # the batch engine, then the model
 
 
 @pytest.fixture(autouse=True)

@@ -44,7 +44,7 @@ def _shared_local(smollm_gguf: Path) -> Iterator[Any]:
     expert = LocalExpert.load(LocalExpertSettings(name="local", model=str(smollm_gguf)),
                               smollm_gguf)
     yield expert
-    expert.llama.close()
+    expert.close()  # the batch engine, then the model
 
 
 @pytest.fixture(autouse=True)

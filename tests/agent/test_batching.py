@@ -1,0 +1,315 @@
+"""Continuous batching of a local expert (agent/experts/batching.py) on real GGUFs: a
+batched request answers exactly as it does alone (temperature 0, and with a seed), joins a
+running batch at the next step, stops on its own stop strings and max_tokens, reports its
+confidence as the untempered log-probabilities of its tokens, frees its slot when its
+client leaves; a request that does not fit its share of the context is a 400; grammar
+(JSON) calls take turns with the batch; admission and /metrics count batch slots."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.errors import ExpertCallError, RequestError
+from agent.experts.batching import StepGate, _Text
+from agent.experts.local import LocalExpert
+from agent.settings import LocalExpertSettings
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
+
+PROMPTS = [
+    "Write a Python function that reverses a string.",
+    "What is the capital of France? Answer in one sentence.",
+    "List three colours of the rainbow.",
+    "Explain recursion to a child.",
+]
+GREEDY = SamplingParams(max_tokens=20, temperature=0.0)
+
+
+def chat(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def load(path: Path, **kw: Any) -> LocalExpert:
+    cfg = {"n_threads": 2, "n_ctx": 1024, **kw}
+    return LocalExpert.load(LocalExpertSettings(name="local", model=str(path), **cfg), path)
+
+
+@pytest.fixture(scope="module")
+def smol(smollm_gguf: Path) -> Iterator[LocalExpert]:
+    expert = load(smollm_gguf)
+    yield expert
+    expert.close()
+
+
+def wait_idle(expert: LocalExpert, timeout: float = 10.0) -> None:
+    assert expert.engine is not None
+    deadline = time.monotonic() + timeout
+    while expert.engine.stats().active or expert.engine.stats().waiting:
+        assert time.monotonic() < deadline, "the engine kept sequences after their requests"
+        time.sleep(0.01)
+
+
+# -- without a model ------------------------------------------------------------------------
+def test_text_holds_back_a_possible_stop_and_cuts_at_it() -> None:
+    text = _Text(("END",))
+    assert text.feed(b"abc E") == "abc "  # "E" may begin END
+    assert text.feed(b"N") == ""
+    assert text.feed(b"Dxyz") == "" and text.stopped
+    other = _Text(("END",))
+    assert other.feed(b"ab E") == "ab " and other.flush() == "E"  # no stop: released at the end
+
+
+def test_text_joins_a_character_split_across_tokens() -> None:
+    text = _Text(())
+    euro = "€".encode()
+    assert text.feed(euro[:1]) == ""
+    assert text.feed(euro[1:]) == "€"
+
+
+def test_exclusive_call_goes_before_the_next_step() -> None:
+    gate, order, release = StepGate(), [], threading.Event()
+
+    def exclusive() -> None:
+        with gate.exclusive():
+            order.append("x")
+            release.wait(5)
+
+    def step() -> None:
+        with gate.step():
+            order.append("s")
+
+    threads = [threading.Thread(target=exclusive, daemon=True),
+               threading.Thread(target=step, daemon=True)]
+    with gate.step():
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        assert order == []  # both wait for the running step
+    time.sleep(0.05)
+    assert order == ["x"]  # the waiting exclusive call went first and holds the model
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert order == ["x", "s"]
+
+
+def test_n_parallel_is_a_setting() -> None:
+    cfg = LocalExpertSettings(name="x", model="m.gguf")
+    assert cfg.n_parallel == 4 and cfg.n_ctx_per_seq is None
+    with pytest.raises(ValueError):
+        LocalExpertSettings(name="x", model="m.gguf", n_parallel=0)
+
+
+# -- same answers -----------------------------------------------------------------------------
+@pytest.mark.anyio
+@pytest.mark.parametrize("model", ["smollm_gguf", "qwen_gguf"])
+async def test_greedy_batched_answers_equal_alone(model: str, request: pytest.FixtureRequest,
+                                                  ) -> None:
+    """Four different prompts decoded together give exactly the answers (text, token count
+    and confidence: the log-probabilities of every token) each gives alone."""
+    expert = load(request.getfixturevalue(model))
+    assert expert.engine is not None
+    try:
+        alone = [await expert.complete(chat(p), GREEDY) for p in PROMPTS]
+        assert expert.engine.stats().max_batch_sequences == 1
+        batched = await asyncio.gather(*(expert.complete(chat(p), GREEDY) for p in PROMPTS))
+        assert expert.engine.stats().max_batch_sequences == 4
+        assert list(batched) == alone
+        assert all(r.usage.completion_tokens > 0 and r.confidence for r in alone)
+    finally:
+        expert.close()
+
+
+@pytest.mark.anyio
+async def test_a_request_joins_a_running_batch(smol: LocalExpert) -> None:
+    long = replace(GREEDY, max_tokens=40)
+    alone_a = await smol.complete(chat(PROMPTS[0]), long)
+    alone_b = await smol.complete(chat(PROMPTS[1]), GREEDY)
+    assert alone_a.finish_reason == "length"
+    stream = smol.stream(chat(PROMPTS[0]), long)
+    head = [await stream.__anext__()]  # A is generating
+    joined = await smol.complete(chat(PROMPTS[1]), GREEDY)  # B joins, ends before A
+    rest = [p async for p in stream]
+    assert joined == alone_b
+    assert rest and rest[-1].finish_reason == "length"
+    assert "".join(p.content for p in head + rest) == alone_a.content
+    assert rest[-1].confidence == alone_a.confidence
+
+
+@pytest.mark.anyio
+async def test_a_seed_reproduces_a_sampled_answer_batched_or_alone(smol: LocalExpert) -> None:
+    seeded = SamplingParams(max_tokens=20, temperature=1.0, top_p=0.95, seed=1234)
+    alone = await smol.complete(chat(PROMPTS[3]), seeded)
+    batched, *_ = await asyncio.gather(
+        smol.complete(chat(PROMPTS[3]), seeded),
+        smol.complete(chat(PROMPTS[0]), replace(seeded, seed=5)),
+        smol.complete(chat(PROMPTS[1]), replace(seeded, seed=None)),
+    )
+    assert batched == alone
+    others = {(await smol.complete(chat(PROMPTS[3]), replace(seeded, seed=s))).content
+              for s in (1, 2, 3)}
+    assert others - {alone.content}, "the seed changes nothing: sampling is not seeded"
+
+
+def test_sync_api_answers_like_the_async_one(smol: LocalExpert) -> None:
+    async_answer = asyncio.run(smol.complete(chat(PROMPTS[2]), GREEDY))
+    results: list[ChatResult] = []
+    threads = [threading.Thread(target=lambda: results.append(
+        smol.complete_sync(chat(PROMPTS[2]), GREEDY))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [async_answer] * 3
+
+
+# -- stopping, streaming, confidence -----------------------------------------------------------
+@pytest.mark.anyio
+async def test_stop_string_and_max_tokens_end_a_sequence(smol: LocalExpert) -> None:
+    full = await smol.complete(chat(PROMPTS[0]), replace(GREEDY, max_tokens=30))
+    words = full.content.split()
+    stop = words[len(words) // 2]
+    cut = await smol.complete(chat(PROMPTS[0]), replace(GREEDY, max_tokens=30, stop=(stop,)))
+    assert cut.content == full.content[:full.content.index(stop)]
+    assert cut.finish_reason == "stop"
+    streamed = [p async for p in smol.stream(chat(PROMPTS[0]),
+                                              replace(GREEDY, max_tokens=30, stop=(stop,)))]
+    assert "".join(p.content for p in streamed) == cut.content
+    short = await smol.complete(chat(PROMPTS[0]), replace(GREEDY, max_tokens=5))
+    assert (short.finish_reason, short.usage.completion_tokens) == ("length", 5)
+
+
+@pytest.mark.anyio
+async def test_stream_ends_with_usage_and_confidence(smol: LocalExpert) -> None:
+    whole = await smol.complete(chat(PROMPTS[1]), GREEDY)
+    pieces = [p async for p in smol.stream(chat(PROMPTS[1]), GREEDY)]
+    assert all(p.finish_reason is None and p.confidence is None for p in pieces[:-1])
+    last = pieces[-1]
+    assert "".join(p.content for p in pieces) == whole.content
+    assert (last.finish_reason, last.usage, last.confidence) == (
+        whole.finish_reason, whole.usage, whole.confidence)
+
+
+def test_confidence_is_the_untempered_log_probability(smol: LocalExpert,
+                                                      smollm_gguf: Path) -> None:
+    """Mean and min over the generated tokens of log-softmax of the raw logits (not the
+    tempered distribution it sampled from), as a teacher-forced pass computes them."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    assert smol.engine is not None
+    params = SamplingParams(max_tokens=16, temperature=0.5, seed=7)
+    spec = smol._spec(chat(PROMPTS[3]), params)
+    done = threading.Event()
+    pieces: list[StreamPiece | BaseException] = []
+
+    def sink(item: StreamPiece | BaseException) -> None:
+        pieces.append(item)
+        if isinstance(item, BaseException) or item.finish_reason:
+            done.set()
+
+    handle = smol.engine.submit(spec, sink)
+    assert done.wait(60)
+    last = pieces[-1]
+    assert isinstance(last, StreamPiece) and last.confidence is not None
+    tokens = handle.tokens
+    assert last.confidence.tokens == len(tokens) == last.usage.completion_tokens  # type: ignore[union-attr]
+    ref = Llama(model_path=str(smollm_gguf), n_ctx=512, n_threads=2, logits_all=True,
+                verbose=False)
+    try:
+        ref.eval(list(spec.prompt) + tokens)
+        rows = np.asarray(ref.scores[len(spec.prompt) - 1: len(spec.prompt) + len(tokens) - 1],
+                          dtype=np.float64)
+    finally:
+        ref.close()
+    peak = rows.max(axis=1, keepdims=True)
+    logz = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
+    lp = rows[np.arange(len(tokens)), tokens] - logz
+    assert last.confidence.mean_logprob == pytest.approx(lp.mean(), abs=0.02)
+    assert last.confidence.min_logprob == pytest.approx(lp.min(), abs=0.05)
+    tempered = rows / 0.5
+    tz = tempered.max(axis=1) + np.log(np.exp(tempered - tempered.max(axis=1,
+                                                                       keepdims=True)).sum(axis=1))
+    assert abs(last.confidence.mean_logprob - (tempered[np.arange(len(tokens)), tokens]
+                                               - tz).mean()) > 0.02
+
+
+# -- slots, limits, turns -------------------------------------------------------------------
+@pytest.mark.anyio
+async def test_a_client_that_leaves_frees_its_slot(smol: LocalExpert) -> None:
+    alone = await smol.complete(chat(PROMPTS[2]), GREEDY)
+    streams = [smol.stream(chat(p), replace(GREEDY, max_tokens=200)) for p in PROMPTS]
+    for s in streams:
+        await s.__anext__()
+    for s in streams:
+        await s.aclose()
+    wait_idle(smol)
+    assert await smol.complete(chat(PROMPTS[2]), GREEDY) == alone
+
+
+@pytest.mark.anyio
+async def test_request_over_its_share_of_the_context_is_a_400(smollm_gguf: Path) -> None:
+    expert = load(smollm_gguf, n_ctx=512, n_parallel=2, n_ctx_per_seq=128)
+    try:
+        with pytest.raises(RequestError) as over:
+            await expert.complete(chat("Hi"), replace(GREEDY, max_tokens=120))
+        assert (over.value.param, over.value.status_code) == ("max_tokens", 400)
+        with pytest.raises(RequestError) as long:
+            await expert.complete(chat("word " * 200), GREEDY)
+        assert long.value.param == "messages"
+        ok = await expert.complete(chat("Hi"), replace(GREEDY, max_tokens=8))
+        assert ok.usage.completion_tokens > 0
+    finally:
+        expert.close()
+    with pytest.raises(ExpertCallError):
+        await expert.complete(chat("Hi"), GREEDY)
+
+
+@pytest.mark.anyio
+async def test_json_mode_takes_turns_with_the_batch(smol: LocalExpert) -> None:
+    """A grammar call runs on llama-cpp-python's handler between two steps; the batched
+    answers around it are unchanged."""
+    alone = [await smol.complete(chat(p), GREEDY) for p in PROMPTS[:3]]
+    as_json = replace(GREEDY, max_tokens=40, response_format={"type": "json_object"})
+    results = await asyncio.gather(
+        smol.complete(chat("Give a JSON object with a key named colour."), as_json),
+        *(smol.complete(chat(p), GREEDY) for p in PROMPTS[:3]))
+    assert list(results[1:]) == alone
+    assert results[0].content.lstrip().startswith("{") and results[0].confidence is None
+    if results[0].finish_reason == "stop":
+        json.loads(results[0].content)
+
+
+def test_admission_and_metrics_count_batch_slots(smol: LocalExpert) -> None:
+    from agent.metrics import Metrics
+    from agent.runtime import build_admission
+    from agent.settings import Settings
+
+    admission = build_admission(Settings(router={"bundle": "none"}), {"local": smol})
+    assert admission.limits == {"local": 4}
+    metrics = Metrics()
+    metrics.batches.watch("local", smol.batch_stats)
+    assert smol.engine is not None
+    wait_idle(smol)
+    before = smol.engine.stats().steps
+    handle = smol.engine.submit(smol._spec(chat(PROMPTS[0]), replace(GREEDY, max_tokens=200)),
+                                lambda item: None)
+    deadline = time.monotonic() + 10
+    while smol.engine.stats().steps <= before:  # its prompt decoded
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    text = metrics.render().decode()
+    handle.cancel()
+    assert 'edgeroute_local_batch_slots{expert="local"} 4.0' in text
+    assert 'edgeroute_local_active_sequences{expert="local"} 1.0' in text
+    assert 'edgeroute_local_batch_size{expert="local"} 1.0' in text
+    wait_idle(smol)
+    assert 'edgeroute_local_active_sequences{expert="local"} 0.0' in metrics.render().decode()
