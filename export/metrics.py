@@ -84,38 +84,22 @@ class NllScorer:
     def __init__(self, model_path: Path, n_ctx: int = 1536, n_threads: int | None = None) -> None:
         from llama_cpp import Llama
 
+        from agent.experts.chat_template import ChatTemplate
+
         self.llama = Llama(
             model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads, logits_all=True,
             n_batch=512, verbose=False,
         )
         self._lock = threading.Lock()
-        self._formatter = self._chat_formatter()
-
-    def _chat_formatter(self) -> Any:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        meta = self.llama.metadata
-        template = meta.get("tokenizer.chat_template")
-        if not template:
-            return None
-
-        def token(key: str) -> str:
-            tid = meta.get(key)
-            return self.llama.detokenize([int(tid)], special=True).decode() if tid else ""
-
-        return Jinja2ChatFormatter(
-            template=template, eos_token=token("tokenizer.ggml.eos_token_id"),
-            bos_token=token("tokenizer.ggml.bos_token_id"),
-        )
+        self._template = ChatTemplate.of(self.llama)
 
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        """The tokens the model sees before its answer: chat template + generation prompt."""
-        if self._formatter is None:
+        """The tokens the model sees before its answer: chat template + generation prompt,
+        the same tokens the daemon's batch engine generates after (``ChatTemplate``)."""
+        if self._template is None:
             text = "".join(m["content"] + "\n" for m in messages)
             return list(self.llama.tokenize(text.encode(), add_bos=True, special=False))
-        text = self._formatter(messages=messages).prompt
-        add_bos = bool(self.llama.metadata.get("tokenizer.ggml.add_bos_token") == "true")
-        return list(self.llama.tokenize(text.encode(), add_bos=add_bos, special=True))
+        return self._template.tokens(messages)
 
     def token_logprobs(self, messages: list[dict[str, str]], answer: str) -> Any:
         """Natural-log probability of each of ``answer``'s tokens after the chat-formatted
