@@ -37,6 +37,18 @@ def chat(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
+def same_answer(a: ChatResult, b: ChatResult) -> bool:
+    """The same tokens (text, count, finish) and the same confidence up to float noise: a
+    batched step multiplies the weights by 4 columns where a lone one multiplies by 1, and
+    llama.cpp's CPU kernels may sum those in another order."""
+    assert (a.content, a.finish_reason, a.usage) == (b.content, b.finish_reason, b.usage)
+    assert a.confidence is not None and b.confidence is not None
+    assert a.confidence.tokens == b.confidence.tokens
+    assert a.confidence.mean_logprob == pytest.approx(b.confidence.mean_logprob, abs=1e-3)
+    assert a.confidence.min_logprob == pytest.approx(b.confidence.min_logprob, abs=1e-2)
+    return True
+
+
 def load(path: Path, **kw: Any) -> LocalExpert:
     cfg = {"n_threads": 2, "n_ctx": 1024, **kw}
     return LocalExpert.load(LocalExpertSettings(name="local", model=str(path), **cfg), path)
@@ -122,7 +134,7 @@ async def test_greedy_batched_answers_equal_alone(model: str, request: pytest.Fi
         assert expert.engine.stats().max_batch_sequences == 1
         batched = await asyncio.gather(*(expert.complete(chat(p), GREEDY) for p in PROMPTS))
         assert expert.engine.stats().max_batch_sequences == 4
-        assert list(batched) == alone
+        assert all(same_answer(b, a) for b, a in zip(batched, alone, strict=True))
         assert all(r.usage.completion_tokens > 0 and r.confidence for r in alone)
     finally:
         expert.close()
@@ -138,10 +150,12 @@ async def test_a_request_joins_a_running_batch(smol: LocalExpert) -> None:
     head = [await stream.__anext__()]  # A is generating
     joined = await smol.complete(chat(PROMPTS[1]), GREEDY)  # B joins, ends before A
     rest = [p async for p in stream]
-    assert joined == alone_b
+    assert same_answer(joined, alone_b)
     assert rest and rest[-1].finish_reason == "length"
     assert "".join(p.content for p in head + rest) == alone_a.content
-    assert rest[-1].confidence == alone_a.confidence
+    assert rest[-1].confidence is not None and alone_a.confidence is not None
+    assert rest[-1].confidence.mean_logprob == pytest.approx(alone_a.confidence.mean_logprob,
+                                                             abs=1e-3)
 
 
 @pytest.mark.anyio
@@ -153,7 +167,7 @@ async def test_a_seed_reproduces_a_sampled_answer_batched_or_alone(smol: LocalEx
         smol.complete(chat(PROMPTS[0]), replace(seeded, seed=5)),
         smol.complete(chat(PROMPTS[1]), replace(seeded, seed=None)),
     )
-    assert batched == alone
+    assert same_answer(batched, alone)
     others = {(await smol.complete(chat(PROMPTS[3]), replace(seeded, seed=s))).content
               for s in (1, 2, 3)}
     assert others - {alone.content}, "the seed changes nothing: sampling is not seeded"
@@ -168,7 +182,7 @@ def test_sync_api_answers_like_the_async_one(smol: LocalExpert) -> None:
         t.start()
     for t in threads:
         t.join(60)
-    assert results == [async_answer] * 3
+    assert len(results) == 3 and all(same_answer(r, async_answer) for r in results)
 
 
 # -- stopping, streaming, confidence -----------------------------------------------------------
@@ -252,7 +266,7 @@ async def test_a_client_that_leaves_frees_its_slot(smol: LocalExpert) -> None:
     for s in streams:
         await s.aclose()
     wait_idle(smol)
-    assert await smol.complete(chat(PROMPTS[2]), GREEDY) == alone
+    assert same_answer(await smol.complete(chat(PROMPTS[2]), GREEDY), alone)
 
 
 @pytest.mark.anyio
@@ -282,7 +296,7 @@ async def test_json_mode_takes_turns_with_the_batch(smol: LocalExpert) -> None:
     results = await asyncio.gather(
         smol.complete(chat("Give a JSON object with a key named colour."), as_json),
         *(smol.complete(chat(p), GREEDY) for p in PROMPTS[:3]))
-    assert list(results[1:]) == alone
+    assert all(same_answer(r, a) for r, a in zip(results[1:], alone, strict=True))
     assert results[0].content.lstrip().startswith("{") and results[0].confidence is None
     if results[0].finish_reason == "stop":
         json.loads(results[0].content)
