@@ -225,15 +225,21 @@ class Runtime:
                           expected_latency_s=self.latency_s.get(local),
                           reason=f"cascade: {local} first, {decision.expert} if unsure")
         started = time.perf_counter()
-        answer, by = await self.complete(attempt, messages, params)
-        conf = answer.confidence
         info: dict[str, object] = {
-            "local_expert": by.expert, "cloud_expert": decision.expert,
-            "confidence": conf.as_dict() if conf is not None else None,
-            "signal": rule.signal, "threshold": rule.threshold, "band": rule.band,
-            "local_latency_s": round(time.perf_counter() - started, 4),
-            "local_finish_reason": answer.finish_reason,
-        }
+            "local_expert": local, "cloud_expert": decision.expert,
+            "signal": rule.signal, "threshold": rule.threshold, "band": rule.band}
+        try:
+            answer, by = await self.complete(attempt, messages, params)
+        except (ExpertCallError, ExpertUnavailableError) as exc:  # busy or failed: the cloud
+            info |= {"confidence": None, "note": f"local attempt failed ({exc})",
+                     "local_latency_s": round(time.perf_counter() - started, 4)}
+            cloud, cdec = await self.complete(decision, messages, params)
+            return cloud, self._cascaded(cdec, info, "escalated")
+        conf = answer.confidence
+        info |= {"local_expert": by.expert,
+                 "confidence": conf.as_dict() if conf is not None else None,
+                 "local_latency_s": round(time.perf_counter() - started, 4),
+                 "local_finish_reason": answer.finish_reason}
         value = getattr(conf, rule.signal) if conf is not None else None
         if keep_local(value, answer.finish_reason, rule):
             return answer, self._cascaded(by, info, "kept")

@@ -234,7 +234,39 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             mt.subset(idx), q[idx], {k: w[idx] for k, w in weights.items()}
         )
     _add_curves(result, m, mt, q, train, scores, weights)
+    _add_cascade(result, m, mt, q, train, scores)
     return _json_safe(result)
+
+
+def _add_cascade(result: dict[str, Any], m: OutcomeMatrix, mt: OutcomeMatrix, q: np.ndarray,
+                 train: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+    """The local-first cascade at the daemon's default band, threshold and usd_per_correct
+    (``export.cascade_sim``), beside route-only at the same V and at equal spend, with the
+    curves. Only for a table whose local answers have a recorded confidence and that has
+    a priced expert."""
+    from agent.cascade import CascadeRule
+    from agent.settings import (
+        DEFAULT_CASCADE_BAND,
+        DEFAULT_CASCADE_THRESHOLD,
+        DEFAULT_USD_PER_CORRECT,
+    )
+    from export import cascade_sim
+    from export.calibrate import VALUES
+
+    cost_train = m.values["cost_usd"][train]
+    if np.isnan(cost_train).all() or not cascade_sim.local_experts(mt.values).any():
+        return
+    mean_cost = np.nan_to_num(_mean_cost(m, cost_train))
+    if not (mean_cost > 0).any():
+        return
+    rule = CascadeRule(DEFAULT_CASCADE_BAND, DEFAULT_CASCADE_THRESHOLD)
+    result["cascade"] = {
+        "rule": {"band": rule.band, "threshold": rule.threshold, "signal": rule.signal},
+        "usd_per_correct": DEFAULT_USD_PER_CORRECT,
+        "routers": {name: cascade_sim.compare(mt.values, q, sc, mean_cost,
+                                              DEFAULT_USD_PER_CORRECT, rule, VALUES)
+                    for name, sc in scores.items()},
+    }
 
 
 def _add_curves(
@@ -354,6 +386,12 @@ def run(args: argparse.Namespace) -> int:
     for ds, res in result["per_dataset"].items():
         print(f"\n[{ds}]")
         print(format_table(res))
+    for name, c in (result.get("cascade") or {}).get("routers", {}).items():
+        ci = format_ci(c["diff_ci95"])
+        print(f"{name} cascade (defaults {result['cascade']['rule']}): quality "
+              f"{_fmt(c['cascade']['quality'])} at ${_fmt(c['cascade']['cost_usd'])}/query "
+              f"vs route-only at equal spend {_fmt(c['route_only_equal_spend']['quality'])} "
+              f"(difference {_fmt(c['diff_quality'])}, 95% interval {ci})", file=sys.stderr)
     strongest = result.get("strongest_expert")
     for name, a in result.get("acceptance", {}).items():
         vs = a["versus_experts"].get(strongest, {})

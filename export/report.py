@@ -3,7 +3,8 @@ the result of ``export.evaluate.evaluate``; ``evaluate --report DIR`` writes it.
 
 Files: ``README.md``, ``results.json`` (the evaluation object), ``trilemma.png`` (cost vs
 quality, throughput as colour), ``per_dataset.png``, ``queries_per_expert.png`` and
-``cost_quality.png`` (the cost-weight sweep per router, with the single experts).
+``cost_quality.png`` (the cost-weight sweep per router, with the single experts) and, for
+a table with local confidences, ``cascade.png`` (the local-first cascade's curve).
 """
 
 from __future__ import annotations
@@ -173,6 +174,39 @@ def markdown_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot_cascade(result: dict[str, Any], path: Path) -> bool:
+    """Quality against cost: route-only over what a correct answer is worth, the cascade
+    over its threshold (at the default band), the cloud experts alone."""
+    cascade = result.get("cascade")
+    if not cascade:
+        return False
+    plt = _pyplot()
+    routers = cascade["routers"]
+    fig, axes = plt.subplots(1, len(routers), figsize=(7 * len(routers), 5), squeeze=False)
+    for ax, (name, c) in zip(axes[0], routers.items(), strict=True):
+        for key, label in (("curve_route_only", "route-only (sweep of $/correct)"),
+                           ("curve_cascade", "cascade (sweep of the threshold)")):
+            pts = sorted((p["cost_usd"], p["quality"]) for p in c[key]
+                         if p["quality"] is not None)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", ms=3, label=label)
+        at = c["cascade"]
+        ax.scatter([at["cost_usd"]], [at["quality"]], s=90, marker="*", color="k", zorder=5,
+                   label="cascade at the defaults")
+        for j, a in c["always_cloud"].items():
+            if a["quality_on_its_queries"] is not None:
+                ax.scatter([a["cost_usd"]], [a["quality_on_its_queries"]], marker="x",
+                           color="grey")
+                ax.annotate(f"always {result['experts'][int(j)]} (its queries)",
+                            (a["cost_usd"], a["quality_on_its_queries"]), fontsize=7)
+        ax.set(xlabel="mean cost per query (USD)", ylabel=f"quality ({result['metric']})",
+               title=f"{name}: local-first cascade vs route-only (test split)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def markdown(result: dict[str, Any], plots: list[str]) -> str:
     overall = result["overall"]
     out = [
@@ -221,6 +255,29 @@ def markdown(result: dict[str, Any], plots: list[str]) -> str:
                 f"{_fmt(a.get('best_quality_within_40pct_cost'))} | {losses or '-'} |"
             )
         out.append("")
+    if result.get("cascade"):
+        rule = result["cascade"]["rule"]
+        out += [
+            "## Local-first cascade (simulated)",
+            "",
+            f"At the daemon's defaults: band {rule['band']}, threshold {rule['threshold']} "
+            f"({rule['signal']}), usd_per_correct {result['cascade']['usd_per_correct']}. "
+            "Route-only at equal spend: the route-only point whose spend is closest to the "
+            "cascade's without exceeding it (matched on cost, no labels).",
+            "",
+            "| router | cascade quality | cost $/query | tried local | kept | route-only same V "
+            "| route-only equal spend | difference (95% paired bootstrap) |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, c in result["cascade"]["routers"].items():
+            a, same, eq = c["cascade"], c["route_only_same_v"], c["route_only_equal_spend"]
+            out.append(
+                f"| {name} | {_fmt(a['quality'])} | {_fmt(a['cost_usd'])} | "
+                f"{_fmt(a['attempted_share'])} | {_fmt(a['kept_share'])} | "
+                f"{_fmt(same['quality'])} at ${_fmt(same['cost_usd'])} | "
+                f"{_fmt(eq['quality'])} at ${_fmt(eq['cost_usd'])} | "
+                f"{_fmt(c['diff_quality'])} ({format_ci(c['diff_ci95'])}) |")
+        out.append("")
     out += [
         "## Queries per expert",
         "",
@@ -252,6 +309,8 @@ def write_report(result: dict[str, Any], outdir: Path) -> Path:
     plots = ["trilemma.png", "per_dataset.png", "queries_per_expert.png"]
     if plot_cost_quality(result, outdir / "cost_quality.png"):
         plots.append("cost_quality.png")
+    if plot_cascade(result, outdir / "cascade.png"):
+        plots.append("cascade.png")
     (outdir / "results.json").write_text(
         json.dumps(result, indent=1, sort_keys=True) + "\n", encoding="utf-8"
     )

@@ -44,8 +44,9 @@ def same_answer(a: ChatResult, b: ChatResult) -> bool:
     assert (a.content, a.finish_reason, a.usage) == (b.content, b.finish_reason, b.usage)
     assert a.confidence is not None and b.confidence is not None
     assert a.confidence.tokens == b.confidence.tokens
-    assert a.confidence.mean_logprob == pytest.approx(b.confidence.mean_logprob, abs=1e-3)
-    assert a.confidence.min_logprob == pytest.approx(b.confidence.min_logprob, abs=1e-2)
+    assert a.confidence.mean_logprob == pytest.approx(b.confidence.mean_logprob, abs=0.01)
+    # Measured apart on Qwen, 4 columns vs 1: mean 0.003, least token 0.014.
+    assert a.confidence.min_logprob == pytest.approx(b.confidence.min_logprob, abs=0.05)
     return True
 
 
@@ -247,8 +248,9 @@ def test_confidence_is_the_untempered_log_probability(smol: LocalExpert,
     peak = rows.max(axis=1, keepdims=True)
     logz = peak[:, 0] + np.log(np.exp(rows - peak).sum(axis=1))
     lp = rows[np.arange(len(tokens)), tokens] - logz
-    assert last.confidence.mean_logprob == pytest.approx(lp.mean(), abs=0.02)
-    assert last.confidence.min_logprob == pytest.approx(lp.min(), abs=0.05)
+    # One pass over prompt + answer vs token-by-token decoding: measured 0.026 apart.
+    assert last.confidence.mean_logprob == pytest.approx(lp.mean(), abs=0.05)
+    assert last.confidence.min_logprob == pytest.approx(lp.min(), abs=0.2)  # measured 0.13
     tempered = rows / 0.5
     tz = tempered.max(axis=1) + np.log(np.exp(tempered - tempered.max(axis=1,
                                                                        keepdims=True)).sum(axis=1))
