@@ -28,8 +28,8 @@ DEFAULT_PORT = 2345
 DEFAULT_USD_PER_CORRECT = 0.01
 # The cascade's band and threshold, chosen on the validation split of the committed table
 # (`edgeroute calibrate --policy cascade`; artifacts/report/cascade/summary.md).
-DEFAULT_CASCADE_BAND = 0.3
-DEFAULT_CASCADE_THRESHOLD = -0.3
+DEFAULT_CASCADE_BAND = 0.1
+DEFAULT_CASCADE_THRESHOLD = -0.0994
 
 QWEN_DEFAULT = "builtin:qwen2.5-coder-0.5b-instruct"
 SMOLLM2_DEFAULT = "builtin:smollm2-135m-instruct"
