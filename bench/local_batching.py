@@ -210,3 +210,7 @@ def report(results: dict[tuple[str, int], list[Round]], args: Any, parallel: int
         print(f"  {name:<{width}}  {value:>9}")
     if note:
         print(f"  note: {note}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
