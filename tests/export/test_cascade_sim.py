@@ -39,9 +39,9 @@ def _by_hand(values, q, scores, v, rule):
             locals_ = [j for j in avail if j < 2 and not np.isnan(values[rule.signal][i, j])]
             if locals_:
                 best = max(locals_, key=lambda j: (scores[i, j], -j))
-                if scores[i, best] >= scores[i, pick] - rule.band:
-                    if values[rule.signal][i, best] >= rule.threshold:
-                        pick = best
+                within = scores[i, best] >= scores[i, pick] - rule.band
+                if within and values[rule.signal][i, best] >= rule.threshold:
+                    pick = best
         quality.append(q[i, pick])
         cost.append(values["cost_usd"][i, pick])
     return np.array(quality), np.array(cost)
@@ -70,7 +70,8 @@ def test_a_threshold_above_every_confidence_is_route_only_plus_the_local_attempt
 def test_validation_choice_and_the_equal_spend_comparison():
     values, q, scores = _matrix(400, 4)
     chosen = cascade_sim.choose(values, q, scores, COST, 0.01)
-    assert chosen["utility"] >= chosen["route_only_utility"] - 1e-12  # band 0 / no-keep is in the grid
+    # on these matrices the best rule is at least as good as route-only on its own queries
+    assert chosen["utility"] >= chosen["route_only_utility"] - 1e-12
     rule = CascadeRule(**chosen["rule"])
     from export.calibrate import VALUES
 
