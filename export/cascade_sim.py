@@ -167,7 +167,6 @@ def compare(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
         curve_cascade.append({"threshold": t, **summary(
             replay(values, q, scores, mean_cost, usd_per_correct, r), cloud)})
     always = {}
-    rows = np.arange(len(q))
     for j in np.flatnonzero(cloud):
         have = ~np.isnan(q[:, j])
         always[int(j)] = {"quality_on_its_queries": float(q[have, j].mean()) if have.any()
@@ -182,7 +181,7 @@ def compare(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
         "route_only_equal_spend": {"usd_per_correct": v_eq, **summary(o_eq, cloud)},
         "diff_quality": float(np.nanmean(diff)) if np.isfinite(diff).any() else None,
         "diff_ci95": paired_ci(diff),
-        "same_answer_share": float(same[rows].mean()),
+        "same_answer_share": float(same.mean()),
         "curve_route_only": curve_route,
         "curve_cascade": curve_cascade,
         "always_cloud": always,
