@@ -21,7 +21,7 @@ import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # $0.00001 .. $10 per correct answer in 61 geometric steps, then None (cost not weighed).
 VALUES: tuple[float | None, ...] = (*(float(f"{10 ** (-5 + 6 * i / 60):.3g}")
@@ -112,13 +112,48 @@ def validation_rows(m: Any, meta: Any, train: Any) -> Any:
     return tr[val]
 
 
-def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
-    """The stage: the sweep on validation, the choice, and its figures on test."""
+class _Splits(NamedTuple):
+    """A router's scores on a table's validation and test splits, and expert costs."""
+
+    mt: Any  # test split (OutcomeMatrix)
+    q: Any  # test labels
+    scores: Any
+    mv: Any  # validation split
+    qv: Any
+    scores_v: Any
+    cost: Any  # each expert's mean training cost, USD (0 when unknown)
+
+
+def _splits(table: Path, router: Path) -> _Splits:
+    """The router's validation split (carved from its training queries) and its test split
+    of ``table``, both scored; an irt router scores the experts the table has."""
     import numpy as np
 
     from export.errors import PipelineError
     from export.labels import check_held_out, held_out, metric_values
     from export.routers.base import load_router
+
+    r = load_router(router)
+    check_held_out(table, r.meta)
+    meta = r.meta
+    if meta.kind == "irt":
+        from export.evaluate import profiled_in
+
+        meta = profiled_in(table, meta)
+    m, mt, q, train = held_out(table, meta)
+    val = validation_rows(m, meta, train)
+    if len(val) == 0:
+        raise PipelineError("the router's validation split is empty; nothing to choose on")
+    mv, qv = m.subset(val), metric_values(m, meta.labels())[val]
+    order = [list(r.experts).index(e) for e in mt.experts]
+    scores, scores_v = (r.score_batch(x.queries)[:, order] for x in (mt, mv))
+    cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
+    return _Splits(mt, q, scores, mv, qv, scores_v, cost)
+
+
+def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
+    """The stage: the sweep on validation, the choice, and its figures on test."""
+    from export.errors import PipelineError
 
     if cfg.policy == "cascade":
         return calibrate_cascade(cfg)
@@ -126,16 +161,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     cloud_share, quality = cfg.target_cloud_share, cfg.target_quality
     if (cloud_share is None) == (quality is None):
         raise PipelineError("give exactly one target: a cloud share or a quality")
-    r = load_router(router)
-    check_held_out(table, r.meta)
-    m, mt, q, train = held_out(table, r.meta)
-    val = validation_rows(m, r.meta, train)
-    if len(val) == 0:
-        raise PipelineError("the router's validation split is empty; nothing to choose on")
-    mv, qv = m.subset(val), metric_values(m, r.meta.labels())[val]
-    order = [list(r.experts).index(e) for e in mt.experts]
-    scores, scores_v = (r.score_batch(x.queries)[:, order] for x in (mt, mv))
-    cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
+    mt, q, scores, mv, qv, scores_v, cost = _splits(table, router)
     cloud = cost > 0
     if not cloud.any() or cloud.all():
         raise PipelineError("calibration needs both priced (cloud) and free (local) experts")
@@ -154,7 +180,7 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     share = cloud_share if cloud_share is not None else chosen["cloud_share"]
     t_val = _threshold(mv, qv, scores_v, cloud, share=share)
     return {"router": str(router), "experts": mt.experts, "cloud_experts": priced,
-            "validation_queries": len(val), "test_queries": len(mt),
+            "validation_queries": len(mv), "test_queries": len(mt),
             "chosen_on": "validation", "chosen": chosen, "test": test,
             "curve_validation": curve,
             "curve_test": [_point(mt, q, scores, cost, cloud, v) for v in VALUES],
@@ -165,33 +191,16 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
 def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
     """The cascade's rule chosen on the validation split at V = ``usd_per_correct``, its
     figures on test beside route-only at the same V and at equal cloud spend."""
-    import numpy as np
 
     from agent.cascade import CascadeRule
     from agent.settings import DEFAULT_USD_PER_CORRECT
     from export import cascade_sim
     from export.errors import PipelineError
-    from export.labels import check_held_out, held_out, metric_values
-    from export.routers.base import load_router
 
-    r = load_router(cfg.router)
-    check_held_out(cfg.table, r.meta)
-    meta = r.meta
-    if meta.kind == "irt":
-        from export.evaluate import profiled_in
-
-        meta = profiled_in(cfg.table, meta)
-    m, mt, q, train = held_out(cfg.table, meta)
-    if cascade_sim.local_experts(m.values).sum() == 0:
+    mt, q, scores, mv, qv, scores_v, cost = _splits(cfg.table, cfg.router)
+    if not cascade_sim.local_experts(mt.values).any():
         raise PipelineError(f"{cfg.table} has no local answer with a recorded confidence; "
                             "run `edgeroute table confidence` on it first")
-    val = validation_rows(m, meta, train)
-    if len(val) == 0:
-        raise PipelineError("the router's validation split is empty; nothing to choose on")
-    mv, qv = m.subset(val), metric_values(m, meta.labels())[val]
-    order = [list(r.experts).index(e) for e in mt.experts]
-    scores, scores_v = (r.score_batch(x.queries)[:, order] for x in (mt, mv))
-    cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
     if not (cost > 0).any():
         raise PipelineError("the cascade needs a priced (cloud) expert in the table")
     v = cfg.usd_per_correct if cfg.usd_per_correct is not None else DEFAULT_USD_PER_CORRECT
@@ -199,7 +208,7 @@ def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
     rule = CascadeRule(**chosen["rule"])
     test = cascade_sim.compare(mt.values, q, scores, cost, v, rule, VALUES)
     return {"router": str(cfg.router), "experts": mt.experts, "usd_per_correct": v,
-            "validation_queries": len(val), "test_queries": len(mt), "chosen_on": "validation",
+            "validation_queries": len(mv), "test_queries": len(mt), "chosen_on": "validation",
             "chosen": chosen, "test": test}
 
 

@@ -136,15 +136,6 @@ def choose(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
             "route_only": summary(base, cloud)}
 
 
-def paired_ci(diff: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[float] | None:
-    d = diff[np.isfinite(diff)]
-    if d.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
 def compare(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
             mean_cost: np.ndarray, usd_per_correct: float | None, rule: CascadeRule,
             sweep: tuple[float | None, ...]) -> dict[str, Any]:
@@ -166,6 +157,8 @@ def compare(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
         r = CascadeRule(rule.band, t, rule.signal)
         curve_cascade.append({"threshold": t, **summary(
             replay(values, q, scores, mean_cost, usd_per_correct, r), cloud)})
+    from export.evaluate import paired_ci
+
     always = {}
     for j in np.flatnonzero(cloud):
         have = ~np.isnan(q[:, j])
