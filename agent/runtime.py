@@ -8,6 +8,7 @@ path is a one-line start-up error, not a traceback in a request. The app keeps i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -27,6 +28,7 @@ from agent.errors import (
     UnknownExpertError,
 )
 from agent.experts.base import Expert, Message
+from agent.experts.batching import DecodeThread
 from agent.ledger import BudgetExceededError, Caps, Ledger, prompt_tokens_upper_bound
 from agent.metrics import Metrics, decision_kind
 from agent.model_files import resolve_model
@@ -101,6 +103,7 @@ class Runtime:
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
     latency_s: dict[str, float] = field(default_factory=dict)
+    decode: DecodeThread | None = None  # the local experts' one llama.cpp thread
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -309,6 +312,8 @@ class Runtime:
     async def aclose(self) -> None:
         for expert in self.experts.values():
             await expert.aclose()
+        if self.decode is not None:
+            await asyncio.to_thread(self.decode.close)
         self.ledger.close()
 
 
@@ -323,15 +328,17 @@ def build_runtime(settings: Settings) -> Runtime:
     from agent.experts.local import LocalExpert
 
     experts: dict[str, Expert] = {}
+    decode = DecodeThread()  # one llama.cpp thread for every local model (batching.py)
     for cfg in settings.local_experts:
         path = resolve_model(cfg.model, cfg.sha256, settings.paths.cache_dir)
-        experts[cfg.name] = LocalExpert.load(cfg, path)
+        experts[cfg.name] = LocalExpert.load(cfg, path, decode=decode)
     for cloud in settings.cloud_experts:
         from agent.experts.cloud import CloudExpert  # built by the cloud_bridge issue
 
         experts[cloud.name] = CloudExpert.from_settings(cloud, settings)
     return Runtime(settings=settings, experts=experts, router=build_router(settings, experts),
-                   ledger=open_ledger(settings), admission=build_admission(settings, experts))
+                   ledger=open_ledger(settings), admission=build_admission(settings, experts),
+                   decode=decode)
 
 
 def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission:

@@ -1,14 +1,17 @@
 """Continuous batching: concurrent requests to one local model share one llama context as
 separate sequences.
 
-Decoding one token of a small GGUF on a CPU (or a Jetson) is bound by reading the weights
-once; one ``llama_decode`` over a token of each of four sequences reads them once too, so
-aggregate tokens/s rises several-fold at little cost to each stream (BENCHMARKS.md). One
-engine thread steps the batch:
+Where decoding a small GGUF is bound by reading the weights (a Jetson, a many-core CPU),
+one ``llama_decode`` over a token of each of four sequences reads them once, so aggregate
+tokens/s rises several-fold at little cost to each stream; on a 2-core CPU that is nearly
+compute-bound already it rises about 1.3x, as llama.cpp's own server does (BENCHMARKS.md).
+Each step of an engine:
 
-1. waiting requests take free sequence slots: a new request joins at the next step;
-2. one batch: the last sampled token of every generating sequence, then the prompt tokens
-   of sequences still reading their prompt (chunked, at most ``n_batch`` in all);
+1. waiting requests take free sequence slots (the lowest free id): a new request joins at
+   the next step;
+2. one batch in sequence-id order: the last sampled token of every generating sequence,
+   then the prompt tokens of sequences still reading their prompt (chunked, at most
+   ``n_batch`` in all);
 3. one ``llama_decode``;
 4. for each sequence with an output: its token's log-probability under the raw logits (the
    answer's confidence), then a sample from its own sampler chain (temperature, top_p,
@@ -18,9 +21,15 @@ engine thread steps the batch:
 Every sequence has its own KV stream (``kv_unified`` off), positions from 0, so it sees
 the same cells and kernels batched as alone: with temperature 0 a batched request gets the
 tokens it gets alone (tests/agent/test_batching.py). Results go to a per-request sink,
-called on the engine thread (the async side hands them to its event loop). Calls that need
-llama-cpp-python's own chat handlers (grammar, tools) take the model between two steps
-through the :class:`StepGate`, never during one.
+called on the decode thread (the async side hands them to its event loop).
+
+Every engine of a process steps on one :class:`DecodeThread`, and calls that need
+llama-cpp-python's own chat handlers (grammar, tools) run there too, between two steps:
+llama.cpp as pip builds it uses OpenMP, which keeps a team of worker threads for each
+thread that decodes; with more workers than CPUs libgomp stops spinning at the hundreds of
+barriers of a decode and sleeps on a futex at each. A second model's engine thread cost
+Qwen a quarter of its single-stream tokens/s that way (BENCHMARKS.md); one decoding thread
+keeps one team, and two models never fight over the cores.
 
 Errors: a request that cannot fit its sequence's share of the context is a
 :class:`~agent.errors.RequestError` at submit (``messages`` or ``max_tokens``); a failed
@@ -36,10 +45,10 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.errors import ExpertCallError, RequestError
 from cloud_bridge.usage import TokenUsage
@@ -48,6 +57,7 @@ from cloud_bridge.wire import AnswerConfidence, StreamPiece
 log = logging.getLogger("edgeroute.batching")
 
 Sink = Callable[[StreamPiece | BaseException], object]
+T = TypeVar("T")
 TOP_K = 40  # llama-cpp-python's chat-completion defaults: sampled answers read as before
 MIN_P = 0.05
 N_BATCH = 512  # tokens one step decodes at most (prompt chunks included)
@@ -79,47 +89,94 @@ class BatchStats:
     max_batch_sequences: int  # the most sequences one step has decoded
 
 
-class StepGate:
-    """Engine steps and exclusive calls on the same model take turns. An exclusive call
-    (llama-cpp-python's chat handler: grammar, tools) waits for the running step to end,
-    then holds the model while steps wait; waiting exclusive calls go before the next step
-    so a busy batch cannot starve them."""
+class DecodeThread:
+    """The one thread that runs llama.cpp for every local model of a process: the steps of
+    each attached :class:`BatchEngine` in turn, and exclusive calls (:meth:`call`: a chat
+    handler's whole answer, freeing a model) between two steps. Waiting calls go before the
+    next step, so a busy batch cannot starve them; a call holds every model until it
+    returns. Started on first use; :meth:`close` stops it after the calls already queued."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "llama-decode") -> None:
+        self.name = name
         self._cond = threading.Condition()
-        self._stepping = False
-        self._exclusive = False
-        self._exclusive_waiting = 0
+        self._engines: list[BatchEngine] = []
+        self._calls: deque[tuple[Future[Any], Callable[[], Any]]] = deque()
+        self._thread: threading.Thread | None = None
+        self._closing = False
 
-    @contextmanager
-    def step(self) -> Iterator[None]:
+    def attach(self, engine: BatchEngine) -> None:
         with self._cond:
-            while self._exclusive or self._exclusive_waiting:
-                self._cond.wait()
-            self._stepping = True
-        try:
-            yield
-        finally:
+            self._engines.append(engine)
+
+    def detach(self, engine: BatchEngine) -> None:
+        with self._cond:
+            if engine in self._engines:
+                self._engines.remove(engine)
+
+    def wake(self) -> None:
+        """An engine has new work (call after queueing it)."""
+        with self._cond:
+            self._start()
+            self._cond.notify()
+
+    def on_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def call(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the decode thread between two steps; its result or exception
+        goes to the returned future."""
+        future: Future[T] = Future()
+        with self._cond:
+            if self._closing:
+                raise RuntimeError(f"{self.name} is closed")
+            self._calls.append((future, fn))
+            self._start()
+            self._cond.notify()
+        return future
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """:meth:`call` and wait for it. On the decode thread itself, or once the thread
+        has stopped (nothing can decode then), ``fn`` runs at once."""
+        with self._cond:
+            stopped = self._closing and (self._thread is None or not self._thread.is_alive())
+        if stopped or self.on_thread():
+            return fn()
+        return self.call(fn).result()
+
+    def close(self) -> None:
+        """Stop after the queued calls (engines are closed by their owners first)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _start(self) -> None:  # with self._cond held
+        if self._thread is None and not self._closing:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name=self.name)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
             with self._cond:
-                self._stepping = False
-                self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._exclusive_waiting += 1
-            try:
-                while self._stepping or self._exclusive:
+                while not (self._calls or self._closing
+                           or any(e.has_work() for e in self._engines)):
                     self._cond.wait()
-            finally:
-                self._exclusive_waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
+                calls = list(self._calls)
+                self._calls.clear()
+                if self._closing and not calls:
+                    return
+                engines = list(self._engines)
+            for future, fn in calls:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # handed to the caller, raised there
+                        future.set_exception(exc)
+            for engine in engines:
+                if engine.has_work():
+                    engine.step()
 
 
 class _Text:
@@ -198,10 +255,11 @@ class _Seq:
 class BatchEngine:
     """Continuous batching over one llama context of ``n_parallel`` sequences of
     ``n_ctx_per_seq`` cells each, on the model of a loaded ``llama_cpp.Llama`` (its
-    weights are shared; the Llama keeps its own context for exclusive calls)."""
+    weights are shared; the Llama keeps its own context for exclusive calls). It steps on
+    ``decode`` (shared by the process's local models) or on a thread of its own."""
 
     def __init__(self, llama: Any, *, name: str, n_parallel: int, n_ctx_per_seq: int,
-                 n_threads: int, gate: StepGate | None = None) -> None:
+                 n_threads: int, decode: DecodeThread | None = None) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -210,7 +268,8 @@ class BatchEngine:
         self.name = name
         self.n_parallel = n_parallel
         self.n_ctx_per_seq = n_ctx_per_seq
-        self.gate = gate or StepGate()
+        self._owns_decode = decode is None
+        self.decode = decode or DecodeThread(f"llama-{name}")
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_parallel * n_ctx_per_seq
         params.n_batch = params.n_ubatch = N_BATCH
@@ -236,9 +295,9 @@ class BatchEngine:
         self._waiting: deque[SequenceHandle] = deque()
         self._active: list[_Seq] = []
         self._free_ids = list(range(n_parallel))
-        self._thread: threading.Thread | None = None
         self._closing = False
         self._stats = BatchStats(n_parallel, 0, 0, 0, 0, 0, 0, 0)
+        self.decode.attach(self)
 
     # -- the request side (any thread) -----------------------------------------------------
     def submit(self, spec: SequenceSpec, sink: Sink) -> SequenceHandle:
@@ -262,11 +321,7 @@ class BatchEngine:
             if self._closing:
                 raise ExpertCallError(self.name, "the model is shutting down")
             self._waiting.append(handle)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, daemon=True,
-                                                name=f"batch-{self.name}")
-                self._thread.start()
-            self._cond.notify()
+        self.decode.wake()
         return handle
 
     def stats(self) -> BatchStats:
@@ -275,31 +330,33 @@ class BatchEngine:
                           s.batch_tokens, s.steps, s.generated_tokens, s.max_batch_sequences)
 
     def close(self) -> None:
-        """Stop the thread (requests still running get an ExpertCallError), free the
-        context. Before the model is freed."""
+        """Between two steps: fail the requests still running or waiting (an
+        ExpertCallError), free the context. Before the model is freed."""
         with self._cond:
+            if self._closing:
+                return
             self._closing = True
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join()
+        self.decode.run(self._close_now)
+        if self._owns_decode:
+            self.decode.close()
+
+    def _close_now(self) -> None:
+        self.decode.detach(self)
         self._fail_all(ExpertCallError(self.name, "the model is shutting down"))
         self._batch.close()
         self._ctx.close()
 
-    # -- the engine thread ------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._waiting or self._active or self._closing):
-                    self._cond.wait()
-                if self._closing:
-                    return
-            try:
-                self._step()
-            except Exception as exc:  # a failed step fails its requests, not the engine
-                log.exception("batch step of %s failed", self.name)
-                self._fail_all(ExpertCallError(self.name, f"batch step failed: {exc}"))
+    # -- on the decode thread ---------------------------------------------------------------
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._active)
+
+    def step(self) -> None:
+        """One batch step; a failed step fails its requests, not the engine."""
+        try:
+            self._step()
+        except Exception as exc:
+            log.exception("batch step of %s failed", self.name)
+            self._fail_all(ExpertCallError(self.name, f"batch step failed: {exc}"))
 
     def _step(self) -> None:
         for seq in [s for s in self._active if s.handle.cancelled]:
@@ -308,8 +365,7 @@ class BatchEngine:
         if not self._active:
             return
         outputs = self._fill_batch()
-        with self.gate.step():
-            rc = self._ll.llama_decode(self._ctx.ctx, self._batch.batch)
+        rc = self._ll.llama_decode(self._ctx.ctx, self._batch.batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
         n_tokens = int(self._batch.batch.n_tokens)
@@ -328,8 +384,11 @@ class BatchEngine:
                     handle.finished = True
                     continue
                 spec = handle.spec
-                self._active.append(_Seq(handle, self._free_ids.pop(0),
-                                         self._sampler(spec), _Text(spec.stop)))
+                # the lowest free id keeps the running ids consecutive (see _fill_batch)
+                seq_id = min(self._free_ids)
+                self._free_ids.remove(seq_id)
+                self._active.append(_Seq(handle, seq_id, self._sampler(spec),
+                                         _Text(spec.stop)))
 
     def _sampler(self, spec: SequenceSpec) -> Any:
         sampler = self._internals.LlamaSampler()
@@ -344,8 +403,8 @@ class BatchEngine:
         return sampler
 
     def _fill_batch(self) -> list[tuple[_Seq, int]]:
-        """Decode tokens first (one per generating sequence), then prompt chunks in
-        arrival order. Returns (sequence, batch index) for every output to sample."""
+        """One token per generating sequence, prompt chunks in the room left, all in
+        sequence-id order. Returns (sequence, batch index) for every output to sample."""
         b = self._batch.batch
         n = 0
         outputs: list[tuple[_Seq, int]] = []
@@ -359,13 +418,19 @@ class BatchEngine:
             seq.n_past += 1
             n += 1
 
-        for seq in self._active:
+        # In sequence-id order: llama.cpp splits a batch over per-sequence KV streams into
+        # one ubatch only while the ids run consecutively (llama_batch_allocr::split_equal,
+        # sequential); out of order, four sequences cost four decodes (BENCHMARKS.md).
+        # Every generating sequence's token has its place; prompts share what is left.
+        prompt_room = N_BATCH - sum(not s.reading_prompt for s in self._active)
+        for seq in sorted(self._active, key=lambda s: s.seq_id):
             if not seq.reading_prompt:
                 put(seq, seq.last, True)
-        for seq in self._active:
+                continue
             prompt = seq.handle.spec.prompt
-            while seq.reading_prompt and n < N_BATCH:
+            while seq.reading_prompt and prompt_room > 0:
                 put(seq, prompt[seq.n_past], seq.n_past == len(prompt) - 1)
+                prompt_room -= 1
         b.n_tokens = n
         return outputs
 

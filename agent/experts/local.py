@@ -6,11 +6,12 @@ llama context, each with its own sampling, stop strings and seed, and every answ
 its confidence (token log-probabilities under the model's own distribution). Requests
 llama-cpp-python's chat handlers must serve (tools, a JSON ``response_format``, an explicit
 ``chat_format``, a GGUF without a chat template) run on the Llama's own context one at a
-time, between two engine steps (``StepGate.exclusive``); they carry no confidence.
+time, between two engine steps; they carry no confidence.
 
-llama.cpp calls block, so they run in worker threads; the async side waits on queues fed
-from the engine thread. A client that goes away cancels its sequence: the engine drops it
-at the next step and frees its KV cells.
+Every llama.cpp decode runs on one :class:`~agent.experts.batching.DecodeThread` (the
+daemon's local experts share one): the caller waits on a queue fed from it. A client that
+goes away cancels its sequence: the engine drops it at the next step and frees its KV
+cells.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import asyncio
 import queue
 import random
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 from agent.cores import generation_threads
 from agent.errors import ExpertCallError, RequestError
 from agent.experts.base import ExpertInfo, Message
-from agent.experts.batching import BatchEngine, BatchStats, SequenceSpec, StepGate
+from agent.experts.batching import BatchEngine, BatchStats, DecodeThread, SequenceSpec
 from agent.experts.chat_template import ChatTemplate
 from agent.settings import LocalExpertSettings
 from cloud_bridge.usage import TokenUsage
@@ -79,21 +80,29 @@ class LocalExpert:
 
     def __init__(self, info: ExpertInfo, llama: Any, path: Path, n_threads: int = 0, *,
                  engine: BatchEngine | None = None, template: ChatTemplate | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, decode: DecodeThread | None = None) -> None:
         self.info = info
         self.path = path
         self.llama = llama
         self.n_threads = n_threads
         self.engine = engine
         self.template = template
-        self._gate = engine.gate if engine is not None else StepGate()
+        self._owns_decode = decode is None and engine is None
+        self.decode = decode or (engine.decode if engine is not None
+                                 else DecodeThread(f"llama-{info.name}"))
         self._seeds = random.Random(seed)  # seeds of requests without one, as llama-cpp-python
         self._async_lock: asyncio.Lock | None = None
         self._closed = False
 
     @classmethod
-    def load(cls, settings: LocalExpertSettings, path: Path) -> LocalExpert:
+    def load(cls, settings: LocalExpertSettings, path: Path,
+             decode: DecodeThread | None = None) -> LocalExpert:
+        """Load the GGUF. Its decodes run on ``decode`` (the daemon passes the one its
+        local experts share) or on a thread of the expert's own."""
         from llama_cpp import Llama  # heavy import, only when a model is really loaded
+
+        owned = decode is None
+        decode = decode or DecodeThread(f"llama-{settings.name}")
 
         threads = generation_threads(settings.n_threads).threads
         llama = Llama(
@@ -112,15 +121,17 @@ class LocalExpert:
         engine = None
         if template is not None:
             engine = BatchEngine(llama, name=settings.name, n_parallel=settings.n_parallel,
-                                 n_ctx_per_seq=per_seq, n_threads=threads)
+                                 n_ctx_per_seq=per_seq, n_threads=threads, decode=decode)
         slots = settings.n_parallel if engine is not None else 1
         info = ExpertInfo(name=settings.name, kind="local", model=str(path),
                           extra={"n_threads": threads, "n_parallel": slots,
                                  "n_ctx_per_seq": per_seq if engine is not None else None},
                           context_tokens=settings.n_ctx, tools=local_tools(settings),
                           json_mode=settings.json_mode, concurrency=slots)
-        return cls(info, llama, path, threads, engine=engine, template=template,
-                   seed=settings.seed)
+        expert = cls(info, llama, path, threads, engine=engine, template=template,
+                     seed=settings.seed, decode=decode)
+        expert._owns_decode = owned
+        return expert
 
     def prompt_tokens(self, messages: list[Message]) -> int:
         """This model's own count of a chat prompt, from above: its tokenizer on each
@@ -192,9 +203,13 @@ class LocalExpert:
     def complete_sync(self, messages: list[Message], params: SamplingParams) -> ChatResult:
         if self._batched(params):
             return _gathered(self.stream_sync(messages, params, threading.Event()))
-        with self._gate.exclusive(), _context_checked(self.info):
+
+        def answer() -> Any:
             self._check_open()
-            out = self.llama.create_chat_completion(**self._kwargs(messages, params))
+            with _context_checked(self.info):
+                return self.llama.create_chat_completion(**self._kwargs(messages, params))
+
+        out = self.decode.run(answer)
         choice = out["choices"][0]
         usage = out.get("usage") or {}
         return ChatResult(
@@ -208,7 +223,7 @@ class LocalExpert:
         self, messages: list[Message], params: SamplingParams, cancel: threading.Event
     ) -> Iterator[StreamPiece]:
         if not self._batched(params):
-            yield from self._handler_stream(messages, params, cancel)
+            yield from self._handler_stream_sync(messages, params, cancel)
             return
         assert self.engine is not None
         pieces: queue.SimpleQueue[StreamPiece | BaseException] = queue.SimpleQueue()
@@ -230,38 +245,68 @@ class LocalExpert:
             handle.cancel()  # a no-op once finished
 
     def _handler_stream(
+        self, messages: list[Message], params: SamplingParams, cancelled: Callable[[], bool]
+    ) -> Iterator[StreamPiece]:
+        """llama-cpp-python's chat handler, streaming. On the decode thread only: it holds
+        every model until it ends (see :meth:`_pump`)."""
+        self._check_open()
+        with _context_checked(self.info):
+            chunks = self.llama.create_chat_completion(
+                **self._kwargs(messages, params), stream=True
+            )
+        n_out = 0
+        finish: str | None = None
+        try:
+            for chunk in _context_checked_iter(self.info, chunks):
+                if cancelled():
+                    finish = "cancelled"
+                    break
+                choice = chunk["choices"][0]
+                delta = choice.get("delta") or {}
+                text = delta.get("content") or ""
+                calls = tuple(delta.get("tool_calls") or ())
+                if text or calls:
+                    n_out += 1
+                    yield StreamPiece(content=text, tool_calls=calls)
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+        # After a chat completion the context holds prompt + generated tokens.
+        n_prompt = max(int(self.llama.n_tokens) - n_out, 0)
+        yield StreamPiece(finish_reason=finish or "stop", usage=TokenUsage(n_prompt, n_out))
+
+    def _pump(self, messages: list[Message], params: SamplingParams,
+              cancelled: Callable[[], bool], put: Callable[[Any], object]) -> None:
+        """The decode thread's whole handler call: its pieces, an exception if one, then
+        ``_END``, each to ``put``."""
+        try:
+            for piece in self._handler_stream(messages, params, cancelled):
+                put(piece)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+        finally:
+            put(_END)
+
+    def _handler_stream_sync(
         self, messages: list[Message], params: SamplingParams, cancel: threading.Event
     ) -> Iterator[StreamPiece]:
-        """llama-cpp-python's chat handler, streaming, with the model to itself."""
-        with self._gate.exclusive():
-            self._check_open()
-            with _context_checked(self.info):
-                chunks = self.llama.create_chat_completion(
-                    **self._kwargs(messages, params), stream=True
-                )
-            n_out = 0
-            finish: str | None = None
-            try:
-                for chunk in _context_checked_iter(self.info, chunks):
-                    if cancel.is_set():
-                        finish = "cancelled"
-                        break
-                    choice = chunk["choices"][0]
-                    delta = choice.get("delta") or {}
-                    text = delta.get("content") or ""
-                    calls = tuple(delta.get("tool_calls") or ())
-                    if text or calls:
-                        n_out += 1
-                        yield StreamPiece(content=text, tool_calls=calls)
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-            finally:
-                close = getattr(chunks, "close", None)
-                if close is not None:
-                    close()
-            # After a chat completion the context holds prompt + generated tokens.
-            n_prompt = max(int(self.llama.n_tokens) - n_out, 0)
-        yield StreamPiece(finish_reason=finish or "stop", usage=TokenUsage(n_prompt, n_out))
+        pieces: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        left = threading.Event()  # the consumer stopped reading
+
+        def cancelled() -> bool:
+            return cancel.is_set() or left.is_set()
+
+        self.decode.call(lambda: self._pump(messages, params, cancelled, pieces.put))
+        try:
+            while (item := pieces.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            left.set()
 
     # -- async API (daemon) ---------------------------------------------------------------
     async def complete(self, messages: list[Message], params: SamplingParams) -> ChatResult:
@@ -302,17 +347,12 @@ class LocalExpert:
         pieces: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
 
-        def worker() -> None:
-            try:
-                for delta in self._handler_stream(messages, params, cancel):
-                    loop.call_soon_threadsafe(pieces.put_nowait, delta)
-            except BaseException as exc:  # handed to the consumer, raised there
-                loop.call_soon_threadsafe(pieces.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(pieces.put_nowait, _END)
+        def put(item: Any) -> None:
+            loop.call_soon_threadsafe(pieces.put_nowait, item)
 
         async with self._lock():
-            task = loop.run_in_executor(None, worker)
+            task = asyncio.wrap_future(self.decode.call(
+                lambda: self._pump(messages, params, cancel.is_set, put)))
             try:
                 while True:
                     item = await pieces.get()
@@ -329,16 +369,22 @@ class LocalExpert:
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
-        """Stop the engine (running requests fail), then free the model."""
+        """Stop the engine (running requests fail), then free the model between two
+        decodes; then the decode thread, when it is the expert's own."""
         if self.engine is not None:
             self.engine.close()
-        with self._gate.exclusive():
+
+        def free() -> None:
             if self._closed:
                 return
             self._closed = True
             close = getattr(self.llama, "close", None)
             if close is not None:
                 close()
+
+        self.decode.run(free)
+        if self._owns_decode:
+            self.decode.close()
 
 
 def _gathered(pieces: Iterator[StreamPiece]) -> ChatResult:

@@ -77,5 +77,6 @@ def share_local_expert(monkeypatch: pytest.MonkeyPatch, expert: object) -> None:
     async def keep_open() -> None:
         return None
 
-    monkeypatch.setattr(LocalExpert, "load", classmethod(lambda cls, cfg, path: expert))
+    monkeypatch.setattr(LocalExpert, "load",
+                        classmethod(lambda cls, cfg, path, decode=None: expert))
     monkeypatch.setattr(expert, "aclose", keep_open)
