@@ -311,8 +311,7 @@ class LocalExpert:
     # -- async API (daemon) ---------------------------------------------------------------
     async def complete(self, messages: list[Message], params: SamplingParams) -> ChatResult:
         if self._batched(params):
-            pieces = [p async for p in self.stream(messages, params)]
-            return _gathered(iter(pieces))
+            return await self._batched_complete(messages, params)
         async with self._lock():
             return await asyncio.to_thread(self.complete_sync, messages, params)
 
@@ -337,6 +336,39 @@ class LocalExpert:
                 yield item
                 if item.finish_reason is not None:
                     return
+        finally:
+            handle.cancel()  # a client that went away frees its slot at the next step
+
+    async def _batched_complete(self, messages: list[Message],
+                                params: SamplingParams) -> ChatResult:
+        """The pieces gather on the decode thread; the event loop wakes once, for the
+        answer, not once a token (on a 2-core device every wake takes CPU from the
+        decode)."""
+        assert self.engine is not None
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[ChatResult] = loop.create_future()
+        spec = await asyncio.to_thread(self._spec, messages, params)  # template + tokenizer
+        parts: list[StreamPiece] = []
+
+        def settle(result: ChatResult | BaseException) -> None:
+            if answer.done():  # the caller went away
+                return
+            if isinstance(result, BaseException):
+                answer.set_exception(result)
+            else:
+                answer.set_result(result)
+
+        def sink(item: StreamPiece | BaseException) -> None:
+            if isinstance(item, BaseException):
+                loop.call_soon_threadsafe(settle, item)
+                return
+            parts.append(item)
+            if item.finish_reason is not None:
+                loop.call_soon_threadsafe(settle, _gathered(iter(parts)))
+
+        handle = self.engine.submit(spec, sink)
+        try:
+            return await answer
         finally:
             handle.cancel()  # a client that went away frees its slot at the next step
 
