@@ -46,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--max-usd", type=float, default=None,
                    help="refuse to start when the worst-case cloud cost is above this")
     c.add_argument("--yes", action="store_true", help="do not ask before spending")
-    c.add_argument("--l2", type=float, default=None, help="pull toward the prior profile")
+    c.add_argument("--l2", type=float, default=None,
+                   help="pull of theta toward the prior profile")
+    c.add_argument("--l2-bias", type=float, default=None,
+                   help="pull of the bias toward the prior profile")
     c.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -119,7 +122,7 @@ def calibrate(args: argparse.Namespace) -> int:
     from agent.settings import load_settings
     from export.calibration_set import load_calibration_set
     from export.collect import TableSink, build_runners
-    from export.profile_fit import DEFAULT_L2, fit_profile
+    from export.profile_fit import DEFAULT_L2, DEFAULT_L2_BIAS, fit_profile
     from export.table import read_table
 
     settings = load_settings()
@@ -177,7 +180,8 @@ def calibrate(args: argparse.Namespace) -> int:
                      bundle.shipped, {})
     after = fit_profile(u, d, y, before.profile, args.name, expert.kind,
                         DEFAULT_L2 if args.l2 is None else args.l2,
-                        f"calibration set ({len(rows)} queries)")
+                        f"calibration set ({len(rows)} queries)",
+                        l2_bias=DEFAULT_L2_BIAS if args.l2_bias is None else args.l2_bias)
     device.with_profiles([after]).write(device_path)
     _report(rows, u, d, before, after, time.monotonic() - t0)
     print(f"profile of {args.name} -> {device_path}; reload a running daemon (SIGHUP or "

@@ -30,24 +30,31 @@ import numpy as np
 from agent.profiles import Profile, ProfileSet
 from export.errors import PipelineError
 
-DEFAULT_L2 = 30.0  # pull toward the prior: chosen by leave-one-expert-out on validation
-# (artifacts/report/irt/loo_l2.json: 1 to 300 tried, 50 answers per left-out expert)
+# Pulls toward the prior, chosen by leave-one-expert-out on validation: theta (where an
+# expert is strong) firmly, the bias (how often it is right) loosely, since 50 answers say
+# more about the second (artifacts/report/irt/loo_bias.json: l2 10/30/100 x bias 0.3-10 or
+# as theta, 50 answers per left-out expert; loo_l2.json had one pull for both, 30).
+DEFAULT_L2 = 10.0
+DEFAULT_L2_BIAS = 3.0
 
 
 def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, name: str,
                 kind: str, l2: float = DEFAULT_L2, fitted_on: str = "",
-                iterations: int = 50) -> Profile:
-    """MAP profile of one expert from features (u, d) and outcomes y in [0, 1]."""
+                iterations: int = 50, l2_bias: float | None = DEFAULT_L2_BIAS) -> Profile:
+    """MAP profile of one expert from features (u, d) and outcomes y in [0, 1]: theta
+    pulled toward the prior's with ``l2``, the bias with ``l2_bias`` (None: ``l2``)."""
     if len(y) == 0:
         raise PipelineError(f"expert {name!r}: no graded outcomes to fit a profile on")
     a = np.hstack([u, np.ones((len(u), 1))])
     beta0 = np.array([*prior.theta, prior.bias], dtype=np.float64)
     beta = beta0.copy()
+    pull = np.full(len(beta), l2, dtype=np.float64)
+    pull[-1] = l2 if l2_bias is None else l2_bias
     for _ in range(iterations):
         z = np.clip(a @ beta - d, -40, 40)
         p = 1.0 / (1.0 + np.exp(-z))
-        grad = a.T @ (p - y) + l2 * (beta - beta0)
-        hess = (a * (p * (1 - p))[:, None]).T @ a + l2 * np.eye(len(beta))
+        grad = a.T @ (p - y) + pull * (beta - beta0)
+        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(pull)
         step = np.linalg.solve(hess, grad)
         beta -= step
         if np.abs(step).max() < 1e-8:
@@ -125,7 +132,8 @@ def _rehash_manifest(bundle: Path) -> None:
 
 def fit_from_matrix(src: FeatureSource, queries: Sequence[str], y: np.ndarray,
                     experts: Sequence[str], rows: np.ndarray, max_per_expert: int | None,
-                    seed: int, l2: float, fitted_on: str) -> list[Profile]:
+                    seed: int, l2: float, fitted_on: str,
+                    l2_bias: float | None = DEFAULT_L2_BIAS) -> list[Profile]:
     """Profiles of ``experts`` from outcome matrix ``y`` (queries x experts) on ``rows``."""
     from export.routers.irt import expert_kind
 
@@ -148,7 +156,7 @@ def fit_from_matrix(src: FeatureSource, queries: Sequence[str], y: np.ndarray,
                 else expert_kind(name))
         prior = prior_for(src.profiles, name, kind)
         out.append(fit_profile(u_all[idx], d_all[idx], y[chosen[name], j], prior, name, kind,
-                               l2, fitted_on))
+                               l2, fitted_on, l2_bias=l2_bias))
     return out
 
 
@@ -164,7 +172,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit each expert on at most N of its train rows (few-shot profiles)")
     f.add_argument("--seed", type=int, default=0, help="split and sampling seed")
     f.add_argument("--test-fraction", type=float, default=0.2, help="held-out share")
-    f.add_argument("--l2", type=float, default=DEFAULT_L2, help="pull toward the prior")
+    f.add_argument("--l2", type=float, default=DEFAULT_L2,
+                   help="pull of theta toward the prior")
+    f.add_argument("--l2-bias", type=float, default=DEFAULT_L2_BIAS,
+                   help="pull of the bias toward the prior")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +193,8 @@ def run(args: argparse.Namespace) -> int:
     y = m.values["correct"][:, [m.experts.index(e) for e in experts]]
     train, _ = split_indices(m, args.seed, args.test_fraction)
     fitted = fit_from_matrix(src, m.queries, y, experts, train, args.max_per_expert,
-                             args.seed, args.l2, f"profile fit: {Path(args.table).name} train")
+                             args.seed, args.l2, f"profile fit: {Path(args.table).name} train",
+                             l2_bias=args.l2_bias)
     src.write(src.profiles.with_profiles(fitted), args.out)
     for prof in fitted:
         print(f"{prof.name}: {prof.observations} outcomes, mean P(correct) "

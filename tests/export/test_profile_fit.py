@@ -33,10 +33,24 @@ def test_few_outcomes_stay_near_the_prior_and_move_toward_the_data() -> None:
     truth = np.array([0.0, 0.0, 0.0])
     u, d, y = _data(20, truth, 3.0, seed=1)  # an expert that is almost always right
     prior = Profile("prior", (0.0, 0.0, 0.0), -1.0)
-    strong = fit_profile(u, d, y, prior, "e", "local", l2=100.0)
-    weak = fit_profile(u, d, y, prior, "e", "local", l2=0.1)
+    strong = fit_profile(u, d, y, prior, "e", "local", l2=100.0, l2_bias=None)
+    weak = fit_profile(u, d, y, prior, "e", "local", l2=0.1, l2_bias=None)
     assert -1.0 < strong.bias < weak.bias  # more shrinkage, closer to the prior
     assert abs(strong.bias + 1.0) < 0.5
+
+
+def test_a_loose_bias_takes_the_level_from_the_data_and_theta_from_the_prior() -> None:
+    """50 answers of an expert far better than its prior: with theta held (l2 100) and the
+    bias loose (0.1), the fitted level moves most of the way to the data's, and theta stays
+    within a little of the prior's (the leave-one-out study's GPT-4 case)."""
+    truth = np.array([0.0, 0.0, 0.0])
+    u, d, y = _data(50, truth, 2.5, seed=3)
+    prior = Profile("prior", (0.8, -0.4, 0.2), -0.5)
+    tied = fit_profile(u, d, y, prior, "e", "cloud", l2=100.0, l2_bias=None)
+    loose = fit_profile(u, d, y, prior, "e", "cloud", l2=100.0, l2_bias=0.1)
+    assert loose.bias > tied.bias + 1.0
+    assert loose.mean_p == pytest.approx(y.mean(), abs=0.08)
+    assert np.allclose(loose.theta, prior.theta, atol=0.2)
 
 
 def test_no_outcomes_is_an_error_naming_the_expert() -> None:

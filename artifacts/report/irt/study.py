@@ -3,6 +3,7 @@
     .venv/bin/python artifacts/report/irt/study.py select   # shape on the pooled validation split
     .venv/bin/python artifacts/report/irt/study.py tables   # 5 seeds x 3 tables: irt vs MLP
     .venv/bin/python artifacts/report/irt/study.py loo      # leave-one-expert-out + profile fit
+    .venv/bin/python artifacts/report/irt/study.py loo_bias # its pulls (theta, bias) on validation
     .venv/bin/python artifacts/report/irt/study.py budget   # RouterBench: GPT-4 quality vs cost
     .venv/bin/python artifacts/report/irt/study.py pooled   # shipped settings, pooled test split
 
@@ -250,6 +251,20 @@ def loo_l2(shots: int = 50) -> dict[str, Any]:
     trained without each expert are reused; each l2 fits the left-out expert from the same
     ``shots`` train rows; the l2 with the best mean validation quality is kept and its
     test figures reported."""
+    return _loo_grid([(l2, None) for l2 in L2_GRID], "loo_l2", shots)
+
+
+BIAS_GRID = tuple((l2, b) for l2 in (10.0, 30.0, 100.0) for b in (0.3, 1.0, 3.0, 10.0, None))
+
+
+def loo_bias(shots: int = 50) -> dict[str, Any]:
+    """As ``loo_l2``, with the bias pulled apart from theta (``l2_bias``; None: as theta):
+    50 answers say how often an expert is right better than where it is strong."""
+    return _loo_grid(list(BIAS_GRID), "loo_bias", shots)
+
+
+def _loo_grid(grid: list[tuple[float, float | None]], out_name: str,
+              shots: int) -> dict[str, Any]:
     from agent.profiles import ProfileSet
     from export.profile_fit import fit_profile
     from export.routers.base import load_router
@@ -288,27 +303,34 @@ def loo_l2(shots: int = 50) -> dict[str, Any]:
             uv, dv = r.features([m.queries[i] for i in val_rows])
             ut, dt = r.features([m.queries[i] for i in test])
             kind = expert_kind(expert)
-            for l2 in L2_GRID:
-                prof = fit_profile(u, d, y[pick, j], others.prior(kind), expert, kind, l2)
+            for l2, l2_bias in grid:
+                prof = fit_profile(u, d, y[pick, j], others.prior(kind), expert, kind, l2,
+                                   l2_bias=l2_bias)
                 profs = others.with_profiles([prof]).profiles
                 order = [list(profs).index(e) for e in m.experts]
                 qv = routed_quality(p_matrix(uv, dv, list(profs.values()))[:, order],
                                     y[val_rows]).mean()
                 qt = routed_quality(p_matrix(ut, dt, list(profs.values()))[:, order],
                                     y[test]).mean()
-                per.append({"table": name, "expert": expert, "l2": l2,
+                per.append({"table": name, "expert": expert, "l2": l2, "l2_bias": l2_bias,
                             "val_diff": float(qv) - base["val"],
                             "test_diff": float(qt) - base["test"]})
-    means = {l2: float(np.mean([r["val_diff"] for r in per if r["l2"] == l2]))
-             for l2 in L2_GRID}
+
+    def key(l2: float, l2_bias: float | None) -> str:
+        return f"{l2:g}" if l2_bias is None else f"{l2:g}/{l2_bias:g}"
+
+    means = {key(*g): float(np.mean([r["val_diff"] for r in per
+                                     if (r["l2"], r["l2_bias"]) == g])) for g in grid}
     chosen = max(means, key=lambda k: means[k])
-    out = {"shots": shots, "grid": list(L2_GRID), "mean_val_diff": means, "chosen_l2": chosen,
+    l2_c, bias_c = next(g for g in grid if key(*g) == chosen)
+    out = {"shots": shots, "grid": [list(g) for g in grid], "mean_val_diff": means,
+           "chosen_l2": l2_c, "chosen_l2_bias": bias_c,
            "chosen_on": "validation (10% of each table's train split)",
-           "test": [r for r in per if r["l2"] == chosen], "all": per}
-    log(f"l2 mean validation differences {means}; chosen {chosen}")
+           "test": [r for r in per if (r["l2"], r["l2_bias"]) == (l2_c, bias_c)], "all": per}
+    log(f"{out_name}: mean validation differences {means}; chosen {chosen}")
     for r in out["test"]:
         log(f"{r['table']} {r['expert']}: test difference {r['test_diff']:+.4f}")
-    (HERE / "loo_l2.json").write_text(json.dumps(out, indent=1) + "\n")
+    (HERE / f"{out_name}.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
 
 
@@ -404,25 +426,31 @@ def calib_check(profiles: Path = REPO / "runs" / "calib-data" / "device-profiles
     y = np.array([float(r["correct"]) for r in rows])
     ds = np.array([r["dataset"] for r in rows])
     # the same answers fitted from the local prior, as for an expert nothing is known of
-    from export.profile_fit import DEFAULT_L2, fit_profile
+    from export.profile_fit import DEFAULT_L2, DEFAULT_L2_BIAS, fit_profile
 
     cal = read_table(profiles.parent / "calibration" / f"{expert}.jsonl")
     cu, cd = bundle.features([r["query"] for r in cal])
+    cy = np.array([float(r["correct"]) for r in cal])
     others = ProfileSet(bundle.profiles.encoder_id, bundle.profiles.dim,
                         {k: v for k, v in bundle.profiles.profiles.items() if k != expert})
-    blind = fit_profile(cu, cd, np.array([float(r["correct"]) for r in cal]),
-                        others.prior("local"), expert, "local", DEFAULT_L2)
+    # the same answers refitted with today's defaults: from the shipped profile (what the
+    # command does now) and from the local prior alone
+    now = fit_profile(cu, cd, cy, shipped, expert, "local", DEFAULT_L2,
+                      l2_bias=DEFAULT_L2_BIAS)
+    blind = fit_profile(cu, cd, cy, others.prior("local"), expert, "local", DEFAULT_L2,
+                        l2_bias=DEFAULT_L2_BIAS)
     pf, ps = p_matrix(u, d, [fitted])[:, 0], p_matrix(u, d, [shipped])[:, 0]
-    pb = p_matrix(u, d, [blind])[:, 0]
+    pb, pn = p_matrix(u, d, [blind])[:, 0], p_matrix(u, d, [now])[:, 0]
     out: dict[str, Any] = {"expert": expert, "calibration_answers": fitted.observations,
-                           "per_dataset": {}}
+                           "l2": DEFAULT_L2, "l2_bias": DEFAULT_L2_BIAS, "per_dataset": {}}
     for name in sorted(set(ds.tolist())):
         k = ds == name
         out["per_dataset"][name] = {"queries": int(k.sum()), "table": float(y[k].mean()),
                                     "calibrated": float(pf[k].mean()),
+                                    "calibrated_today_defaults": float(pn[k].mean()),
                                     "shipped": float(ps[k].mean()),
                                     "from_prior_only": float(pb[k].mean()),
-                                    "within_0.1": bool(abs(pf[k].mean() - y[k].mean()) <= 0.1)}
+                                    "within_0.1": bool(abs(pn[k].mean() - y[k].mean()) <= 0.1)}
     log(json.dumps(out))
     (HERE / "calib_check.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
@@ -468,15 +496,24 @@ def report() -> None:
                   f"({lo['queries']}): router {lo['router']:.4f}, always-Qwen "
                   f"{lo['always_qwen']:.4f}, always-SmolLM2 {lo['always_smollm2']:.4f}, oracle "
                   f"{lo['oracle']:.4f}; router - Qwen 95% CI {lo['router_minus_qwen_ci95']}."]
-    if (HERE / "loo_l2.json").is_file():
-        lj = json.loads((HERE / "loo_l2.json").read_text())
+    loo_file = next((HERE / f for f in ("loo_bias.json", "loo_l2.json")
+                     if (HERE / f).is_file()), None)
+    if loo_file is not None:
+        lj = json.loads(loo_file.read_text())
+        bias = lj.get("chosen_l2_bias")
         lines += ["", f"Leave one expert out: router retrained without the expert's rows, its "
                   f"profile fitted from {lj['shots']} of its train rows with l2 "
-                  f"{lj['chosen_l2']} (chosen on {lj['chosen_on']}; mean validation "
-                  f"difference per l2: "
+                  f"{lj['chosen_l2']} on theta and "
+                  f"{'the same' if bias is None else bias} on the bias (chosen on "
+                  f"{lj['chosen_on']}; mean validation difference per l2[/bias]: "
                   + ", ".join(f"{k}: {100 * v:+.2f} pt" for k, v in lj["mean_val_diff"].items())
-                  + "). Test difference against the router trained on all its rows:", "",
+                  + f"; `{loo_file.name}`). Test difference against the router trained on all "
+                  "its rows:", "",
                   "| table | expert | test difference (points) |", "| --- | --- | ---: |"]
+        misses = sum(r["test_diff"] < -0.01 for r in lj["test"])
+        lines.insert(len(lines) - 2, f"Experts more than 1 point short on test: {misses} of "
+                     f"{len(lj['test'])}.")
+        lines.insert(len(lines) - 2, "")
         fig, ax = plt.subplots(figsize=(8, 5))
         names, diffs = [], []
         for r in lj["test"]:
@@ -514,11 +551,18 @@ def report() -> None:
                   "calibration answers, none from the table): predicted accuracy on the "
                   "committed table's queries vs the table's accuracy (the shipped profile "
                   "was fitted on these rows, so it is in-sample):", "",
+                  f"The answers of the live run, refitted with today's defaults (l2 "
+                  f"{cj.get('l2')}, bias {cj.get('l2_bias')}) against today's bundle; the "
+                  "profile the live run wrote was fitted against the bundle before the "
+                  "GSM8K re-collection, so its column is stale.", "",
                   "| dataset | queries | table | calibrated (prior: shipped profile) | "
-                  "within 0.1 | calibrated from the local prior only | shipped profile |",
-                  "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
-        lines += [f"| {k} | {v['queries']} | {v['table']:.3f} | {v['calibrated']:.3f} | "
-                  f"{v['within_0.1']} | {v['from_prior_only']:.3f} | {v['shipped']:.3f} |"
+                  "within 0.1 | calibrated from the local prior only | shipped profile | "
+                  "live run's file (stale) |",
+                  "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+        lines += [f"| {k} | {v['queries']} | {v['table']:.3f} | "
+                  f"{v.get('calibrated_today_defaults', v['calibrated']):.3f} | "
+                  f"{v['within_0.1']} | {v['from_prior_only']:.3f} | {v['shipped']:.3f} | "
+                  f"{v['calibrated']:.3f} |"
                   for k, v in cj["per_dataset"].items()]
     (HERE / "summary.md").write_text("\n".join(lines) + "\n")
 
@@ -526,6 +570,7 @@ def report() -> None:
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "select"
     steps = {"select": select, "tables": tables, "loo": loo, "loo_l2": loo_l2,
+             "loo_bias": loo_bias,
              "budget": budget, "pooled": pooled, "calib_check": calib_check,
              "report": report}
     steps[step]()
