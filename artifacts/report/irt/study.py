@@ -192,6 +192,14 @@ def tables() -> dict[str, Any]:
                    "best_expert": mt.experts[int(np.nanargmax(means))],
                    "best_expert_quality": float(np.nanmax(means)),
                    "oracle": float(np.nanmax(np.nan_to_num(y, nan=-1), axis=1).mean())}
+            # the BERT-3L classifier of the same seed, where expert_table_seeds/run.sh
+            # trained one (the committed table only: hours of CPU on the others)
+            bert_dir = REPO / "runs" / "seeds" / str(seed) / "bert3"
+            if name == "expert_table" and (bert_dir / "router.json").is_file():
+                _, y3, s_bert = test_outcomes(table, bert_dir)
+                assert np.array_equal(np.isnan(y), np.isnan(y3))
+                qb = routed_quality(s_bert, y)
+                res.update(bert=float(qb.mean()), irt_minus_bert_ci95=paired_ci(qi - qb))
             log(f"{name} {json.dumps(res)}")
             out[name].append(res)
     (HERE / "tables.json").write_text(json.dumps(out, indent=1) + "\n")
@@ -470,6 +478,7 @@ def report() -> None:
               "| table | seeds | irt mean | MLP mean | irt - MLP 95% CI per seed |",
               "| --- | ---: | ---: | ---: | --- |"]
     tab = json.loads((HERE / "tables.json").read_text())
+    bert_rows: list[str] = []
     fig, ax = plt.subplots(1, len(tab), figsize=(4 * len(tab), 3.5))
     for k, (name, runs) in enumerate(tab.items()):
         irt = [r["irt"] for r in runs]
@@ -478,10 +487,22 @@ def report() -> None:
                         for r in runs)
         lines.append(f"| {name} | {len(runs)} | {np.mean(irt):.4f} | {np.mean(mlp):.4f} | "
                      f"{cis} |")
+        if all("bert" in r for r in runs):
+            bcis = "; ".join(f"[{r['irt_minus_bert_ci95'][0]:+.3f}, "
+                             f"{r['irt_minus_bert_ci95'][1]:+.3f}]" for r in runs)
+            bert_rows.append(f"| {name} | {len(runs)} | {np.mean(irt):.4f} | "
+                             f"{np.mean([r['bert'] for r in runs]):.4f} | {bcis} |")
         ax[k].plot(range(len(runs)), irt, "o-", label="irt")
         ax[k].plot(range(len(runs)), mlp, "s--", label="MLP")
+        if all("bert" in r for r in runs):
+            ax[k].plot(range(len(runs)), [r["bert"] for r in runs], "^:", label="BERT-3L")
         ax[k].set(title=name, xlabel="seed", ylabel="routed correctness (test)")
         ax[k].legend()
+    if bert_rows:
+        lines += ["", "Against the BERT-3L classifier of the same seeds "
+                  "(`../expert_table_seeds/run.sh`):", "",
+                  "| table | seeds | irt mean | BERT-3L mean | irt - BERT 95% CI per seed |",
+                  "| --- | ---: | ---: | ---: | --- |", *bert_rows]
     fig.tight_layout()
     fig.savefig(HERE / "tables.png", dpi=100)
     if (HERE / "pooled.json").is_file():
