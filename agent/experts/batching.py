@@ -9,9 +9,9 @@ Each step of an engine:
 
 1. waiting requests take free sequence slots (the lowest free id): a new request joins at
    the next step;
-2. one batch in sequence-id order: the last sampled token of every generating sequence,
-   then the prompt tokens of sequences still reading their prompt (chunked, at most
-   ``n_batch`` in all);
+2. one batch in sequence-id order: the last sampled token of every generating sequence
+   and, in the room left (``n_batch`` in all), the prompt tokens of sequences still
+   reading their prompt;
 3. one ``llama_decode``;
 4. for each sequence with an output: its token's log-probability under the raw logits (the
    answer's confidence), then a sample from its own sampler chain (temperature, top_p,
@@ -19,8 +19,9 @@ Each step of an engine:
    KV cells are freed at once.
 
 Every sequence has its own KV stream (``kv_unified`` off), positions from 0, so it sees
-the same cells and kernels batched as alone: with temperature 0 a batched request gets the
-tokens it gets alone (tests/agent/test_batching.py). Results go to a per-request sink,
+the same cells batched as alone: with temperature 0 a batched request gets the tokens it
+gets alone, its log-probabilities equal up to float noise (a 4-column GEMM sums in
+another order than the lone GEMV; tests/agent/test_batching.py). Results go to a per-request sink,
 called on the decode thread (the async side hands them to its event loop).
 
 Every engine of a process steps on one :class:`DecodeThread`, and calls that need

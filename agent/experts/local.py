@@ -80,14 +80,17 @@ class LocalExpert:
 
     def __init__(self, info: ExpertInfo, llama: Any, path: Path, n_threads: int = 0, *,
                  engine: BatchEngine | None = None, template: ChatTemplate | None = None,
-                 seed: int = 0, decode: DecodeThread | None = None) -> None:
+                 seed: int = 0, decode: DecodeThread | None = None,
+                 owns_decode: bool = False) -> None:
         self.info = info
         self.path = path
         self.llama = llama
         self.n_threads = n_threads
         self.engine = engine
         self.template = template
-        self._owns_decode = decode is None and engine is None
+        # the decode thread: the one given (closed by the expert if ``owns_decode``), the
+        # engine's, else one of its own
+        self._owns_decode = owns_decode or (decode is None and engine is None)
         self.decode = decode or (engine.decode if engine is not None
                                  else DecodeThread(f"llama-{info.name}"))
         self._seeds = random.Random(seed)  # seeds of requests without one, as llama-cpp-python
@@ -128,10 +131,8 @@ class LocalExpert:
                                  "n_ctx_per_seq": per_seq if engine is not None else None},
                           context_tokens=settings.n_ctx, tools=local_tools(settings),
                           json_mode=settings.json_mode, concurrency=slots)
-        expert = cls(info, llama, path, threads, engine=engine, template=template,
-                     seed=settings.seed, decode=decode)
-        expert._owns_decode = owned
-        return expert
+        return cls(info, llama, path, threads, engine=engine, template=template,
+                   seed=settings.seed, decode=decode, owns_decode=owned)
 
     def prompt_tokens(self, messages: list[Message]) -> int:
         """This model's own count of a chat prompt, from above: its tokenizer on each
@@ -299,6 +300,7 @@ class LocalExpert:
         def cancelled() -> bool:
             return cancel.is_set() or left.is_set()
 
+        self._check_open()  # a closed expert's decode thread may be gone
         self.decode.call(lambda: self._pump(messages, params, cancelled, pieces.put))
         try:
             while (item := pieces.get()) is not _END:
@@ -383,6 +385,7 @@ class LocalExpert:
             loop.call_soon_threadsafe(pieces.put_nowait, item)
 
         async with self._lock():
+            self._check_open()  # a closed expert's decode thread may be gone
             task = asyncio.wrap_future(self.decode.call(
                 lambda: self._pump(messages, params, cancel.is_set, put)))
             try:
