@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from llama_cpp import Llama, _internals
 
     from agent.cores import generation_threads
+    from agent.experts.batching import N_BATCH, context_params
     from agent.model_files import BUILTINS, assemble_builtin
     from agent.settings import QWEN_DEFAULT, Settings
 
@@ -61,15 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     path = assemble_builtin(BUILTINS[QWEN_DEFAULT], settings.paths.cache_dir)
     most = max(max(args.sizes), 4)
     llama = Llama(model_path=str(path), n_ctx=512, n_threads=threads, verbose=False)
-    params = llama_cpp.llama_context_default_params()
-    params.n_ctx = most * 512
-    params.n_batch = params.n_ubatch = 512
-    params.n_seq_max = most
-    params.kv_unified = False
-    params.n_threads = params.n_threads_batch = threads
-    params.no_perf = True
-    ctx = _internals.LlamaContext(model=llama._model, params=params, verbose=False)
-    batch = _internals.LlamaBatch(n_tokens=512, embd=0, n_seq_max=1, verbose=False)
+    ctx = _internals.LlamaContext(model=llama._model, params=context_params(most, 512, threads),
+                                  verbose=False)  # the engine's context, as the daemon makes it
+    batch = _internals.LlamaBatch(n_tokens=N_BATCH, embd=0, n_seq_max=1, verbose=False)
     memory = llama_cpp.llama_get_memory(ctx.ctx)
     runs: dict[str, list[float]] = {}
     cases = [(str(n), list(range(n))) for n in args.sizes]

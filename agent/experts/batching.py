@@ -90,6 +90,21 @@ class BatchStats:
     max_batch_sequences: int  # the most sequences one step has decoded
 
 
+def context_params(n_parallel: int, n_ctx_per_seq: int, n_threads: int) -> Any:
+    """The engine's llama context: ``n_parallel`` sequences of ``n_ctx_per_seq`` cells, each
+    with its own KV stream (``kv_unified`` off), batches of at most ``N_BATCH`` tokens."""
+    import llama_cpp
+
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx = n_parallel * n_ctx_per_seq
+    params.n_batch = params.n_ubatch = N_BATCH
+    params.n_seq_max = n_parallel
+    params.kv_unified = False
+    params.n_threads = params.n_threads_batch = n_threads
+    params.no_perf = True
+    return params
+
+
 class DecodeThread:
     """The one thread that runs llama.cpp for every local model of a process: the steps of
     each attached :class:`BatchEngine` in turn, and exclusive calls (:meth:`call`: a chat
@@ -271,13 +286,7 @@ class BatchEngine:
         self.n_ctx_per_seq = n_ctx_per_seq
         self._owns_decode = decode is None
         self.decode = decode or DecodeThread(f"llama-{name}")
-        params = llama_cpp.llama_context_default_params()
-        params.n_ctx = n_parallel * n_ctx_per_seq
-        params.n_batch = params.n_ubatch = N_BATCH
-        params.n_seq_max = n_parallel
-        params.kv_unified = False
-        params.n_threads = params.n_threads_batch = n_threads
-        params.no_perf = True
+        params = context_params(n_parallel, n_ctx_per_seq, n_threads)
         self._model = llama._model
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
         if llama_cpp.llama_n_ctx_seq(self._ctx.ctx) < n_ctx_per_seq:
