@@ -198,9 +198,11 @@ def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
     from export.errors import PipelineError
 
     mt, q, scores, mv, qv, scores_v, cost = _splits(cfg.table, cfg.router)
-    if not cascade_sim.local_experts(mt.values).any():
-        raise PipelineError(f"{cfg.table} has no local answer with a recorded confidence; "
-                            "run `edgeroute table confidence` on it first")
+    if not (cascade_sim.local_experts(mv.values).any()
+            and cascade_sim.local_experts(mt.values).any()):
+        raise PipelineError(f"{cfg.table} has no local answer with a recorded confidence in "
+                            "the router's validation or test split; run `edgeroute table "
+                            "confidence` on it first")
     if not (cost > 0).any():
         raise PipelineError("the cascade needs a priced (cloud) expert in the table")
     v = cfg.usd_per_correct if cfg.usd_per_correct is not None else DEFAULT_USD_PER_CORRECT
