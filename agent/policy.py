@@ -7,19 +7,21 @@ Utility of a feasible expert e (``utility``, shared with ``edgeroute evaluate`` 
 where P is the router's score, cost the expected USD of this request at e's prices (prompt
 plus the expert's typical answer length, capped by max_tokens), ``usd_per_correct`` what a
 correct answer is worth to the user (one knob, in dollars; unset: cost is not weighed) and
-lat the measured latency estimate. An expert is feasible when it is available, its
-worst-case cost (prompt + max_tokens) fits the per-request limit and the remaining spend,
-its latency estimate fits the latency limit, and it has what the request needs
-(``missing_capability``: tools, response_format, a context that holds the prompt plus
-max_tokens). Because cost enters linearly, the chosen
-expert's cost can only rise as a correct answer is worth more (a property test holds us
-to it).
+lat the measured latency estimate. Between local experts the default one is sticky
+(``switch_penalty``): another local expert must beat its utility by more than
+``local_margin`` (chosen on validation by ``edgeroute calibrate --policy local``).
+An expert is feasible when it is available, its worst-case cost (prompt + max_tokens)
+fits the per-request limit and the remaining spend, its latency estimate fits the latency
+limit, and it has what the request needs (``missing_capability``: tools,
+response_format, a context that holds the prompt plus max_tokens). Because cost enters
+linearly, the chosen expert's cost can only rise as a correct answer is worth more (a
+property test holds us to it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 REFUSED = ""  # Decision.expert when no expert fits
@@ -57,6 +59,16 @@ class Weights:
     quality: float = 1.0
     usd_per_correct: float | None = None  # what a correct answer is worth; None: free
     throughput: float = 0.0
+    local_margin: float = 0.0  # how much more likely to be right another local expert must be
+
+
+def switch_penalty(local: Sequence[bool], default: int | None, margin: float) -> list[float]:
+    """Utility taken from each expert so that the default expert, when it is local, is left
+    for another local expert only on a gain above ``margin`` (P(correct) points); cloud
+    experts are weighed by cost instead. Shared with ``edgeroute calibrate``."""
+    if default is None or not local[default] or margin <= 0:
+        return [0.0] * len(local)
+    return [margin if is_local and i != default else 0.0 for i, is_local in enumerate(local)]
 
 
 def utility(p_correct: Any, cost_usd: Any, usd_per_correct: float | None,
@@ -166,16 +178,21 @@ def why_infeasible(e: ExpertState, req: Request) -> str | None:
 
 
 def _utilities(
-    scores: Mapping[str, float], feasible: list[ExpertState], req: Request, w: Weights
+    scores: Mapping[str, float], feasible: list[ExpertState], req: Request, w: Weights,
+    default_expert: str | None = None,
 ) -> dict[str, float]:
     lats = {e.name: e.latency_s or 0.0 for e in feasible}
     max_lat = max(lats.values())
+    names = [e.name for e in feasible]
+    penalty = switch_penalty([e.kind == "local" for e in feasible],
+                             names.index(default_expert) if default_expert in names else None,
+                             w.local_margin)
     return {
         e.name: utility(scores.get(e.name, 0.0), e.expected_usd(
             req.expected_prompt_tokens or req.prompt_tokens, req.max_tokens),
             w.usd_per_correct, w.quality)
-        - (w.throughput * lats[e.name] / max_lat if max_lat > 0 else 0.0)
-        for e in feasible
+        - (w.throughput * lats[e.name] / max_lat if max_lat > 0 else 0.0) - pen
+        for e, pen in zip(feasible, penalty, strict=True)
     }
 
 
@@ -216,6 +233,11 @@ def decide(
         return made(default_expert, "fixed mode: default expert")
     best = _best(scores, feasible, req, weights, default_expert)
     reason = ("highest utility" if mode != "fixed" else "default expert over a limit; best fit")
+    if best == default_expert and weights.local_margin > 0:
+        free = _best(scores, feasible, req, replace(weights, local_margin=0.0), default_expert)
+        if free != best:
+            reason += (f" (kept the default: {free} gains less than local_margin "
+                       f"{weights.local_margin:g})")
     if rejected:
         reason += f" (skipped: {', '.join(sorted(rejected))})"
     return made(best, reason)
@@ -223,7 +245,7 @@ def decide(
 
 def _best(scores: Mapping[str, float], feasible: list[ExpertState], req: Request,
           weights: Weights, default_expert: str) -> str:
-    util = _utilities(scores, feasible, req, weights)
+    util = _utilities(scores, feasible, req, weights, default_expert)
     costs = {e.name: e.worst_case_usd(req.prompt_tokens, req.max_tokens) for e in feasible}
     # Ties: cheaper first, then the default expert, then by name, for determinism.
     return min(util, key=lambda n: (-util[n], costs[n], n != default_expert, n))

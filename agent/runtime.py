@@ -159,7 +159,8 @@ class Runtime:
                       tighter(b.max_latency_ms, hints.max_latency_ms),
                       expected_prompt_tokens=prompt_tokens_typical(messages),
                       tools=_needs_tools(messages, params), json_mode=params.json_mode)
-        weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight)
+        weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight,
+                          p.local_margin)
         kw: dict[str, Any] = {"weights": weights, "default_expert": self.settings.default_expert(),
                               "mode": self.router.mode}
         states = self._states(True, messages, req)

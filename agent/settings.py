@@ -30,6 +30,10 @@ DEFAULT_USD_PER_CORRECT = 0.01
 # (`edgeroute calibrate --policy cascade`; artifacts/report/cascade/summary.md).
 DEFAULT_CASCADE_BAND = 0.1
 DEFAULT_CASCADE_THRESHOLD = -0.0994
+# `edgeroute calibrate --policy local` on the shipped router's validation split (pooled
+# table): no margin beat staying on Qwen there, ties go to the largest candidate
+# (artifacts/report/irt/summary.md, local_margin.json).
+DEFAULT_LOCAL_MARGIN = 0.1
 
 QWEN_DEFAULT = "builtin:qwen2.5-coder-0.5b-instruct"
 SMOLLM2_DEFAULT = "builtin:smollm2-135m-instruct"
@@ -386,6 +390,15 @@ class PolicySettings(_Section):
     )
     throughput_weight: float = Field(
         0.0, ge=0, description="Weight of the expected latency (normalised to the slowest)."
+    )
+    local_margin: float = Field(
+        DEFAULT_LOCAL_MARGIN, ge=0, le=1,
+        description=(
+            "Between local experts, how much more likely to be right (P(correct) points) "
+            "another local expert must be before the router leaves the default one "
+            "(router.default_expert, else the first local expert). Pick it with "
+            "`edgeroute calibrate --policy local`; 0 routes on the scores alone."
+        ),
     )
     latency_ewma_alpha: float = Field(
         0.2, gt=0, le=1, description="Smoothing of the per-expert latency estimate."

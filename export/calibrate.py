@@ -4,7 +4,7 @@ calls or a target quality. Chosen on the router's validation split (carved from 
 training queries the way ``edgeroute train`` carves it: never trained on), reported on its
 test split, never chosen there.
 
-Two calibrations:
+Three calibrations:
 - ``usd_per_correct`` V (``EDGEROUTE_POLICY__USD_PER_CORRECT``): the daemon, ``evaluate`` and
   this command all pick ``argmax utility(P, cost, V) = P - cost / V``
   (``agent.policy.utility``), with each expert's cost its mean over the training queries
@@ -12,16 +12,28 @@ Two calibrations:
   cloud-share target (most quality within it) or the smallest meeting a quality target;
 - score-margin threshold (RouteLLM's way): the margin ``best cloud score - best local
   score`` per query; its ``1 - share`` quantile on validation sends ``share`` of the
-  queries to the cloud.
+  queries to the cloud;
+- ``local_margin`` (``--policy local``, ``EDGEROUTE_POLICY__LOCAL_MARGIN``): between the local
+  experts alone (a device without a cloud expert), how much more likely to be right another
+  local expert must be before the router leaves the default one (``agent.policy.
+  switch_penalty``). The default is the local expert with the best training mean (or
+  ``--default-expert``); the margin with the best validation quality wins, ties going to the
+  larger margin (fewer switches: staying put is the simpler rule).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+# local_margin candidates, in P(correct) points. They stop at 0.1 on purpose: a larger margin
+# all but switches routing between local experts off, and two local experts with clearly
+# different strengths (a coder and a math model) should still be routed between.
+MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1)
 
 # $0.00001 .. $10 per correct answer in 61 geometric steps, then None (cost not weighed).
 VALUES: tuple[float | None, ...] = (*(float(f"{10 ** (-5 + 6 * i / 60):.3g}")
@@ -36,17 +48,22 @@ class CalibrateConfig:
     router: Path
     target_cloud_share: float | None = None
     target_quality: float | None = None
-    policy: str = "route"  # "cascade": choose the cascade's band and threshold instead
+    policy: str = "route"  # "cascade": the cascade's band and threshold; "local": local_margin
     usd_per_correct: float | None = None  # the cascade's V (default: the shipped one)
+    default_expert: str | None = None  # local: the sticky expert (default: best train mean)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", type=Path, required=True, help="expert table (.jsonl[.gz])")
     p.add_argument("--router", type=Path, required=True, help="a trained router folder")
-    p.add_argument("--policy", choices=("route", "cascade"), default="route",
+    p.add_argument("--policy", choices=("route", "cascade", "local"), default="route",
                    help="route: choose usd_per_correct for a target (default); cascade: "
                         "choose the local-first cascade's band, threshold and signal at "
-                        "--usd-per-correct (export/cascade_sim.py)")
+                        "--usd-per-correct (export/cascade_sim.py); local: choose "
+                        "local_margin between the local experts alone")
+    p.add_argument("--default-expert", default=None,
+                   help="local only: the default local expert (default: the local expert "
+                        "with the best mean on the training split)")
     p.add_argument("--usd-per-correct", type=float, default=None,
                    help="cascade only: what a correct answer is worth (default: the "
                         "daemon's default)")
@@ -122,6 +139,7 @@ class _Splits(NamedTuple):
     qv: Any
     scores_v: Any
     cost: Any  # each expert's mean training cost, USD (0 when unknown)
+    train_mean: Any  # each expert's mean label on the training split (nan when none)
 
 
 def _splits(table: Path, router: Path) -> _Splits:
@@ -147,8 +165,12 @@ def _splits(table: Path, router: Path) -> _Splits:
     mv, qv = m.subset(val), metric_values(m, meta.labels())[val]
     order = [list(r.experts).index(e) for e in mt.experts]
     scores, scores_v = (r.score_batch(x.queries)[:, order] for x in (mt, mv))
-    cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
-    return _Splits(mt, q, scores, mv, qv, scores_v, cost)
+    labels = metric_values(m, meta.labels())[train][:, order]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an expert with no cost/label: nan
+        cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
+        train_mean = np.nanmean(labels, axis=0)
+    return _Splits(mt, q, scores, mv, qv, scores_v, cost, train_mean)
 
 
 def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
@@ -157,11 +179,13 @@ def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
 
     if cfg.policy == "cascade":
         return calibrate_cascade(cfg)
+    if cfg.policy == "local":
+        return calibrate_local(cfg)
     table, router = cfg.table, cfg.router
     cloud_share, quality = cfg.target_cloud_share, cfg.target_quality
     if (cloud_share is None) == (quality is None):
         raise PipelineError("give exactly one target: a cloud share or a quality")
-    mt, q, scores, mv, qv, scores_v, cost = _splits(table, router)
+    mt, q, scores, mv, qv, scores_v, cost, _ = _splits(table, router)
     cloud = cost > 0
     if not cloud.any() or cloud.all():
         raise PipelineError("calibration needs both priced (cloud) and free (local) experts")
@@ -197,7 +221,7 @@ def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
     from export import cascade_sim
     from export.errors import PipelineError
 
-    mt, q, scores, mv, qv, scores_v, cost = _splits(cfg.table, cfg.router)
+    mt, q, scores, mv, qv, scores_v, cost, _ = _splits(cfg.table, cfg.router)
     if not (cascade_sim.local_experts(mv.values).any()
             and cascade_sim.local_experts(mt.values).any()):
         raise PipelineError(f"{cfg.table} has no local answer with a recorded confidence in "
@@ -212,6 +236,89 @@ def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
     return {"router": str(cfg.router), "experts": mt.experts, "usd_per_correct": v,
             "validation_queries": len(mv), "test_queries": len(mt), "chosen_on": "validation",
             "chosen": chosen, "test": test}
+
+
+def _local_choice(q: Any, scores: Any, local: list[int], default: int, margin: float
+                  ) -> dict[str, Any]:
+    """The local experts alone at ``margin``, on the queries where every one has a label:
+    quality, the share of queries sent away from the default, per-query outcomes."""
+    import numpy as np
+
+    from agent.policy import switch_penalty
+
+    y = q[:, local]
+    keep = ~np.isnan(y).any(axis=1)
+    pen = np.array(switch_penalty([True] * len(local), local.index(default), margin))
+    u = scores[keep][:, local] - pen[None, :]
+    # ties go to the default, as in the daemon
+    u[:, local.index(default)] += 1e-12
+    pick = u.argmax(axis=1)
+    got = y[keep][np.arange(len(pick)), pick]
+    return {"margin": margin, "quality": float(got.mean()) if len(got) else None,
+            "switched_share": float((pick != local.index(default)).mean()) if len(got) else 0.0,
+            "queries": int(keep.sum()), "outcomes": got,
+            "default_outcomes": y[keep][:, local.index(default)]}
+
+
+def calibrate_local(cfg: CalibrateConfig) -> dict[str, Any]:
+    """``local_margin`` chosen on the validation split between the local experts alone,
+    reported on test beside always-default (paired bootstrap interval)."""
+    import numpy as np
+
+    from export import cascade_sim
+    from export.errors import PipelineError
+    from export.evaluate import paired_ci
+
+    mt, q, scores, mv, qv, scores_v, _, train_mean = _splits(cfg.table, cfg.router)
+    is_local = cascade_sim.local_experts(mv.values) | cascade_sim.local_experts(mt.values)
+    local = [int(j) for j in np.flatnonzero(is_local)]
+    names = [mt.experts[j] for j in local]
+    if len(local) < 2:
+        raise PipelineError(f"{cfg.table} has {len(local)} local expert(s) (rows with a "
+                            "recorded confidence); choosing between local experts needs two; "
+                            "run `edgeroute table confidence` on it first")
+    if cfg.default_expert is not None and cfg.default_expert not in names:
+        raise PipelineError(f"--default-expert {cfg.default_expert!r} is not a local expert "
+                            f"of {cfg.table}: {', '.join(names)}")
+    default = (mt.experts.index(cfg.default_expert) if cfg.default_expert is not None
+               else max(local, key=lambda j: np.nan_to_num(train_mean[j], nan=-1.0)))
+    val = [_local_choice(qv, scores_v, local, default, m) for m in MARGINS]
+    if not val[0]["queries"]:
+        raise PipelineError("no validation query has a label for every local expert")
+    best = max(p["quality"] for p in val)
+    chosen = [p for p in val if p["quality"] >= best - 1e-9][-1]  # ties: the larger margin
+    test = [_local_choice(q, scores, local, default, m) for m in MARGINS]
+    at = test[MARGINS.index(chosen["margin"])]
+    if not at["queries"]:
+        raise PipelineError("no test query has a label for every local expert")
+
+    def public(p: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in p.items() if k not in ("outcomes", "default_outcomes")}
+
+    return {"router": str(cfg.router), "local_experts": names,
+            "default_expert": mt.experts[default], "chosen_on": "validation",
+            "validation_queries": val[0]["queries"], "test_queries": at["queries"],
+            "chosen": public(chosen), "curve_validation": [public(p) for p in val],
+            "curve_test": [public(p) for p in test],
+            "test": {**public(at), "always_default": float(at["default_outcomes"].mean()),
+                     "diff_ci95": paired_ci(at["outcomes"] - at["default_outcomes"])}}
+
+
+def _print_local(res: dict[str, Any]) -> None:
+    print(f"local experts: {', '.join(res['local_experts'])}; default "
+          f"{res['default_expert']}; {res['validation_queries']} validation queries (chosen "
+          f"there), {res['test_queries']} test queries (reported)")
+    print(f"{'local_margin':>12} {'val quality':>12} {'val switched':>13} {'test quality':>13}")
+    for v, t in zip(res["curve_validation"], res["curve_test"], strict=True):
+        mark = "  <- chosen" if v == res["chosen"] else ""
+        print(f"{v['margin']:>12g} {v['quality']:>12.4f} {v['switched_share']:>13.3f} "
+              f"{t['quality'] or float('nan'):>13.4f}{mark}")
+    t = res["test"]
+    ci = t["diff_ci95"]
+    print(f"chosen on validation: EDGEROUTE_POLICY__LOCAL_MARGIN={res['chosen']['margin']:g} "
+          f"-> on test: quality {t['quality']:.4f} vs always-{res['default_expert']} "
+          f"{t['always_default']:.4f}" + (f" (95% paired bootstrap {ci[0]:+.4f} .. "
+                                          f"{ci[1]:+.4f})" if ci else ""))
 
 
 def _print_cascade(res: dict[str, Any]) -> None:
@@ -241,6 +348,9 @@ def run(args: argparse.Namespace) -> int:
     res = calibrate(stage_config(CalibrateConfig, args))
     if args.json:
         print(json.dumps(res, indent=2))
+        return 0
+    if "local_experts" in res:
+        _print_local(res)
         return 0
     if res.get("test", {}).get("cascade") is not None:
         _print_cascade(res)

@@ -188,3 +188,53 @@ def test_unavailable_too_slow_and_over_budget_experts_are_skipped() -> None:
                default_expert="down", mode="onnx")
     assert d.expert == "at-limit"  # a latency estimate equal to the limit fits
     assert set(d.rejected) == {"down", "slow", "broke"}
+
+
+@given(scores_st, experts_st(), request_st, st.floats(0, 1), st.floats(0, 1))
+def test_a_larger_local_margin_only_keeps_the_default(scores, experts, req, m1, m2) -> None:
+    """Raising local_margin can move a decision onto the default expert, never off it."""
+    req = Request(None, req.prompt_tokens, req.max_tokens, req.max_cost_usd, req.max_latency_ms)
+    lo, hi = sorted((m1, m2))
+    default = next(iter(experts))
+    a, b = (decide(scores, experts, req, weights=Weights(1.0, 0.01, 0.0, m),
+                   default_expert=default, mode="profile") for m in (lo, hi))
+    assert a.refused == b.refused
+    if a.expert == default:
+        assert b.expert == default
+    if b.expert != a.expert and not b.refused:
+        assert b.expert == default or experts[b.expert].kind == "cloud"
+
+
+@given(st.dictionaries(st.sampled_from(["local-a", "local-b", "local-c"]),
+                       st.floats(0, 1, allow_nan=False), min_size=3, max_size=3),
+       st.floats(0, 1))
+def test_between_local_experts_another_must_beat_the_default_by_the_margin(scores, margin):
+    """Written from the README's rule: a local expert other than the default is chosen
+    only when its P(correct) exceeds the default's by more than local_margin, and then
+    the best scored one."""
+    experts = {n: ExpertState(n, "local") for n in ("local-a", "local-b", "local-c")}
+    d = decide(scores, experts, Request(None, 10, 10), default_expert="local-a",
+               weights=Weights(local_margin=margin), mode="profile")
+    best_other = max(scores["local-b"], scores["local-c"])
+    if best_other > scores["local-a"] + margin + 1e-9:
+        assert d.expert != "local-a" and scores[d.expert] == best_other
+    elif best_other < scores["local-a"] + margin - 1e-9:
+        assert d.expert == "local-a"
+
+
+def test_the_margin_is_said_when_it_keeps_the_default_and_spares_the_cloud() -> None:
+    experts = {"qwen": ExpertState("qwen", "local"), "smol": ExpertState("smol", "local"),
+               "gpt": ExpertState("gpt", "cloud", 1.0, 1.0)}
+    req = Request(None, 100, 100)
+    w = Weights(local_margin=0.1)
+    kept = decide({"qwen": 0.30, "smol": 0.35, "gpt": 0.0}, experts, req, weights=w,
+                  default_expert="qwen", mode="profile")
+    assert kept.expert == "qwen" and "smol gains less than local_margin 0.1" in kept.reason
+    assert decide({"qwen": 0.30, "smol": 0.45, "gpt": 0.0}, experts, req, weights=w,
+                  default_expert="qwen", mode="profile").expert == "smol"
+    # the cloud is weighed by its cost, not the margin: 0.35 > 0.30 wins at once
+    assert decide({"qwen": 0.30, "smol": 0.0, "gpt": 0.35}, experts, req, weights=w,
+                  default_expert="qwen", mode="profile").expert == "gpt"
+    # a cloud default makes no local expert sticky
+    assert decide({"qwen": 0.30, "smol": 0.35, "gpt": 0.0}, experts, req, weights=w,
+                  default_expert="gpt", mode="profile").expert == "smol"

@@ -6,6 +6,7 @@
     .venv/bin/python artifacts/report/irt/study.py loo_bias # its pulls (theta, bias) on validation
     .venv/bin/python artifacts/report/irt/study.py budget   # RouterBench: GPT-4 quality vs cost
     .venv/bin/python artifacts/report/irt/study.py pooled   # shipped settings, pooled test split
+    .venv/bin/python artifacts/report/irt/study.py local_margin  # local_margin on validation
 
 Inputs: ``runs/pooled.jsonl.gz`` (``edgeroute table pool``, see artifacts/expert_table.md)
 and ``artifacts/expert_table.jsonl.gz``. Embeddings come from the cache
@@ -416,6 +417,28 @@ def pooled(router_dir: Path = REPO / "build" / "router-irt") -> dict[str, Any]:
     return out
 
 
+# -- local_margin: the local experts alone, chosen on validation ---------------------------
+def local_margin() -> dict[str, Any]:
+    """``edgeroute calibrate --policy local`` for the shipped router (pooled table) and the
+    committed-table irt routers of the five seeds: the margin chosen on each validation
+    split, its test quality against always-default (the shipped default comes from the
+    first)."""
+    from export.calibrate import CalibrateConfig, calibrate
+
+    runs = [("pooled (shipped router)", POOLED, REPO / "build" / "router-irt")]
+    runs += [(f"committed table, seed {s}", COMMITTED, WORK / "expert_table" / f"seed{s}" / "irt")
+             for s in SEEDS]
+    out: dict[str, Any] = {"runs": []}
+    for name, table, router in runs:
+        res = calibrate(CalibrateConfig(table=table, router=router, policy="local"))
+        res["name"] = name
+        log(f"local_margin {name}: chosen {res['chosen']['margin']} test "
+            f"{res['test']['quality']:.4f} vs default {res['test']['always_default']:.4f}")
+        out["runs"].append(res)
+    (HERE / "local_margin.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # -- a calibrated profile against the table ----------------------------------------------------
 def calib_check(profiles: Path = REPO / "runs" / "calib-data" / "device-profiles.json",
                 expert: str = "smollm2-135m") -> dict[str, Any]:
@@ -516,7 +539,26 @@ def report() -> None:
         lines += ["", f"Local experts only, committed queries in the pooled test split "
                   f"({lo['queries']}): router {lo['router']:.4f}, always-Qwen "
                   f"{lo['always_qwen']:.4f}, always-SmolLM2 {lo['always_smollm2']:.4f}, oracle "
-                  f"{lo['oracle']:.4f}; router - Qwen 95% CI {lo['router_minus_qwen_ci95']}."]
+                  f"{lo['oracle']:.4f}; router - Qwen 95% CI {lo['router_minus_qwen_ci95']} "
+                  "(local_margin 0, as trained; see the next table for the shipped margin)."]
+    if (HERE / "local_margin.json").is_file():
+        runs = json.loads((HERE / "local_margin.json").read_text())["runs"]
+        lines += ["", "Between the local experts alone, `local_margin` (how much more likely "
+                  "to be right SmolLM2 must be before the router leaves Qwen) chosen on each "
+                  "validation split (`edgeroute calibrate --policy local`; ties go to the "
+                  "larger margin), reported on test:", "",
+                  "| run | val queries | val quality per margin " + "/".join(
+                      f"{p['margin']:g}" for p in runs[0]["curve_validation"])
+                  + " | chosen | test queries | test: chosen | always-Qwen | 95% CI |",
+                  "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+        for r_ in runs:
+            t, ci = r_["test"], r_["test"]["diff_ci95"]
+            lines.append(
+                f"| {r_['name']} | {r_['validation_queries']} | "
+                + " / ".join(f"{p['quality']:.3f}" for p in r_["curve_validation"])
+                + f" | {r_['chosen']['margin']:g} | {r_['test_queries']} | {t['quality']:.4f}"
+                f" | {t['always_default']:.4f} | "
+                + (f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "-") + " |")
     loo_file = next((HERE / f for f in ("loo_bias.json", "loo_l2.json")
                      if (HERE / f).is_file()), None)
     if loo_file is not None:
@@ -593,5 +635,6 @@ if __name__ == "__main__":
     steps = {"select": select, "tables": tables, "loo": loo, "loo_l2": loo_l2,
              "loo_bias": loo_bias,
              "budget": budget, "pooled": pooled, "calib_check": calib_check,
+             "local_margin": local_margin,
              "report": report}
     steps[step]()
