@@ -135,6 +135,28 @@ def test_knn_lends_the_nearest_training_label() -> None:
     assert np.allclose(got, [[0.2, 0.8], [0.9, 0.1]])
 
 
+def test_knn_breaks_a_neighbours_tie_toward_the_expert_best_in_training(tmp_path) -> None:
+    """Three training queries: the nearest one was answered right by both experts (a tie);
+    ``b`` was the only right one on the other two, so ``b`` wins the tie, whatever the
+    order of the names, and the tie-break survives save and load."""
+    from export.routers.knn import KnnRouter, train_knn
+
+    for names in (["a", "b"], ["b", "a"]):
+        meta = RouterMeta(kind="knn", experts=names, metric="correct", temperature=0.1,
+                          seed=0, table_sha256="x", train_queries=3, datasets=["d"])
+        b = names.index("b")
+        labels = np.zeros((3, 2))
+        labels[0] = 0.5  # tie
+        labels[1:, b] = 1.0
+        r = train_knn(meta, ["cats purr softly", "stock prices fell", "rain in spain"],
+                      labels, np.arange(3))
+        got = r.score_batch(["cats purr softly"])[0]
+        assert got.argmax() == b and abs(got[0] - got[1]) < 1e-5  # only a tie moved
+        r.save(tmp_path / "knn")
+        again = KnnRouter.load(tmp_path / "knn", meta).score_batch(["cats purr softly"])[0]
+        assert again.argmax() == b
+
+
 def test_baseline_policies() -> None:
     avail = np.array([[True, True, False], [True, True, True], [False, False, False]])
     z = baselines.zero_weights(avail)
