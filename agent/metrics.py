@@ -79,6 +79,12 @@ class BatchCollector:
                                     labels=["expert"])
         tokens = CounterMetricFamily("edgeroute_local_generated_tokens",
                                      "Tokens sampled by the batch engine", labels=["expert"])
+        prompt = CounterMetricFamily("edgeroute_local_prompt_tokens",
+                                     "Prompt tokens of admitted requests", labels=["expert"])
+        cached = CounterMetricFamily(
+            "edgeroute_local_cached_prompt_tokens",
+            "Prompt tokens a batch slot's cache already held (not decoded again)",
+            labels=["expert"])
         for expert, source in self.sources.items():
             st = source()
             if st is None:
@@ -87,9 +93,13 @@ class BatchCollector:
                 family.add_metric([expert], getattr(st, key))
             steps.add_metric([expert], st.steps)
             tokens.add_metric([expert], st.generated_tokens)
+            prompt.add_metric([expert], st.prompt_tokens)
+            cached.add_metric([expert], st.cached_prompt_tokens)
         yield from gauges.values()
         yield steps
         yield tokens
+        yield prompt
+        yield cached
 
 
 DecisionKind = Literal["requested", "router", "fixed", "budget", "fallback", "refused"]

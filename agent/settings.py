@@ -176,6 +176,15 @@ class LocalExpertSettings(_Section):
             "Default: n_ctx."
         ),
     )
+    prompt_cache: bool = Field(
+        True,
+        description=(
+            "Keep a finished request's KV cells in its batch slot and start the next request "
+            "that shares its prompt's head (a chat's earlier turns, a system prompt, the "
+            "chat template) from there, as llama-server's cache_prompt. Off: every prompt is "
+            "decoded whole, so a temperature-0 answer never depends on what came before."
+        ),
+    )
     tools: bool | None = Field(
         None,
         description=(

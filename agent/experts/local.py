@@ -124,7 +124,8 @@ class LocalExpert:
         engine = None
         if template is not None:
             engine = BatchEngine(llama, name=settings.name, n_parallel=settings.n_parallel,
-                                 n_ctx_per_seq=per_seq, n_threads=threads, decode=decode)
+                                 n_ctx_per_seq=per_seq, n_threads=threads, decode=decode,
+                                 prompt_cache=settings.prompt_cache)
         slots = settings.n_parallel if engine is not None else 1
         info = ExpertInfo(name=settings.name, kind="local", model=str(path),
                           extra={"n_threads": threads, "n_parallel": slots,

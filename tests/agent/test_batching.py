@@ -348,6 +348,11 @@ def test_admission_and_metrics_count_batch_slots(smol: LocalExpert) -> None:
     assert 'edgeroute_local_batch_slots{expert="local"} 4.0' in text
     assert 'edgeroute_local_active_sequences{expert="local"} 1.0' in text
     assert 'edgeroute_local_batch_size{expert="local"} 1.0' in text
+    st = smol.engine.stats()
+    assert f'edgeroute_local_prompt_tokens_total{{expert="local"}} {float(st.prompt_tokens)}' \
+        in text and st.prompt_tokens > 0
+    assert (f'edgeroute_local_cached_prompt_tokens_total{{expert="local"}} '
+            f'{float(st.cached_prompt_tokens)}') in text
     wait_idle(smol)
     assert 'edgeroute_local_active_sequences{expert="local"} 0.0' in metrics.render().decode()
 
@@ -386,3 +391,53 @@ def test_local_experts_decode_on_one_shared_thread(smollm_gguf: Path) -> None:
         a.close()
         b.close()
         decode.close()
+
+
+# -- the prompt cache ---------------------------------------------------------------------------
+def common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@pytest.mark.anyio
+async def test_a_prompt_sharing_a_cached_head_decodes_only_the_rest(smollm_gguf: Path) -> None:
+    """One request at a time: the same prompt again reuses all but its last token; another
+    prompt reuses the chat template's head they share; a chat's next turn reuses the first
+    turn's prompt and answer; the answers are those of an expert without the cache."""
+    cached, fresh = load(smollm_gguf), load(smollm_gguf, prompt_cache=False)
+    try:
+        assert cached.engine is not None and fresh.engine is not None
+        turn1 = chat(PROMPTS[0])
+        first = await cached.complete(turn1, GREEDY)
+        p1 = cached._spec(turn1, GREEDY).prompt
+        stats = cached.engine.stats()
+        assert (stats.prompt_tokens, stats.cached_prompt_tokens) == (len(p1), 0)
+
+        again = await cached.complete(turn1, GREEDY)
+        assert cached.engine.stats().cached_prompt_tokens == len(p1) - 1
+        assert again.content == first.content
+
+        other = chat(PROMPTS[1])
+        p2 = cached._spec(other, GREEDY).prompt
+        before = cached.engine.stats().cached_prompt_tokens
+        answer = await cached.complete(other, GREEDY)
+        assert cached.engine.stats().cached_prompt_tokens - before == common_prefix(p1, p2) > 0
+
+        turn2 = [*turn1, {"role": "assistant", "content": first.content},
+                 {"role": "user", "content": "Now in one line."}]
+        p3 = cached._spec(turn2, GREEDY).prompt
+        await cached.complete(turn1, GREEDY)  # the slot holds turn 1 and its answer again
+        before = cached.engine.stats().cached_prompt_tokens
+        follow_up = await cached.complete(turn2, GREEDY)
+        reused = cached.engine.stats().cached_prompt_tokens - before
+        assert reused > len(p1) + first.usage.completion_tokens // 2  # the answer's tokens too
+        assert reused <= common_prefix(p1, p3) + first.usage.completion_tokens
+
+        for messages, got in ((turn1, first), (other, answer), (turn2, follow_up)):
+            assert (await fresh.complete(messages, GREEDY)).content == got.content
+        assert fresh.engine.stats().cached_prompt_tokens == 0
+    finally:
+        cached.close()
+        fresh.close()
