@@ -21,6 +21,7 @@ class TokenUsage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    cached_prompt_tokens: int = 0  # of prompt_tokens, read from a cache (OpenAI's cached_tokens)
 
     @property
     def total_tokens(self) -> int:

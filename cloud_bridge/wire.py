@@ -138,8 +138,11 @@ def parse_usage(obj: dict[str, Any]) -> TokenUsage | None:
     usage = obj.get("usage")
     if not isinstance(usage, dict):
         return None
+    details = usage.get("prompt_tokens_details")
     try:
-        return TokenUsage(int(usage["prompt_tokens"]), int(usage.get("completion_tokens", 0)))
+        cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+        return TokenUsage(int(usage["prompt_tokens"]), int(usage.get("completion_tokens", 0)),
+                          cached_prompt_tokens=cached)
     except (KeyError, TypeError, ValueError):
         return None
 

@@ -283,6 +283,7 @@ class _Seq:
     last: int = -1  # sampled, not yet decoded
     lp_sum: float = 0.0
     lp_min: float = math.inf
+    cached: int = 0  # prompt tokens the slot's cache held at admission
 
     @property
     def reading_prompt(self) -> bool:
@@ -423,7 +424,7 @@ class BatchEngine:
                 seq_id, reuse = self._slot_for(spec.prompt)
                 self._free_ids.remove(seq_id)
                 self._active.append(_Seq(handle, seq_id, self._sampler(spec),
-                                         _Text(spec.stop), n_past=reuse))
+                                         _Text(spec.stop), n_past=reuse, cached=reuse))
                 s = self._stats
                 self._stats = replace(s, prompt_tokens=s.prompt_tokens + len(spec.prompt),
                                       cached_prompt_tokens=s.cached_prompt_tokens + reuse)
@@ -531,7 +532,8 @@ class BatchEngine:
         confidence = AnswerConfidence(seq.lp_sum / n, seq.lp_min, n) if n else None
         self._release(seq, keep=True)
         self._emit(handle, StreamPiece(finish_reason=reason,
-                                       usage=TokenUsage(len(handle.spec.prompt), n),
+                                       usage=TokenUsage(len(handle.spec.prompt), n,
+                                                        cached_prompt_tokens=seq.cached),
                                        confidence=confidence))
 
     def _release(self, seq: _Seq, keep: bool = False) -> None:

@@ -24,6 +24,7 @@ def test_predict_seed_body_answers_with_real_model(daemon: str) -> None:
     usage = body["usage"]
     assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 16
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert 0 <= usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
     assert body["routing"]["mode"] == "fixed"
     assert body["routing"]["expert"] == "qwen2.5-coder-0.5b"
 

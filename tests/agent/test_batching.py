@@ -42,7 +42,8 @@ def same_answer(a: ChatResult, b: ChatResult) -> bool:
     batched step multiplies the weights by 4 columns where a lone one multiplies by 1, and
     llama.cpp's CPU kernels (a 4-column GEMM on repacked weights against a GEMV) sum those
     in another order."""
-    assert (a.content, a.finish_reason, a.usage) == (b.content, b.finish_reason, b.usage)
+    assert (a.content, a.finish_reason, a.usage.prompt_tokens, a.usage.completion_tokens) == (
+        b.content, b.finish_reason, b.usage.prompt_tokens, b.usage.completion_tokens)
     assert a.confidence is not None and b.confidence is not None
     assert a.confidence.tokens == b.confidence.tokens
     # As far apart as teacher forcing and generation are (tests/export/test_confidence.py).
@@ -230,8 +231,12 @@ async def test_stream_ends_with_usage_and_confidence(smol: LocalExpert) -> None:
     assert all(p.finish_reason is None and p.confidence is None for p in pieces[:-1])
     last = pieces[-1]
     assert "".join(p.content for p in pieces) == whole.content
-    assert (last.finish_reason, last.usage, last.confidence) == (
-        whole.finish_reason, whole.usage, whole.confidence)
+    assert (last.finish_reason, last.confidence) == (whole.finish_reason, whole.confidence)
+    assert last.usage is not None and whole.usage is not None
+    assert replace(last.usage, cached_prompt_tokens=0) == replace(whole.usage,
+                                                                  cached_prompt_tokens=0)
+    # the same prompt again: all but its last token came from the slot's cache
+    assert last.usage.cached_prompt_tokens == last.usage.prompt_tokens - 1
 
 
 def test_confidence_is_the_untempered_log_probability(smol: LocalExpert,
@@ -418,6 +423,8 @@ async def test_a_prompt_sharing_a_cached_head_decodes_only_the_rest(smollm_gguf:
         again = await cached.complete(turn1, GREEDY)
         assert cached.engine.stats().cached_prompt_tokens == len(p1) - 1
         assert again.content == first.content
+        assert (first.usage.cached_prompt_tokens, again.usage.cached_prompt_tokens) == (
+            0, len(p1) - 1)
 
         other = chat(PROMPTS[1])
         p2 = cached._spec(other, GREEDY).prompt

@@ -29,6 +29,10 @@ def test_chunk_with_content_finish_and_usage_only_chunk() -> None:
     assert parse_chunk("x", f) == ("", "length", None)
     u = '{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}'
     assert parse_chunk("x", u) == ("", None, TokenUsage(7, 3))
+    # OpenAI's (and llama-server's) count of prompt tokens read from a cache passes through
+    c = ('{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,'
+         '"prompt_tokens_details":{"cached_tokens":5}}}')
+    assert parse_chunk("x", c) == ("", None, TokenUsage(7, 3, cached_prompt_tokens=5))
 
 
 def test_in_band_error_and_junk_are_errors() -> None:
