@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         ("bench.bridge_overhead", ["--reps", "10" if quick else "25"]),
         ("bench.startup", ["--runs", "2" if quick else "3"]),
         ("bench.load", ["--clients", "50", "--seconds", "20" if quick else "60"]),
+        ("bench.load", ["--clients", "50", "--seconds", "20" if quick else "60",
+                        "--distinct"]),
     ]
     print(f"edgeroute benchmarks, {time.strftime('%Y-%m-%d %H:%M')}, "
           f"{platform.machine()}, {platform.python_version()}")

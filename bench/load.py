@@ -2,7 +2,11 @@
 completions back to back for a fixed time. Counts errors (non-200, in-band error events,
 streams without ``[DONE]``) and reports time-to-first-token and total latency medians/p99.
 
-    .venv/bin/python -m bench.load [--clients 50] [--seconds 60] [--max-tokens 8]
+    .venv/bin/python -m bench.load [--clients 50] [--seconds 60] [--max-tokens 8] [--distinct]
+
+Every stream asks "Say hello." by default, so a local model's prompt cache holds all but
+the last prompt token of each; ``--distinct`` starts every prompt with its own number, so
+streams share only the chat template's head (the load of different users' questions).
 
 Without ``--url`` it starts a daemon in-process on a free port with the SmolLM2 expert.
 """
@@ -84,17 +88,24 @@ async def _one_stream(client: httpx.AsyncClient, url: str, body: dict[str, Any],
 
 
 async def run_load(url: str, clients: int, seconds: float, max_tokens: int = 8,
-                   model: str = "auto") -> LoadResult:
+                   model: str = "auto", distinct: bool = False) -> LoadResult:
     res = LoadResult()
-    body = {"model": model, "messages": [{"role": "user", "content": "Say hello."}],
-            "max_tokens": max_tokens, "stream": True, "temperature": 0}
+    sent = 0
+
+    def body() -> dict[str, Any]:
+        nonlocal sent
+        sent += 1
+        text = f"Request {sent}: say hello." if distinct else "Say hello."
+        return {"model": model, "messages": [{"role": "user", "content": text}],
+                "max_tokens": max_tokens, "stream": True, "temperature": 0}
+
     deadline = time.monotonic() + seconds
     limits = httpx.Limits(max_connections=clients + 4)
     async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
 
         async def worker() -> None:
             while time.monotonic() < deadline:
-                await _one_stream(client, url, body, res)
+                await _one_stream(client, url, body(), res)
 
         async def prober() -> None:
             while time.monotonic() < deadline:
@@ -121,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--distinct", action="store_true",
+                    help="a different prompt per stream (default: all say 'Say hello.')")
     args = ap.parse_args(argv)
     if args.url:
-        res = asyncio.run(run_load(args.url, args.clients, args.seconds, args.max_tokens))
+        res = asyncio.run(run_load(args.url, args.clients, args.seconds, args.max_tokens,
+                                   distinct=args.distinct))
     else:
         from agent.settings import SMOLLM2_DEFAULT, Settings
         from bench.daemon_throughput import _free_port, start_daemon
@@ -133,11 +147,14 @@ def main(argv: list[str] | None = None) -> int:
                             router={"bundle": "none"})
         url, stop = start_daemon(settings)
         try:
-            res = asyncio.run(run_load(url, args.clients, args.seconds, args.max_tokens))
+            res = asyncio.run(run_load(url, args.clients, args.seconds, args.max_tokens,
+                                       distinct=args.distinct))
         finally:
             stop()
     print_table(f"streaming load: {args.clients} clients x {args.seconds:g} s, "
-                f"max_tokens {args.max_tokens}", res.rows())
+                f"max_tokens {args.max_tokens}, "
+                f"{'a distinct prompt per stream' if args.distinct else 'one prompt'}",
+                res.rows())
     return 1 if res.errors else 0
 
 
