@@ -245,6 +245,12 @@ class CloudExpertSettings(_Section):
     )
     input_usd_per_mtok: float = Field(0.0, ge=0, description="Price per 1M input tokens, USD.")
     output_usd_per_mtok: float = Field(0.0, ge=0, description="Price per 1M output tokens, USD.")
+    cached_input_usd_per_mtok: float | None = Field(
+        None, ge=0,
+        description="Price per 1M input tokens the provider read from its prompt cache (its "
+                    "usage.prompt_tokens_details.cached_tokens), USD; the ledger settles them "
+                    "at it. Default: the input price. Budgets still reserve every prompt "
+                    "token at the input price.")
     connect_timeout_s: float = Field(2.0, gt=0, description="TCP/TLS connect timeout.")
     first_token_timeout_s: float = Field(
         6.0, gt=0,

@@ -34,10 +34,16 @@ class Prices:
 
     input_usd_per_mtok: float = 0.0
     output_usd_per_mtok: float = 0.0
+    cached_input_usd_per_mtok: float | None = None  # prompt tokens read from the provider's
+    # cache (``usage.cached_prompt_tokens``); None: the input price
 
     def cost_usd(self, usage: TokenUsage) -> float:
+        cached = min(max(usage.cached_prompt_tokens, 0), usage.prompt_tokens)
+        cached_price = (self.input_usd_per_mtok if self.cached_input_usd_per_mtok is None
+                        else self.cached_input_usd_per_mtok)
         return (
-            usage.prompt_tokens * self.input_usd_per_mtok
+            (usage.prompt_tokens - cached) * self.input_usd_per_mtok
+            + cached * cached_price
             + usage.completion_tokens * self.output_usd_per_mtok
         ) / 1e6
 

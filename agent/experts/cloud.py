@@ -42,7 +42,8 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
         base_url=cfg.base_url,
         model=cfg.model,
         api_key=key,
-        prices=Prices(cfg.input_usd_per_mtok, cfg.output_usd_per_mtok),
+        prices=Prices(cfg.input_usd_per_mtok, cfg.output_usd_per_mtok,
+                      cfg.cached_input_usd_per_mtok),
         timeouts=Timeouts(
             connect_s=cfg.connect_timeout_s,
             first_token_s=cfg.first_token_timeout_s,

@@ -51,6 +51,14 @@ def test_error_detail_prefers_openai_message() -> None:
 
 def test_cost_from_prices_and_counted_usage_is_marked() -> None:
     assert Prices(2.5, 10.0).cost_usd(TokenUsage(1000, 100)) == pytest.approx(0.0035)
+    # 400 of the 1000 prompt tokens read from the provider's cache at $1.25/M
+    cached = TokenUsage(1000, 100, cached_prompt_tokens=400)
+    assert Prices(2.5, 10.0, 1.25).cost_usd(cached) == pytest.approx(
+        (600 * 2.5 + 400 * 1.25 + 100 * 10.0) / 1e6)
+    assert Prices(2.5, 10.0).cost_usd(cached) == pytest.approx(0.0035)  # no cached price
+    # a count over the prompt (a confused peer) is capped at the prompt
+    over = TokenUsage(1000, 100, cached_prompt_tokens=5000)
+    assert Prices(2.5, 10.0, 0.0).cost_usd(over) == pytest.approx(0.001)
     u = counted_usage([{"role": "user", "content": "x" * 40}], 5)
     assert u.estimated and u.completion_tokens == 5 and u.prompt_tokens == 11 + 8
 
