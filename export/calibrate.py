@@ -246,18 +246,17 @@ def _local_choice(q: Any, scores: Any, local: list[int], default: int, margin: f
 
     from agent.policy import switch_penalty
 
+    d = local.index(default)
     y = q[:, local]
     keep = ~np.isnan(y).any(axis=1)
-    pen = np.array(switch_penalty([True] * len(local), local.index(default), margin))
-    u = scores[keep][:, local] - pen[None, :]
+    y = y[keep]
+    u = scores[keep][:, local] - np.array(switch_penalty([True] * len(local), d, margin))
     # ties go to the default, as in the daemon
-    u[:, local.index(default)] += 1e-12
-    pick = u.argmax(axis=1)
-    got = y[keep][np.arange(len(pick)), pick]
+    pick = np.where(u.max(axis=1) > u[:, d], u.argmax(axis=1), d)
+    got = y[np.arange(len(pick)), pick]
     return {"margin": margin, "quality": float(got.mean()) if len(got) else None,
-            "switched_share": float((pick != local.index(default)).mean()) if len(got) else 0.0,
-            "queries": int(keep.sum()), "outcomes": got,
-            "default_outcomes": y[keep][:, local.index(default)]}
+            "switched_share": float((pick != d).mean()) if len(got) else 0.0,
+            "queries": int(keep.sum()), "outcomes": got, "default_outcomes": y[:, d]}
 
 
 def calibrate_local(cfg: CalibrateConfig) -> dict[str, Any]:

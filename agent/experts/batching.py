@@ -360,10 +360,7 @@ class BatchEngine:
         return handle
 
     def stats(self) -> BatchStats:
-        s = self._stats
-        return BatchStats(s.slots, len(self._active), len(self._waiting), s.batch_sequences,
-                          s.batch_tokens, s.steps, s.generated_tokens, s.max_batch_sequences,
-                          s.prompt_tokens, s.cached_prompt_tokens)
+        return replace(self._stats, active=len(self._active), waiting=len(self._waiting))
 
     def close(self) -> None:
         """Between two steps: fail the requests still running or waiting (an
@@ -408,10 +405,9 @@ class BatchEngine:
         for seq, index in outputs:
             self._next_token(seq, index)
         s = self._stats
-        self._stats = BatchStats(s.slots, 0, 0, len(outputs), n_tokens, s.steps + 1,
-                                 s.generated_tokens + len(outputs),
-                                 max(s.max_batch_sequences, len(outputs)), s.prompt_tokens,
-                                 s.cached_prompt_tokens)
+        self._stats = replace(s, batch_sequences=len(outputs), batch_tokens=n_tokens,
+                              steps=s.steps + 1, generated_tokens=s.generated_tokens + len(outputs),
+                              max_batch_sequences=max(s.max_batch_sequences, len(outputs)))
 
     def _admit(self) -> None:
         with self._cond:

@@ -4,6 +4,7 @@ share or quality, choosing on the validation split and reporting on the test spl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,19 +15,23 @@ from export.table import write_table
 from tests.export.test_labels import synthetic_rows
 
 
-@pytest.fixture(scope="module")
-def table_and_router(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    tmp = tmp_path_factory.mktemp("cal")
-    rows = synthetic_rows(30, best={"math": "big", "code": "small"}, seed=5)
-    for r in rows:
-        if r["expert"] == "small":
-            r["cost_usd"] = 0.0  # the local expert
+def table_with_mlp(tmp: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """The rows as a table in ``tmp`` and an MLP router trained on it."""
     table = tmp / "t.jsonl.gz"
     write_table(table, rows)
     assert main(["train", "--table", str(table), "--router", "mlp", "--metric", "bertsim",
                  "--out", str(tmp / "mlp"), "--seed", "7", "--no-progress", "--threads", "1",
                  "--epochs", "40", "--lr", "0.01"]) == 0
     return table, tmp / "mlp"
+
+
+@pytest.fixture(scope="module")
+def table_and_router(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    rows = synthetic_rows(30, best={"math": "big", "code": "small"}, seed=5)
+    for r in rows:
+        if r["expert"] == "small":
+            r["cost_usd"] = 0.0  # the local expert
+    return table_with_mlp(tmp_path_factory.mktemp("cal"), rows)
 
 
 def test_target_cloud_share_is_met_with_least_quality_lost(table_and_router) -> None:
@@ -74,17 +79,11 @@ def test_target_quality_picks_the_cheapest_value_that_keeps_it(table_and_router)
 def two_local(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Two local experts (a recorded confidence, no cost) with clearly different strengths:
     ``small`` best on code, ``mid`` best on math; ``big`` is the cloud."""
-    tmp = tmp_path_factory.mktemp("cal-local")
     rows = synthetic_rows(40, best={"math": "mid", "code": "small"}, seed=3)
     for r in rows:
         if r["expert"] in ("small", "mid"):
             r["cost_usd"], r["mean_logprob"] = 0.0, -0.5
-    table = tmp / "t.jsonl.gz"
-    write_table(table, rows)
-    assert main(["train", "--table", str(table), "--router", "mlp", "--metric", "bertsim",
-                 "--out", str(tmp / "mlp"), "--seed", "7", "--no-progress", "--threads", "1",
-                 "--epochs", "40", "--lr", "0.01"]) == 0
-    return table, tmp / "mlp"
+    return table_with_mlp(tmp_path_factory.mktemp("cal-local"), rows)
 
 
 def test_local_margin_is_chosen_on_validation_and_replayed_on_test(two_local) -> None:
