@@ -4,6 +4,7 @@
     .venv/bin/python artifacts/report/irt/study.py tables   # 5 seeds x 3 tables: irt vs MLP
     .venv/bin/python artifacts/report/irt/study.py loo      # leave-one-expert-out + profile fit
     .venv/bin/python artifacts/report/irt/study.py loo_bias # its pulls (theta, bias) on validation
+    .venv/bin/python artifacts/report/irt/study.py loo_draws  # 5 draws, ceiling, pooled training
     .venv/bin/python artifacts/report/irt/study.py budget   # RouterBench: GPT-4 quality vs cost
     .venv/bin/python artifacts/report/irt/study.py pooled   # shipped settings, pooled test split
     .venv/bin/python artifacts/report/irt/study.py local_margin  # local_margin on validation
@@ -346,6 +347,158 @@ def _loo_grid(grid: list[tuple[float, float | None]], out_name: str,
     return out
 
 
+# -- leave one expert out: five draws, pulls on validation, a ceiling, pooled training ------
+DRAWS = (0, 1, 2, 3, 4)
+SHOTS = (25, 50, 80, 100, 200, 400)  # 80: the whole shipped calibration set
+
+
+def _loo_cases() -> list[dict[str, Any]]:
+    """The leave-one-out settings: ``per table`` (the routers ``loo`` trained on RouterDC or
+    the RouterBench slice alone) and ``pooled`` (trained on the pooled tables without the
+    expert's outcomes, the shipped router's setting; compared with the same training with
+    them, on the pooled queries the expert answered)."""
+    from export.routers.base import load_router
+    from export.routers.training import validation_split
+
+    def split(m: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        y = m.values["correct"]
+        train, test = split_indices(m, 0, 0.2)
+        train, test = (np.intersect1d(x, labelled_rows(y)) for x in (train, test))
+        inner, val = validation_split(len(train), 0.1, 0)  # the training's own validation
+        return train[inner], train[val], test
+
+    cases = []
+    files = table_files()
+    for name in ("routerdc", "routerbench"):
+        full = load_router(WORK / name / "seed0" / "irt")
+        m = build_matrix(read_table(files[name]), full.experts)
+        cases.append({"case": f"per table: {name}", "m": m, "full": full, "experts": m.experts,
+                      "loo_dir": WORK / name / "loo", "split": split(m), "table": None})
+    rows = read_table(POOLED)
+    m = build_matrix(rows)
+    full_dir = WORK / "pooled_loo" / "full"
+    if not (full_dir / "router.json").is_file():
+        train_irt_on(POOLED, 0, full_dir, chosen_config(0))
+    for name in ("routerdc", "routerbench"):
+        cases.append({"case": f"pooled: {name} experts", "m": m, "full": load_router(full_dir),
+                      "experts": sorted({r["expert"] for r in rows if r.get("source") == name}),
+                      "loo_dir": WORK / "pooled_loo", "split": split(m), "table": POOLED})
+    return cases
+
+
+class _LooExpert:
+    """One left-out expert: its router (trained without it), the others' profiles, its
+    observed fit rows, and the validation and test queries it answered with the full
+    router's routed outcome on them."""
+
+    def __init__(self, router: Any, m: Any, expert: str, fit_rows: np.ndarray,
+                 splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+        from agent.profiles import ProfileSet
+        from export.routers.irt import expert_kind
+
+        self.router, self.m, self.expert = router, m, expert
+        self.y = m.values["correct"]
+        self.j = m.experts.index(expert)
+        self.others = ProfileSet(router.profiles.encoder_id, router.profiles.dim,
+                                 {k: v for k, v in router.profiles.profiles.items()
+                                  if k != expert})
+        self.kind = expert_kind(expert)
+        self.obs = fit_rows[~np.isnan(self.y[fit_rows, self.j])]
+        self.eval: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, float]] = {}
+        for k, (rows, base) in splits.items():
+            rows_e = rows[~np.isnan(self.y[rows, self.j])]
+            u, d = router.features([m.queries[i] for i in rows_e])
+            self.eval[k] = (rows_e, u, d, float(base[np.searchsorted(rows, rows_e)].mean()))
+
+    def draw(self, n: int, seed: int) -> np.ndarray:
+        return np.sort(np.random.default_rng(seed).choice(self.obs, min(n, len(self.obs)),
+                                                          replace=False))
+
+    def quality(self, pick: np.ndarray, pull: tuple[float, float | None], split: str) -> float:
+        """Routed quality on ``split`` with the expert profiled from rows ``pick``, minus the
+        full router's."""
+        from export.profile_fit import fit_profile
+
+        u, d = self.router.features([self.m.queries[i] for i in pick])
+        prof = fit_profile(u, d, self.y[pick, self.j], self.others.prior(self.kind),
+                           self.expert, self.kind, pull[0], l2_bias=pull[1])
+        profs = self.others.with_profiles([prof]).profiles
+        order = [list(profs).index(e) for e in self.m.experts]
+        rows, u_e, d_e, q_base = self.eval[split]
+        p = p_matrix(u_e, d_e, list(profs.values()))[:, order]
+        return float(routed_quality(p, self.y[rows]).mean()) - q_base
+
+
+def loo_draws(shots: int = 50) -> dict[str, Any]:
+    """Leave one expert out, measured over five draws of its ``shots`` answers (``loo``
+    reports one draw), with the profile fit's pulls chosen on validation over all draws.
+
+    Per left-out expert: the validation and test differences for every pull in
+    ``BIAS_GRID``; for the pull chosen on validation (mean over experts, draws and cases),
+    the test difference by number of answers (``SHOTS``) and the *ceiling*, the profile fitted
+    on every train row of the expert. The features are frozen, so a ceiling below -1 point
+    says the query tower, trained without the expert, lacks the directions of its strengths:
+    no number of answers closes that gap."""
+    from export.profile_fit import DEFAULT_L2, DEFAULT_L2_BIAS
+    from export.routers.base import load_router
+
+    def key(pull: tuple[float, float | None]) -> str:
+        return f"{pull[0]:g}" if pull[1] is None else f"{pull[0]:g}/{pull[1]:g}"
+
+    grid = list(BIAS_GRID)
+    default = key((DEFAULT_L2, DEFAULT_L2_BIAS))
+    per: list[dict[str, Any]] = []
+    prepared = []
+    for c in _loo_cases():
+        m, full = c["m"], c["full"]
+        y = m.values["correct"]
+        fit_rows, val, test = c["split"]
+        order = [list(full.experts).index(e) for e in m.experts]
+        base = {k: routed_quality(full.score_batch([m.queries[i] for i in rows])[:, order],
+                                  y[rows]) for k, rows in (("val", val), ("test", test))}
+        for expert in c["experts"]:
+            d = c["loo_dir"] / expert.replace("/", "_")
+            if (d / "router.json").is_file():
+                r = load_router(d)
+            elif c["table"] is not None:
+                r, _ = train_irt_on(c["table"], 0, d, chosen_config(0), drop=expert)
+            else:
+                raise SystemExit(f"{d}: run `study.py loo` first")
+            ex = _LooExpert(r, m, expert, fit_rows, {"val": (val, base["val"]),
+                                                      "test": (test, base["test"])})
+            for pull in grid:
+                res = [(ex.quality(ex.draw(shots, s), pull, "val"),
+                        ex.quality(ex.draw(shots, s), pull, "test")) for s in DRAWS]
+                per.append({"case": c["case"], "expert": expert, "pull": key(pull),
+                            "val": [v for v, _ in res], "test": [t for _, t in res]})
+            prepared.append((c["case"], ex))
+            log(f"loo_draws {c['case']} {expert}: default pull test "
+                f"{np.mean(next(x['test'] for x in per[::-1] if x['pull'] == default)):+.4f}")
+    means = {key(g): float(np.mean([v for x in per if x["pull"] == key(g) for v in x["val"]]))
+             for g in grid}
+    chosen = max(means, key=lambda k: means[k])
+    pull_c = next(g for g in grid if key(g) == chosen)
+    experts_out = []
+    for case, ex in prepared:
+        expert = ex.expert
+        row, dflt = (next(x for x in per if (x["case"], x["expert"], x["pull"])
+                          == (case, expert, k)) for k in (chosen, default))
+        curve = {str(n): float(np.mean([ex.quality(ex.draw(n, s), pull_c, "test")
+                                        for s in DRAWS])) for n in SHOTS}
+        experts_out.append({"case": case, "expert": expert, "test_draws": row["test"],
+                            "test_mean": float(np.mean(row["test"])),
+                            "test_mean_default_pull": float(np.mean(dflt["test"])),
+                            "by_shots": curve, "ceiling": ex.quality(ex.obs, pull_c, "test"),
+                            "train_rows": int(len(ex.obs))})
+        log(f"loo_draws {case} {expert}: {json.dumps(experts_out[-1])}")
+    out = {"shots": shots, "draws": list(DRAWS), "grid": [key(g) for g in grid],
+           "mean_val_diff": means, "chosen_pull": chosen, "default_pull": default,
+           "chosen_on": "validation: 10% of each train split, mean over experts, draws, cases",
+           "experts": experts_out, "all": per}
+    (HERE / "loo_draws.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # -- RouterBench: quality vs cost against GPT-4 ---------------------------------------------------
 def budget() -> dict[str, Any]:
     from agent.policy import utility
@@ -501,7 +654,7 @@ def report() -> None:
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "select"
     steps = {"select": select, "tables": tables, "loo": loo, "loo_l2": loo_l2,
-             "loo_bias": loo_bias,
+             "loo_bias": loo_bias, "loo_draws": loo_draws,
              "budget": budget, "pooled": pooled, "calib_check": calib_check,
              "local_margin": local_margin,
              "report": report}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -117,6 +118,8 @@ def report() -> None:
         ax.set(xlabel="routing quality, left out + 50-answer profile minus full (points)")
         fig.tight_layout()
         fig.savefig(HERE / "loo.png", dpi=100)
+    if (HERE / "loo_draws.json").is_file():
+        lines += loo_draws_section(json.loads((HERE / "loo_draws.json").read_text()), plt)
     if (HERE / "budget.json").is_file():
         bj = json.loads((HERE / "budget.json").read_text())
         lines += ["", "RouterBench slice, GPT-4 quality vs cost (test split, per seed):", "",
@@ -161,3 +164,51 @@ def report() -> None:
 
 if __name__ == "__main__":
     report()
+
+
+def loo_draws_section(dj: dict[str, Any], plt: Any) -> list[str]:
+    """The leave-one-out table over five draws, by number of answers, with the ceiling; and
+    ``loo_draws.png``, one panel per case."""
+    shots = list(dj["experts"][0]["by_shots"])
+    lines = ["", f"Leave one expert out over {len(dj['draws'])} draws of {dj['shots']} answers "
+             f"(`study.py loo_draws`; the table above is one draw). Pulls chosen on "
+             f"{dj['chosen_on']}: {dj['chosen_pull']} (l2 theta/bias; mean validation "
+             "difference " + ", ".join(f"{k}: {100 * v:+.2f}" for k, v in
+                                       dj["mean_val_diff"].items())
+             + f" pt; the shipped default is {dj['default_pull']}). Test differences in points; "
+             "*ceiling*: the profile fitted on every train row of the expert, features frozen.",
+             ""]
+    for case in dict.fromkeys(r["case"] for r in dj["experts"]):
+        rows = [r for r in dj["experts"] if r["case"] == case]
+        short = sum(r["test_mean"] < -0.01 for r in rows)
+        worst = min(min(r["test_draws"]) for r in rows)
+        cap = sum(r["ceiling"] < -0.01 for r in rows)
+        lines.append(f"- {case}: {short} of {len(rows)} experts more than 1 point short on "
+                     f"the mean of the draws; worst single draw {100 * worst:+.2f}; "
+                     f"{cap} with a ceiling below -1.")
+    lines += ["", "| case | expert | mean | worst draw | default pull | "
+              + " | ".join(f"{n} answers" for n in shots) + " | ceiling |",
+              "| --- | --- | " + "---: | " * (len(shots) + 4)]
+    for r in dj["experts"]:
+        lines.append(f"| {r['case']} | {r['expert']} | {100 * r['test_mean']:+.2f} | "
+                     f"{100 * min(r['test_draws']):+.2f} | "
+                     f"{100 * r['test_mean_default_pull']:+.2f} | "
+                     + " | ".join(f"{100 * r['by_shots'][n]:+.2f}" for n in shots)
+                     + f" | {100 * r['ceiling']:+.2f} |")
+    cases = list(dict.fromkeys(r["case"] for r in dj["experts"]))
+    fig, axes = plt.subplots(1, len(cases), figsize=(4 * len(cases), 4), sharey=True)
+    for ax, case in zip(axes, cases, strict=True):
+        for r in (r for r in dj["experts"] if r["case"] == case):
+            line, = ax.plot([int(n) for n in shots], [100 * r["by_shots"][n] for n in shots],
+                            marker="o", ms=3, lw=1, label=r["expert"].split("/")[-1][:22])
+            ax.scatter([600], [100 * r["ceiling"]], marker="_", s=120, color=line.get_color())
+        ax.axhline(-1, ls="--", color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ax.set_xticks([*map(int, shots), 600], [*shots, "all"])
+        ax.legend(fontsize=6, loc="lower right")
+        ax.set(title=case, xlabel="answers the profile is fitted on")
+    axes[0].set_ylabel("routing quality vs full router (points, mean of draws)")
+    fig.tight_layout()
+    fig.savefig(HERE / "loo_draws.png", dpi=100)
+    return lines
