@@ -5,6 +5,7 @@
     .venv/bin/python artifacts/report/irt/study.py loo      # leave-one-expert-out + profile fit
     .venv/bin/python artifacts/report/irt/study.py loo_bias # its pulls (theta, bias) on validation
     .venv/bin/python artifacts/report/irt/study.py loo_draws  # 5 draws, ceiling, pooled training
+    .venv/bin/python artifacts/report/irt/study.py loo_pessimism  # a lower bound for new experts
     .venv/bin/python artifacts/report/irt/study.py budget   # RouterBench: GPT-4 quality vs cost
     .venv/bin/python artifacts/report/irt/study.py pooled   # shipped settings, pooled test split
     .venv/bin/python artifacts/report/irt/study.py local_margin  # local_margin on validation
@@ -499,6 +500,74 @@ def loo_draws(shots: int = 50) -> dict[str, Any]:
     return out
 
 
+PESSIMISM = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+def loo_pessimism(shots: int = 50) -> dict[str, Any]:
+    """Tried, not shipped: score a freshly profiled expert by a lower bound, sigmoid(z - k sd),
+    sd its logit's standard deviation under the fit's Laplace posterior (the inverse Hessian),
+    so that a few lucky answers do not pull traffic to it. Same cases and draws as
+    ``loo_draws``, default pulls; k chosen on validation, every k reported on test."""
+    from export.profile_fit import DEFAULT_L2, DEFAULT_L2_BIAS, fit_profile
+    from export.routers.base import load_router
+
+    per: list[dict[str, Any]] = []
+    for c in _loo_cases():
+        m, full = c["m"], c["full"]
+        y = m.values["correct"]
+        fit_rows, val, test = c["split"]
+        order = [list(full.experts).index(e) for e in m.experts]
+        base = {k: routed_quality(full.score_batch([m.queries[i] for i in rows])[:, order],
+                                  y[rows]) for k, rows in (("val", val), ("test", test))}
+        for expert in c["experts"]:
+            r = load_router(c["loo_dir"] / expert.replace("/", "_"))
+            ex = _LooExpert(r, m, expert, fit_rows, {"val": (val, base["val"]),
+                                                      "test": (test, base["test"])})
+            for seed in DRAWS:
+                pick = ex.draw(shots, seed)
+                u, d = r.features([m.queries[i] for i in pick])
+                prof = fit_profile(u, d, y[pick, ex.j], ex.others.prior(ex.kind), expert,
+                                   ex.kind)
+                beta = np.array([*prof.theta, prof.bias])
+                a = np.hstack([u, np.ones((len(u), 1))])
+                p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta - d, -40, 40)))
+                pull = np.full(len(beta), DEFAULT_L2)
+                pull[-1] = DEFAULT_L2_BIAS
+                cov = np.linalg.inv((a * (p * (1 - p))[:, None]).T @ a + np.diag(pull))
+                profs = ex.others.with_profiles([prof]).profiles
+                o = [list(profs).index(e) for e in m.experts]
+                jn = list(profs).index(expert)
+                row: dict[str, Any] = {"case": c["case"], "expert": expert, "draw": seed}
+                for split in ("val", "test"):
+                    rows, u_e, d_e, q_base = ex.eval[split]
+                    pm = p_matrix(u_e, d_e, list(profs.values()))
+                    a_e = np.hstack([u_e, np.ones((len(u_e), 1))])
+                    z = a_e @ beta - d_e
+                    sd = np.sqrt(np.einsum("ij,jk,ik->i", a_e, cov, a_e))
+                    for k in PESSIMISM:
+                        pk = pm.copy()
+                        pk[:, jn] = 1.0 / (1.0 + np.exp(-(z - k * sd)))
+                        row[f"{split} {k:g}"] = float(routed_quality(pk[:, o],
+                                                                     y[rows]).mean()) - q_base
+                per.append(row)
+            log(f"loo_pessimism {c['case']} {expert}")
+    cases = list(dict.fromkeys(x["case"] for x in per))
+    summary = {split: {f"{k:g}": {"mean": float(np.mean([x[f"{split} {k:g}"] for x in per])),
+                                  **{case: {"mean": float(np.mean([x[f"{split} {k:g}"]
+                                                                   for x in per
+                                                                   if x["case"] == case])),
+                                            "worst": float(min(x[f"{split} {k:g}"] for x in per
+                                                               if x["case"] == case))}
+                                     for case in cases}}
+                       for k in PESSIMISM} for split in ("val", "test")}
+    chosen = max(summary["val"], key=lambda k: summary["val"][k]["mean"])
+    out = {"shots": shots, "chosen_k": chosen, "chosen_on": "validation, mean of all cases",
+           "summary": summary, "all": per}
+    log(f"loo_pessimism: chosen k {chosen}; test {json.dumps(summary['test'])}")
+    (HERE / "loo_pessimism.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
 # -- RouterBench: quality vs cost against GPT-4 ---------------------------------------------------
 def budget() -> dict[str, Any]:
     from agent.policy import utility
@@ -655,6 +724,7 @@ if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "select"
     steps = {"select": select, "tables": tables, "loo": loo, "loo_l2": loo_l2,
              "loo_bias": loo_bias, "loo_draws": loo_draws,
+             "loo_pessimism": loo_pessimism,
              "budget": budget, "pooled": pooled, "calib_check": calib_check,
              "local_margin": local_margin,
              "report": report}

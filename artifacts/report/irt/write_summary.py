@@ -120,6 +120,19 @@ def report() -> None:
         fig.savefig(HERE / "loo.png", dpi=100)
     if (HERE / "loo_draws.json").is_file():
         lines += loo_draws_section(json.loads((HERE / "loo_draws.json").read_text()), plt)
+    if (HERE / "loo_pessimism.json").is_file():
+        pj = json.loads((HERE / "loo_pessimism.json").read_text())
+        cases = [k for k in pj["summary"]["test"]["0"] if k != "mean"]
+        lines += ["", "Tried, not shipped (`study.py loo_pessimism`): scoring a freshly profiled "
+                  "expert by a lower bound sigmoid(z - k sd), sd from the fit's Laplace "
+                  f"posterior, same cases and draws. k chosen on validation: {pj['chosen_k']}. "
+                  "Points against the full router, mean of the draws (worst draw):", "",
+                  "| k | validation, all | " + " | ".join(f"test: {c}" for c in cases) + " |",
+                  "| ---: | ---: | " + "--- | " * len(cases)]
+        for k, v in pj["summary"]["test"].items():
+            lines.append(f"| {k} | {100 * pj['summary']['val'][k]['mean']:+.2f} | "
+                         + " | ".join(f"{100 * v[c]['mean']:+.2f} ({100 * v[c]['worst']:+.2f})"
+                                      for c in cases) + " |")
     if (HERE / "budget.json").is_file():
         bj = json.loads((HERE / "budget.json").read_text())
         lines += ["", "RouterBench slice, GPT-4 quality vs cost (test split, per seed):", "",
