@@ -133,6 +133,40 @@ def report() -> None:
             lines.append(f"| {k} | {100 * pj['summary']['val'][k]['mean']:+.2f} | "
                          + " | ".join(f"{100 * v[c]['mean']:+.2f} ({100 * v[c]['worst']:+.2f})"
                                       for c in cases) + " |")
+    if (HERE / "encoders.json").is_file():
+        ej = json.loads((HERE / "encoders.json").read_text())
+        lines += ["", "Encoder candidates (`study.py encoders`; pooled split; same tower "
+                  f"{ej['tower']}; validation = 10% of train; *held out*: each of 9 large "
+                  "datasets removed whole from training and scored, inside the train split). "
+                  f"Chosen on validation: **{ej['chosen_on_validation']}**.", "",
+                  "| encoder | dims | val BCE | val quality (macro) | held-out datasets "
+                  "(macro) | test quality (macro) | test - shipped, 95% CI (per query) |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for r in ej["results"]:
+            ci = r.get("test_minus_shipped_ci95")
+            lines.append(f"| {r['encoder']} | {r['dims']} | {r['val_bce']:.4f} | "
+                         f"{r['val_quality']['macro']:.4f} | "
+                         f"{r['held_out_dataset_quality']['macro']:.4f} | "
+                         f"{r['test_quality']['macro']:.4f} | "
+                         + (f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}] pt" if ci else "-")
+                         + " |")
+        srcs = [k for k in ej["results"][0]["test_quality"] if k != "macro"]
+        lines += ["", "Test quality per source (macro above: their mean):", "",
+                  "| encoder | " + " | ".join(srcs) + " |",
+                  "| --- | " + "---: | " * len(srcs)]
+        lines += [f"| {r['encoder']} | " + " | ".join(f"{r['test_quality'][k]:.4f}"
+                                                      for k in srcs) + " |"
+                  for r in ej["results"]]
+        lines += ["", "Features of one query, p50 ms (same run, this machine, 2 threads; the "
+                  "static encoder is a table lookup and mean, no AVX-512 kernel):", "",
+                  "| tokens | shipped ONNX int8 | "
+                  + " | ".join(k for k in ej["latency_p50"][0]
+                               if k.startswith("model2vec")) + " |",
+                  "| ---: | ---: | " + "---: | " * (len(ej["latency_p50"][0]) - 3)]
+        for r in ej["latency_p50"]:
+            lines.append(f"| {r['tokens']} | {r['shipped_onnx_ms']:.2f} | "
+                         + " | ".join(f"{v:.2f}" for k, v in r.items()
+                                      if k.startswith("model2vec")) + " |")
     if (HERE / "budget.json").is_file():
         bj = json.loads((HERE / "budget.json").read_text())
         lines += ["", "RouterBench slice, GPT-4 quality vs cost (test split, per seed):", "",
