@@ -6,6 +6,7 @@
     .venv/bin/python artifacts/report/irt/study.py loo_bias # its pulls (theta, bias) on validation
     .venv/bin/python artifacts/report/irt/study.py loo_draws  # 5 draws, ceiling, pooled training
     .venv/bin/python artifacts/report/irt/study.py loo_pessimism  # a lower bound for new experts
+    .venv/bin/python artifacts/report/irt/study.py loo_nearest  # the nearest known profile as prior
     .venv/bin/python artifacts/report/irt/study.py encoders  # MiniLM 1L vs model2vec (.[study])
     .venv/bin/python artifacts/report/irt/study.py budget   # RouterBench: GPT-4 quality vs cost
     .venv/bin/python artifacts/report/irt/study.py pooled   # shipped settings, pooled test split
@@ -292,11 +293,12 @@ def report() -> None:
 if __name__ == "__main__":
     step = sys.argv[1] if len(sys.argv) > 1 else "select"
     from study_encoders import encoders
-    from study_loo import loo, loo_bias, loo_draws, loo_l2, loo_pessimism
+    from study_loo import loo, loo_bias, loo_draws, loo_l2, loo_nearest, loo_pessimism
 
     steps = {"select": select, "tables": tables, "loo": loo, "loo_l2": loo_l2,
              "loo_bias": loo_bias, "loo_draws": loo_draws,
-             "loo_pessimism": loo_pessimism, "encoders": encoders,
+             "loo_pessimism": loo_pessimism,
+             "loo_nearest": loo_nearest, "encoders": encoders,
              "budget": budget, "pooled": pooled, "calib_check": calib_check,
              "local_margin": local_margin,
              "report": report}

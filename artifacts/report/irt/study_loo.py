@@ -379,3 +379,55 @@ def loo_pessimism(shots: int = 50) -> dict[str, Any]:
     log(f"loo_pessimism: chosen k {chosen}; test {json.dumps(summary['test'])}")
     (HERE / "loo_pessimism.json").write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def loo_nearest(shots: int = 50) -> dict[str, Any]:
+    """Tried, not shipped: fit the new expert toward the known profile (or the median prior)
+    under which its answers are most likely, instead of toward the median prior of its
+    kind. Same cases and draws as ``loo_draws``, default pulls."""
+    from export.profile_fit import fit_profile
+    from export.routers.base import load_router
+
+    def loglik(u: np.ndarray, d: np.ndarray, y: np.ndarray, prof: Any) -> float:
+        p = np.clip(p_matrix(u, d, [prof])[:, 0], 1e-6, 1 - 1e-6)
+        return float((y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
+
+    per: list[dict[str, Any]] = []
+    for c in _loo_cases():
+        m, full = c["m"], c["full"]
+        y = m.values["correct"]
+        fit_rows, val, test = c["split"]
+        order = [list(full.experts).index(e) for e in m.experts]
+        base = {k: routed_quality(full.score_batch([m.queries[i] for i in rows])[:, order],
+                                  y[rows]) for k, rows in (("val", val), ("test", test))}
+        for expert in c["experts"]:
+            r = load_router(c["loo_dir"] / expert.replace("/", "_"))
+            ex = _LooExpert(r, m, expert, fit_rows, {"val": (val, base["val"]),
+                                                      "test": (test, base["test"])})
+            for seed in DRAWS:
+                pick = ex.draw(shots, seed)
+                u, d = r.features([m.queries[i] for i in pick])
+                cands = {"median": ex.others.prior(ex.kind), **ex.others.profiles}
+                near = max(cands, key=lambda k: loglik(u, d, y[pick, ex.j], cands[k]))
+                row: dict[str, Any] = {"case": c["case"], "expert": expert, "draw": seed,
+                                       "nearest": near}
+                for mode, prior in (("median", cands["median"]), ("nearest", cands[near])):
+                    prof = fit_profile(u, d, y[pick, ex.j], prior, expert, ex.kind)
+                    profs = ex.others.with_profiles([prof]).profiles
+                    o = [list(profs).index(e) for e in m.experts]
+                    for split in ("val", "test"):
+                        rows, u_e, d_e, q_base = ex.eval[split]
+                        p = p_matrix(u_e, d_e, list(profs.values()))[:, o]
+                        row[f"{split} {mode}"] = float(routed_quality(p, y[rows]).mean()) - q_base
+                per.append(row)
+            log(f"loo_nearest {c['case']} {expert}")
+    cases = list(dict.fromkeys(x["case"] for x in per))
+    summary = {f"{split} {mode}": {"mean": float(np.mean([x[f"{split} {mode}"] for x in per])),
+                                   **{case: float(np.mean([x[f"{split} {mode}"] for x in per
+                                                           if x["case"] == case]))
+                                      for case in cases}}
+               for split in ("val", "test") for mode in ("median", "nearest")}
+    out = {"shots": shots, "summary": summary, "all": per}
+    log(f"loo_nearest: {json.dumps(summary)}")
+    (HERE / "loo_nearest.json").write_text(json.dumps(out, indent=1) + "\n")
+    return out

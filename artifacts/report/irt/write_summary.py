@@ -133,6 +133,19 @@ def report() -> None:
             lines.append(f"| {k} | {100 * pj['summary']['val'][k]['mean']:+.2f} | "
                          + " | ".join(f"{100 * v[c]['mean']:+.2f} ({100 * v[c]['worst']:+.2f})"
                                       for c in cases) + " |")
+    if (HERE / "loo_nearest.json").is_file():
+        nj = json.loads((HERE / "loo_nearest.json").read_text())["summary"]
+        cases = [k for k in nj["val median"] if k != "mean"]
+        lines += ["", "Tried, not shipped (`study.py loo_nearest`): fitting the new expert "
+                  "toward the known profile under which its answers are most likely, instead of "
+                  "the median prior of its kind. Points against the full router, mean of the "
+                  "draws:", "", "| prior | validation, all | "
+                  + " | ".join(f"test: {c}" for c in cases) + " |",
+                  "| --- | ---: | " + "---: | " * len(cases)]
+        for mode in ("median", "nearest"):
+            lines.append(f"| {mode} | {100 * nj[f'val {mode}']['mean']:+.2f} | "
+                         + " | ".join(f"{100 * nj[f'test {mode}'][c]:+.2f}" for c in cases)
+                         + " |")
     if (HERE / "encoders.json").is_file():
         ej = json.loads((HERE / "encoders.json").read_text())
         lines += ["", "Encoder candidates (`study.py encoders`; pooled split; same tower "
