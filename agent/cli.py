@@ -123,6 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from agent.app import create_app
+    from agent.envfile import unknown_variables
     from agent.http_security import check_bind
     from agent.runtime import build_runtime
 
@@ -132,6 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     check_bind(settings.server.host, settings.server.api_token_file is not None)
+    for unknown in unknown_variables():
+        logging.getLogger("edgeroute").warning("%s", unknown.message())
     runtime = build_runtime(settings)
     app = create_app(settings, runtime)
     logging.getLogger("edgeroute").info(

@@ -352,6 +352,13 @@ def check_env_files(files: list[Path]) -> list[Finding]:
     return out
 
 
+def check_variables() -> list[Finding]:
+    """One warning per EDGEROUTE_ variable that sets nothing (a typo is otherwise silent)."""
+    from agent.envfile import unknown_variables
+
+    return [Finding(f"variable {u.var}", "warn", u.message()) for u in unknown_variables()]
+
+
 def settings_checks(settings: Settings, rehash: bool, timeout: float) -> list[Finding]:
     from agent.settings import default_env_files
 
@@ -359,6 +366,7 @@ def settings_checks(settings: Settings, rehash: bool, timeout: float) -> list[Fi
         _writable_dir("paths.data_dir", settings.paths.data_dir),
         _writable_dir("paths.cache_dir", settings.paths.cache_dir),
         *check_env_files(default_env_files()),
+        *check_variables(),
     ]
     findings += [check_model(e, settings.paths.cache_dir, rehash) for e in settings.local_experts]
     findings.append(check_threads(settings))

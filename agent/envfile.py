@@ -10,12 +10,15 @@ fleet file means the same to the unit and to the daemon.
 env-example``; a test regenerates them and fails on any difference.
 
 The reverse question, which layer set each effective value (``edgeroute doctor``), is
-answered here too, from the same variable names and the same file order as the settings.
+answered here too, from the same variable names and the same file order as the settings;
+and so is the one pydantic-settings leaves unasked: which ``EDGEROUTE_`` variables set
+nothing at all (a typo in a fleet file is otherwise dropped without a word).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import typing
@@ -29,7 +32,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from agent.settings import ENV_PREFIX, Settings, default_env_files
+from agent.settings import ENV_FILES_VAR, ENV_PREFIX, Settings, default_env_files
 
 # Top-level settings a device usually sets for itself (paths, its port, its models' GPU
 # offload and threads); the rest is fleet policy.
@@ -250,6 +253,58 @@ def setting_sources(settings: Settings, env: Mapping[str, str] | None = None,
             value = value[part]
         out.append(SettingSource(key, var, value, _source(candidates, env_upper, layers)))
     return out
+
+
+# EDGEROUTE_ variables read outside the settings tree (and the test suite's own prefix).
+OTHER_VARS = (ENV_FILES_VAR, "EDGEROUTE_DEBUG", "EDGEROUTE_EMBED_CACHE",
+              "EDGEROUTE_SHARED_DATA")
+OTHER_PREFIXES = ("EDGEROUTE_TEST_",)
+
+
+@dataclass(frozen=True)
+class UnknownVariable:
+    """An ``EDGEROUTE_`` variable that sets no setting, where it was found, and the nearest
+    real name when one is close."""
+
+    var: str
+    where: str
+    suggestion: str | None
+
+    def message(self) -> str:
+        hint = f"; did you mean {self.suggestion}?" if self.suggestion else ""
+        return (f"{self.var} ({self.where}) sets nothing{hint} "
+                "(`edgeroute config env-example` lists every variable)")
+
+
+def unknown_variables(env: Mapping[str, str] | None = None,
+                      files: list[Path] | None = None) -> list[UnknownVariable]:
+    """``EDGEROUTE_`` names in the environment or the env files that no setting reads."""
+    leaves = sorted(var for _, var, _ in _leaf_vars())
+    known = {v for _, _, candidates in _leaf_vars() for v in candidates} | set(OTHER_VARS)
+    env_upper = [k.upper() for k in (os.environ if env is None else env)]
+    found = [(k, "environment") for k in env_upper]
+    for path, values in _read_env_files(default_env_files() if files is None else files):
+        found += [(k, str(path)) for k in values]
+    out, seen = [], set()
+    for var, where in found:
+        if (not var.startswith(ENV_PREFIX) or var in seen or var in known
+                or var.startswith(OTHER_PREFIXES)
+                or any(var.startswith(k + "__") for k in known)):  # deeper nesting
+            continue
+        seen.add(var)
+        out.append(UnknownVariable(var, where, _nearest(var, leaves)))
+    return out
+
+
+def _nearest(var: str, leaves: list[str]) -> str | None:
+    """The setting a mistyped name most likely meant: one whose last part is the same
+    (EDGEROUTE_PORT -> EDGEROUTE_SERVER__PORT), else the closest spelling."""
+    tail = var.removeprefix(ENV_PREFIX).rsplit("__", 1)[-1]
+    same = [v for v in leaves if v.rsplit("__", 1)[-1] == tail]
+    if len(same) == 1:
+        return same[0]
+    close = difflib.get_close_matches(var, leaves, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -169,3 +169,14 @@ def test_threads_row_shows_the_default_and_how_it_was_found(smollm_gguf: Path, m
     assert f"smol {cores.threads} (default)" in row["detail"] and cores.how in row["detail"]
     assert "pinned 64" in row["detail"] and "onnxruntime" in row["detail"]
     assert row["status"] == "warn" and "unset n_threads" in row["detail"]  # 64 > cores
+
+
+def test_a_mistyped_variable_is_a_warning_naming_the_setting(smollm_gguf: Path, monkeypatch,
+                                                             capsys) -> None:
+    """pydantic-settings drops an unknown top-level name without a word; doctor does not."""
+    _local(monkeypatch, {"name": "smol", "model": str(smollm_gguf), "sha256": SMOLLM_SHA})
+    monkeypatch.setenv("EDGEROUTE_PORT", "8080")
+    rc, report = _doctor(capsys)
+    row = _checks(report)["variable EDGEROUTE_PORT"]
+    assert rc == 0 and row["status"] == "warn"
+    assert "EDGEROUTE_SERVER__PORT" in row["detail"]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from agent.envfile import DEVICE_SECTIONS, render, setting_sources
+from agent.envfile import DEVICE_SECTIONS, render, setting_sources, unknown_variables
 from agent.settings import Settings
 from tests.conftest import REPO
 
@@ -119,3 +119,31 @@ def test_secrets_stay_masked_in_sources(monkeypatch) -> None:
     (cloud,) = [s for s in sources if s.key == "cloud_experts"]
     assert cloud.source == "environment EDGEROUTE_CLOUD_EXPERTS"
     assert typing.cast(list, cloud.value)[0]["api_key"] == "**********"
+
+
+def test_unknown_variables_name_the_typo_where_it_was_and_the_setting_meant(tmp_path) -> None:
+    fleet = tmp_path / "fleet.env"
+    fleet.write_text("EDGEROUTE_BUDGT__DAILY_USD=5\nEDGEROUTE_BUDGET__DAILY_USD=5\n")
+    env = {"EDGEROUTE_PORT": "8080", "edgeroute_local_expert": "[]", "PATH": "/bin",
+           "EDGEROUTE_SERVER__PORT": "8080", "EDGEROUTE_ENV_FILES": str(fleet),
+           "EDGEROUTE_DEBUG": "1", "EDGEROUTE_TEST_MODEL_CACHE": "/tmp",
+           "EDGEROUTE_CLOUD_EXPERTS": "[]", "EDGEROUTE_ROUTER": "{}",
+           "EDGEROUTE_WHOLLY_UNRELATED_NAME": "x"}
+    got = {u.var: u for u in unknown_variables(env, [fleet])}
+    assert set(got) == {"EDGEROUTE_PORT", "EDGEROUTE_LOCAL_EXPERT", "EDGEROUTE_BUDGT__DAILY_USD",
+                        "EDGEROUTE_WHOLLY_UNRELATED_NAME"}
+    # the same last part wins over spelling; then the closest spelling; else no guess
+    assert got["EDGEROUTE_PORT"].suggestion == "EDGEROUTE_SERVER__PORT"
+    assert got["EDGEROUTE_LOCAL_EXPERT"].suggestion == "EDGEROUTE_LOCAL_EXPERTS"
+    assert got["EDGEROUTE_BUDGT__DAILY_USD"].suggestion == "EDGEROUTE_BUDGET__DAILY_USD"
+    assert got["EDGEROUTE_WHOLLY_UNRELATED_NAME"].suggestion is None
+    assert got["EDGEROUTE_BUDGT__DAILY_USD"].where == str(fleet)
+    assert got["EDGEROUTE_PORT"].where == "environment"
+    assert "did you mean EDGEROUTE_SERVER__PORT?" in got["EDGEROUTE_PORT"].message()
+
+
+def test_every_documented_variable_is_known() -> None:
+    """No false alarm: each variable of the fleet example sets something."""
+    documented = {m.group(1): m.group(2) for m in ASSIGN.finditer(render("fleet"))}
+    assert len(documented) > 20
+    assert unknown_variables(documented, []) == []
