@@ -73,7 +73,8 @@ class UnknownExpertError(RequestError):
 
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(
-            f"model {name!r} is not a configured expert; use 'auto' or one of {known}",
+            f"model {name!r} is not a configured expert; use 'auto' or one of "
+            f"{[k for k in known if k != 'auto']}",
             param="model",
             code="model_not_found",
         )
