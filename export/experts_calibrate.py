@@ -1,7 +1,7 @@
 """``edgeroute experts``: list the shipped ability profiles, and fit a configured expert's own.
 
     edgeroute experts list
-    edgeroute experts calibrate NAME [--queries 80] [--max-usd X] [--yes]
+    edgeroute experts calibrate NAME [--queries 100] [--max-usd X] [--yes]
 
 ``calibrate`` sends the shipped calibration set (auto-gradable queries spread over the
 datasets, disjoint from every training query) to the live configured expert through the
@@ -31,10 +31,10 @@ import numpy as np
 
 from export.errors import PipelineError
 
-# The whole shipped set. More answers, a better profile: leaving one expert out of the
-# pooled training, 50 answers left 2 of 18 experts more than 1 point of routing quality
-# short, 80 left 1 and 100 none (artifacts/report/irt/loo_draws.json, means of 5 draws).
-DEFAULT_QUERIES = 80
+# More answers, a better profile: leaving one expert out of the pooled training, 50 answers
+# left 2 of 18 experts more than 1 point of routing quality short, 80 left 1, 100 none
+# (artifacts/report/irt/loo_draws.json, means of 5 draws). The set holds 200.
+DEFAULT_QUERIES = 100
 MAX_TOKENS = {"gsm8k": 512, "mbpp": 384}  # others: 256; what the table was collected with
 
 

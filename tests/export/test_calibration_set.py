@@ -37,12 +37,24 @@ def keys(public: list[list[dict[str, Any]]]) -> set[str]:
 
 def test_size_and_spread() -> None:
     qs = load_calibration_set()
-    assert 50 <= len(qs) <= 100
+    assert 150 <= len(qs) <= 250
     assert len({q.query_id for q in qs}) == len(qs)
     per = Counter(q.dataset for q in qs)
-    assert set(per) == {"gsm8k", "mbpp", "pubmedqa", "mmlu"} and min(per.values()) >= 15
+    assert set(per) == {"gsm8k", "mbpp", "pubmedqa", "mmlu"} and min(per.values()) >= 45
     for name in per:
         assert len({q.extra["difficulty"] for q in qs if q.dataset == name}) >= 3
+
+
+def test_a_smaller_run_takes_the_first_queries_of_each_dataset() -> None:
+    """The set grew from 80 to 200 by appending: `--queries 80` still sends the first 80
+    (answers already collected for them stay valid), and every prefix is balanced."""
+    from export.experts_calibrate import spread
+
+    qs = load_calibration_set()
+    assert {q.query_id for q in spread(qs, 80)} == {q.query_id for q in qs[:80]}
+    for n in (20, 100, 200):
+        per = Counter(q.dataset for q in spread(qs, n))
+        assert max(per.values()) - min(per.values()) <= 1 and sum(per.values()) == n
 
 
 def test_disjoint_from_the_pooled_corpus(keys: set[str]) -> None:

@@ -237,7 +237,7 @@ def local_margin() -> dict[str, Any]:
 # -- a calibrated profile against the table ----------------------------------------------------
 def calib_check(profiles: Path = REPO / "runs" / "calib-data" / "device-profiles.json",
                 expert: str = "smollm2-135m") -> dict[str, Any]:
-    """``edgeroute experts calibrate smollm2-135m`` (80 calibration queries, none from the
+    """``edgeroute experts calibrate smollm2-135m`` (100 calibration queries, none from the
     table) wrote ``profiles``; its predicted accuracy per dataset on the committed table's
     queries, through the embedded bundle's own graph, against the table's accuracy."""
     from agent.profiles import ProfileSet
