@@ -65,6 +65,24 @@ def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, nam
                    mean_p=float((1.0 / (1.0 + np.exp(-z))).mean()))
 
 
+def accuracy_spread(u: np.ndarray, d: np.ndarray, profile: Profile, groups: np.ndarray,
+                    l2: float = DEFAULT_L2, l2_bias: float | None = DEFAULT_L2_BIAS,
+                    draws: int = 500, seed: int = 0) -> dict[str, float]:
+    """How sure the fit is, per group of queries: the standard deviation of the mean
+    predicted P(correct) over profiles drawn from the fit's Laplace posterior (the inverse
+    Hessian of the same penalised likelihood at ``profile``, which the fit found on these
+    (u, d)). It narrows as answers grow; a wide one says: send more ``--queries``."""
+    a = np.hstack([u, np.ones((len(u), 1))])
+    beta = np.array([*profile.theta, profile.bias], dtype=np.float64)
+    p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta - d, -40, 40)))
+    pull = np.full(len(beta), l2, dtype=np.float64)
+    pull[-1] = l2 if l2_bias is None else l2_bias
+    cov = np.linalg.inv((a * (p * (1 - p))[:, None]).T @ a + np.diag(pull))
+    betas = np.random.default_rng(seed).multivariate_normal(beta, cov, size=draws)
+    ps = 1.0 / (1.0 + np.exp(-np.clip(a @ betas.T - d[:, None], -40, 40)))  # (n, draws)
+    return {str(g): float(ps[groups == g].mean(axis=0).std()) for g in np.unique(groups)}
+
+
 def prior_for(profiles: ProfileSet, name: str, kind: str) -> Profile:
     return profiles.profiles.get(name) or profiles.prior(kind)
 

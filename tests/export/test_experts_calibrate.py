@@ -34,6 +34,7 @@ def test_calibrate_a_local_expert_writes_a_device_profile_and_resumes(
     (prof,) = saved["profiles"]
     assert prof["name"] == "tiny" and prof["observations"] == 6 and prof["kind"] == "local"
     assert "observed" in out.stdout and "all" in out.stdout  # the before/after table
+    assert out.stdout.count(" +- ") >= 2  # each row's after carries its posterior spread
     answers = (tmp_path / "data" / "calibration" / "tiny.jsonl").read_text().splitlines()
     assert len(answers) == 1 + 6  # header + one graded answer per query
     again = _run(["experts", "calibrate", "tiny", "--queries", "6", "--no-progress"], env)

@@ -57,3 +57,21 @@ def test_no_outcomes_is_an_error_naming_the_expert() -> None:
     prior = Profile("prior", (0.0,), 0.0)
     with pytest.raises(PipelineError, match="'lonely'"):
         fit_profile(np.zeros((0, 1)), np.zeros(0), np.zeros(0), prior, "lonely", "cloud")
+
+
+def test_the_spread_of_predicted_accuracy_narrows_with_more_answers() -> None:
+    """experts calibrate prints it beside each dataset: a fit on 20 answers is less sure
+    than one on 400, and neither is certain."""
+    from export.profile_fit import accuracy_spread
+
+    truth = np.array([1.0, -0.5, 0.3])
+    prior = Profile("prior", (0.0, 0.0, 0.0), 0.0)
+    spreads = []
+    for n in (20, 400):
+        u, d, y = _data(n, truth, 0.5, seed=4)
+        groups = np.where(u[:, 0] > 0, "a", "b")
+        prof = fit_profile(u, d, y, prior, "e", "cloud")
+        got = accuracy_spread(u, d, prof, groups)
+        assert set(got) == {"a", "b"} and all(0 < v < 0.5 for v in got.values())
+        spreads.append(got)
+    assert all(spreads[1][g] < spreads[0][g] / 2 for g in ("a", "b"))
