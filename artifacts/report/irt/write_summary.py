@@ -124,7 +124,8 @@ def report() -> None:
                   "| table | expert | test difference (points) |", "| --- | --- | ---: |"]
         misses = sum(r["test_diff"] < -0.01 for r in lj["test"])
         lines.insert(len(lines) - 2, f"Experts more than 1 point short on test: {misses} of "
-                     f"{len(lj['test'])}.")
+                     f"{len(lj['test'])}, on this one draw of the answers (over five draws: "
+                     "the next tables).")
         lines.insert(len(lines) - 2, "")
         fig, ax = plt.subplots(figsize=(8, 5))
         names, diffs = [], []
