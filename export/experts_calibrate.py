@@ -139,7 +139,8 @@ def calibrate(args: argparse.Namespace) -> int:
     cfg = next(e for e in [*settings.local_experts, *settings.cloud_experts]
                if e.name == args.name)
     bundle = _bundle(settings)
-    queries = spread(load_calibration_set(), args.queries)
+    calibration_set = load_calibration_set()
+    queries = spread(calibration_set, args.queries)
     cost = sum(_worst_usd(cfg, q) for q in queries) if expert.kind == "cloud" else 0.0
     print(f"calibrating {args.name} ({expert.kind}) on {len(queries)} queries over "
           f"{len({q.dataset for q in queries})} datasets; worst-case cost ${cost:.4f}",
@@ -188,35 +189,33 @@ def calibrate(args: argparse.Namespace) -> int:
     device.with_profiles([after]).write(device_path)
     _report(rows, u, d, before, after, time.monotonic() - t0,
             DEFAULT_L2 if args.l2 is None else args.l2,
-            DEFAULT_L2_BIAS if args.l2_bias is None else args.l2_bias)
+            DEFAULT_L2_BIAS if args.l2_bias is None else args.l2_bias, len(calibration_set))
     print(f"profile of {args.name} -> {device_path}; reload a running daemon (SIGHUP or "
           "POST /admin/router/reload) to use it", file=sys.stderr)
     return 0
 
 
 def _report(rows: list[dict[str, Any]], u: np.ndarray, d: np.ndarray, before: Any,
-            after: Any, wall_s: float, l2: float, l2_bias: float | None) -> None:
-    from export.calibration_set import load_calibration_set
+            after: Any, wall_s: float, l2: float, l2_bias: float | None,
+            set_size: int) -> None:
     from export.profile_fit import accuracy_spread
     from export.routers.irt import p_matrix
 
     pb = p_matrix(u, d, [before.profile])[:, 0]
     pa = p_matrix(u, d, [after])[:, 0]
     datasets = np.array([r["dataset"] for r in rows])
-    spread_ = accuracy_spread(u, d, after, datasets, l2, l2_bias)
-    spread_["all"] = accuracy_spread(u, d, after, np.array(["all"] * len(rows)), l2,
-                                     l2_bias)["all"]
+    masks = {ds: datasets == ds for ds in sorted(set(datasets.tolist()))}
+    masks["all"] = np.ones(len(rows), bool)
+    sd = accuracy_spread(u, d, after, masks, l2, l2_bias)
     print(f"{'dataset':<10} {'n':>4} {'observed':>9} {'before':>8} {'after':>16}   "
           f"(before: {before.source} profile {before.profile.name!r}; after: +- the fit's "
           "posterior sd)")
     y = np.array([float(r["correct"]) for r in rows])
-    for ds in [*sorted(set(datasets.tolist())), "all"]:
-        m = datasets == ds if ds != "all" else np.ones(len(rows), bool)
-        after_s = f"{pa[m].mean():.3f} +- {spread_[ds]:.3f}"
+    for ds, m in masks.items():
+        after_s = f"{pa[m].mean():.3f} +- {sd[ds]:.3f}"
         print(f"{ds:<10} {int(m.sum()):>4} {y[m].mean():>9.3f} {pb[m].mean():>8.3f} "
               f"{after_s:>16}")
-    print(f"({wall_s:.0f} s; a wide +- narrows with more --queries, up to "
-          f"{len(load_calibration_set())})")
+    print(f"({wall_s:.0f} s; a wide +- narrows with more --queries, up to {set_size})")
 
 
 def list_profiles(args: argparse.Namespace) -> int:

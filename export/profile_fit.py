@@ -48,8 +48,7 @@ def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, nam
     a = np.hstack([u, np.ones((len(u), 1))])
     beta0 = np.array([*prior.theta, prior.bias], dtype=np.float64)
     beta = beta0.copy()
-    pull = np.full(len(beta), l2, dtype=np.float64)
-    pull[-1] = l2 if l2_bias is None else l2_bias
+    pull = _pulls(len(beta), l2, l2_bias)
     for _ in range(iterations):
         z = np.clip(a @ beta - d, -40, 40)
         p = 1.0 / (1.0 + np.exp(-z))
@@ -65,22 +64,37 @@ def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, nam
                    mean_p=float((1.0 / (1.0 + np.exp(-z))).mean()))
 
 
-def accuracy_spread(u: np.ndarray, d: np.ndarray, profile: Profile, groups: np.ndarray,
-                    l2: float = DEFAULT_L2, l2_bias: float | None = DEFAULT_L2_BIAS,
-                    draws: int = 500, seed: int = 0) -> dict[str, float]:
-    """How sure the fit is, per group of queries: the standard deviation of the mean
-    predicted P(correct) over profiles drawn from the fit's Laplace posterior (the inverse
-    Hessian of the same penalised likelihood at ``profile``, which the fit found on these
-    (u, d)). It narrows as answers grow; a wide one says: send more ``--queries``."""
+def _pulls(n: int, l2: float, l2_bias: float | None) -> np.ndarray:
+    """The prior's pull on each of theta's n-1 coordinates and on the bias."""
+    pull = np.full(n, l2, dtype=np.float64)
+    pull[-1] = l2 if l2_bias is None else l2_bias
+    return pull
+
+
+def posterior_cov(u: np.ndarray, d: np.ndarray, profile: Profile, l2: float = DEFAULT_L2,
+                  l2_bias: float | None = DEFAULT_L2_BIAS) -> np.ndarray:
+    """Covariance of (theta, bias) under the fit's Laplace posterior: the inverse Hessian of
+    ``fit_profile``'s penalised likelihood at ``profile``, fitted on these (u, d)."""
     a = np.hstack([u, np.ones((len(u), 1))])
     beta = np.array([*profile.theta, profile.bias], dtype=np.float64)
     p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta - d, -40, 40)))
-    pull = np.full(len(beta), l2, dtype=np.float64)
-    pull[-1] = l2 if l2_bias is None else l2_bias
-    cov = np.linalg.inv((a * (p * (1 - p))[:, None]).T @ a + np.diag(pull))
-    betas = np.random.default_rng(seed).multivariate_normal(beta, cov, size=draws)
+    hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(_pulls(len(beta), l2, l2_bias))
+    return np.asarray(np.linalg.inv(hess))
+
+
+def accuracy_spread(u: np.ndarray, d: np.ndarray, profile: Profile,
+                    groups: dict[str, np.ndarray], l2: float = DEFAULT_L2,
+                    l2_bias: float | None = DEFAULT_L2_BIAS, draws: int = 500,
+                    seed: int = 0) -> dict[str, float]:
+    """How sure the fit is, per group of queries (name -> row mask): the standard deviation
+    of the group's mean predicted P(correct) over profiles drawn from the Laplace posterior.
+    It narrows as answers grow; a wide one says: send more ``--queries``."""
+    a = np.hstack([u, np.ones((len(u), 1))])
+    beta = np.array([*profile.theta, profile.bias], dtype=np.float64)
+    betas = np.random.default_rng(seed).multivariate_normal(
+        beta, posterior_cov(u, d, profile, l2, l2_bias), size=draws)
     ps = 1.0 / (1.0 + np.exp(-np.clip(a @ betas.T - d[:, None], -40, 40)))  # (n, draws)
-    return {str(g): float(ps[groups == g].mean(axis=0).std()) for g in np.unique(groups)}
+    return {name: float(ps[mask].mean(axis=0).std()) for name, mask in groups.items()}
 
 
 def prior_for(profiles: ProfileSet, name: str, kind: str) -> Profile:

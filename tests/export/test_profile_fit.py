@@ -69,7 +69,7 @@ def test_the_spread_of_predicted_accuracy_narrows_with_more_answers() -> None:
     spreads = []
     for n in (20, 400):
         u, d, y = _data(n, truth, 0.5, seed=4)
-        groups = np.where(u[:, 0] > 0, "a", "b")
+        groups = {"a": u[:, 0] > 0, "b": u[:, 0] <= 0}
         prof = fit_profile(u, d, y, prior, "e", "cloud")
         got = accuracy_spread(u, d, prof, groups)
         assert set(got) == {"a", "b"} and all(0 < v < 0.5 for v in got.values())
