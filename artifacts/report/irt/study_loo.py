@@ -5,6 +5,7 @@ answers, against the router that trained on all its rows."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -228,41 +229,35 @@ class _LooExpert:
         return np.sort(np.random.default_rng(seed).choice(self.obs, min(n, len(self.obs)),
                                                           replace=False))
 
-    def quality(self, pick: np.ndarray, pull: tuple[float, float | None], split: str) -> float:
-        """Routed quality on ``split`` with the expert profiled from rows ``pick``, minus the
-        full router's."""
-        from export.profile_fit import fit_profile
+    def features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.router.features([self.m.queries[i] for i in rows])  # type: ignore[no-any-return]
 
-        u, d = self.router.features([self.m.queries[i] for i in pick])
-        prof = fit_profile(u, d, self.y[pick, self.j], self.others.prior(self.kind),
-                           self.expert, self.kind, pull[0], l2_bias=pull[1])
+    def score(self, prof: Any, split: str, column: np.ndarray | None = None) -> float:
+        """Routed quality on ``split`` with ``prof`` as the expert's profile (``column``:
+        its P(correct) per query in place of the profile's), minus the full router's."""
         profs = self.others.with_profiles([prof]).profiles
         order = [list(profs).index(e) for e in self.m.experts]
         rows, u_e, d_e, q_base = self.eval[split]
-        p = p_matrix(u_e, d_e, list(profs.values()))[:, order]
-        return float(routed_quality(p, self.y[rows]).mean()) - q_base
+        p = p_matrix(u_e, d_e, list(profs.values()))
+        if column is not None:
+            p[:, list(profs).index(self.expert)] = column
+        return float(routed_quality(p[:, order], self.y[rows]).mean()) - q_base
+
+    def quality(self, pick: np.ndarray, pull: tuple[float, float | None], split: str) -> float:
+        """``score`` with the expert profiled from rows ``pick`` (prior: its kind's median)."""
+        from export.profile_fit import fit_profile
+
+        u, d = self.features(pick)
+        prof = fit_profile(u, d, self.y[pick, self.j], self.others.prior(self.kind),
+                           self.expert, self.kind, pull[0], l2_bias=pull[1])
+        return self.score(prof, split)
 
 
-def loo_draws(shots: int = 50) -> dict[str, Any]:
-    """Leave one expert out, measured over five draws of its ``shots`` answers (``loo``
-    reports one draw), with the profile fit's pulls chosen on validation over all draws.
-
-    Per left-out expert: the validation and test differences for every pull in
-    ``BIAS_GRID``; for the pull chosen on validation (mean over experts, draws and cases),
-    the test difference by number of answers (``SHOTS``) and the *ceiling*, the profile fitted
-    on every train row of the expert. The features are frozen, so a ceiling below -1 point
-    says the query tower, trained without the expert, lacks the directions of its strengths:
-    no number of answers closes that gap."""
-    from export.profile_fit import DEFAULT_L2, DEFAULT_L2_BIAS
+def _loo_experts() -> Iterator[tuple[str, _LooExpert]]:
+    """(case, left-out expert) over ``_loo_cases``; a pooled case's router trained without
+    the expert is trained here when missing."""
     from export.routers.base import load_router
 
-    def key(pull: tuple[float, float | None]) -> str:
-        return f"{pull[0]:g}" if pull[1] is None else f"{pull[0]:g}/{pull[1]:g}"
-
-    grid = list(BIAS_GRID)
-    default = key((DEFAULT_L2, DEFAULT_L2_BIAS))
-    per: list[dict[str, Any]] = []
-    prepared = []
     for c in _loo_cases():
         m, full = c["m"], c["full"]
         y = m.values["correct"]
@@ -278,16 +273,38 @@ def loo_draws(shots: int = 50) -> dict[str, Any]:
                 r, _ = train_irt_on(c["table"], 0, d, chosen_config(0), drop=expert)
             else:
                 raise SystemExit(f"{d}: run `study.py loo` first")
-            ex = _LooExpert(r, m, expert, fit_rows, {"val": (val, base["val"]),
-                                                      "test": (test, base["test"])})
-            for pull in grid:
-                res = [(ex.quality(ex.draw(shots, s), pull, "val"),
-                        ex.quality(ex.draw(shots, s), pull, "test")) for s in DRAWS]
-                per.append({"case": c["case"], "expert": expert, "pull": key(pull),
-                            "val": [v for v, _ in res], "test": [t for _, t in res]})
-            prepared.append((c["case"], ex))
-            log(f"loo_draws {c['case']} {expert}: default pull test "
-                f"{np.mean(next(x['test'] for x in per[::-1] if x['pull'] == default)):+.4f}")
+            yield c["case"], _LooExpert(r, m, expert, fit_rows, {"val": (val, base["val"]),
+                                                                  "test": (test, base["test"])})
+
+
+def loo_draws(shots: int = 50) -> dict[str, Any]:
+    """Leave one expert out, measured over five draws of its ``shots`` answers (``loo``
+    reports one draw), with the profile fit's pulls chosen on validation over all draws.
+
+    Per left-out expert: the validation and test differences for every pull in
+    ``BIAS_GRID``; for the pull chosen on validation (mean over experts, draws and cases),
+    the test difference by number of answers (``SHOTS``) and the *ceiling*, the profile fitted
+    on every train row of the expert. The features are frozen, so a ceiling below -1 point
+    says the query tower, trained without the expert, lacks the directions of its strengths:
+    no number of answers closes that gap."""
+    from export.profile_fit import DEFAULT_L2, DEFAULT_L2_BIAS
+
+    def key(pull: tuple[float, float | None]) -> str:
+        return f"{pull[0]:g}" if pull[1] is None else f"{pull[0]:g}/{pull[1]:g}"
+
+    grid = list(BIAS_GRID)
+    default = key((DEFAULT_L2, DEFAULT_L2_BIAS))
+    per: list[dict[str, Any]] = []
+    prepared = []
+    for case, ex in _loo_experts():
+        for pull in grid:
+            res = [(ex.quality(ex.draw(shots, s), pull, "val"),
+                    ex.quality(ex.draw(shots, s), pull, "test")) for s in DRAWS]
+            per.append({"case": case, "expert": ex.expert, "pull": key(pull),
+                        "val": [v for v, _ in res], "test": [t for _, t in res]})
+        prepared.append((case, ex))
+        log(f"loo_draws {case} {ex.expert}: default pull test "
+            f"{np.mean(next(x['test'] for x in per[::-1] if x['pull'] == default)):+.4f}")
     means = {key(g): float(np.mean([v for x in per if x["pull"] == key(g) for v in x["val"]]))
              for g in grid}
     chosen = max(means, key=lambda k: means[k])
@@ -321,49 +338,28 @@ def loo_pessimism(shots: int = 50) -> dict[str, Any]:
     sd its logit's standard deviation under the fit's Laplace posterior (the inverse Hessian),
     so that a few lucky answers do not pull traffic to it. Same cases and draws as
     ``loo_draws``, default pulls; k chosen on validation, every k reported on test."""
-    from export.profile_fit import DEFAULT_L2, DEFAULT_L2_BIAS, fit_profile
-    from export.routers.base import load_router
+    from export.profile_fit import fit_profile, posterior_cov
 
     per: list[dict[str, Any]] = []
-    for c in _loo_cases():
-        m, full = c["m"], c["full"]
-        y = m.values["correct"]
-        fit_rows, val, test = c["split"]
-        order = [list(full.experts).index(e) for e in m.experts]
-        base = {k: routed_quality(full.score_batch([m.queries[i] for i in rows])[:, order],
-                                  y[rows]) for k, rows in (("val", val), ("test", test))}
-        for expert in c["experts"]:
-            r = load_router(c["loo_dir"] / expert.replace("/", "_"))
-            ex = _LooExpert(r, m, expert, fit_rows, {"val": (val, base["val"]),
-                                                      "test": (test, base["test"])})
-            for seed in DRAWS:
-                pick = ex.draw(shots, seed)
-                u, d = r.features([m.queries[i] for i in pick])
-                prof = fit_profile(u, d, y[pick, ex.j], ex.others.prior(ex.kind), expert,
-                                   ex.kind)
-                beta = np.array([*prof.theta, prof.bias])
-                a = np.hstack([u, np.ones((len(u), 1))])
-                p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta - d, -40, 40)))
-                pull = np.full(len(beta), DEFAULT_L2)
-                pull[-1] = DEFAULT_L2_BIAS
-                cov = np.linalg.inv((a * (p * (1 - p))[:, None]).T @ a + np.diag(pull))
-                profs = ex.others.with_profiles([prof]).profiles
-                o = [list(profs).index(e) for e in m.experts]
-                jn = list(profs).index(expert)
-                row: dict[str, Any] = {"case": c["case"], "expert": expert, "draw": seed}
-                for split in ("val", "test"):
-                    rows, u_e, d_e, q_base = ex.eval[split]
-                    pm = p_matrix(u_e, d_e, list(profs.values()))
-                    a_e = np.hstack([u_e, np.ones((len(u_e), 1))])
-                    z = a_e @ beta - d_e
-                    sd = np.sqrt(np.einsum("ij,jk,ik->i", a_e, cov, a_e))
-                    for k in PESSIMISM:
-                        pk = pm.copy()
-                        pk[:, jn] = 1.0 / (1.0 + np.exp(-(z - k * sd)))
-                        row[f"{split} {k:g}"] = float(routed_quality(pk[:, o],
-                                                                     y[rows]).mean()) - q_base
-                per.append(row)
-            log(f"loo_pessimism {c['case']} {expert}")
+    for case, ex in _loo_experts():
+        for seed in DRAWS:
+            pick = ex.draw(shots, seed)
+            u, d = ex.features(pick)
+            prof = fit_profile(u, d, ex.y[pick, ex.j], ex.others.prior(ex.kind), ex.expert,
+                               ex.kind)
+            beta = np.array([*prof.theta, prof.bias])
+            cov = posterior_cov(u, d, prof)
+            row: dict[str, Any] = {"case": case, "expert": ex.expert, "draw": seed}
+            for split in ("val", "test"):
+                _, u_e, d_e, _ = ex.eval[split]
+                a_e = np.hstack([u_e, np.ones((len(u_e), 1))])
+                z = a_e @ beta - d_e
+                sd = np.sqrt(np.einsum("ij,jk,ik->i", a_e, cov, a_e))
+                for k in PESSIMISM:
+                    row[f"{split} {k:g}"] = ex.score(prof, split,
+                                                     1.0 / (1.0 + np.exp(-(z - k * sd))))
+            per.append(row)
+        log(f"loo_pessimism {case} {ex.expert}")
     cases = list(dict.fromkeys(x["case"] for x in per))
     summary = {split: {f"{k:g}": {"mean": float(np.mean([x[f"{split} {k:g}"] for x in per])),
                                   **{case: {"mean": float(np.mean([x[f"{split} {k:g}"]
@@ -386,41 +382,27 @@ def loo_nearest(shots: int = 50) -> dict[str, Any]:
     under which its answers are most likely, instead of toward the median prior of its
     kind. Same cases and draws as ``loo_draws``, default pulls."""
     from export.profile_fit import fit_profile
-    from export.routers.base import load_router
 
     def loglik(u: np.ndarray, d: np.ndarray, y: np.ndarray, prof: Any) -> float:
         p = np.clip(p_matrix(u, d, [prof])[:, 0], 1e-6, 1 - 1e-6)
         return float((y * np.log(p) + (1 - y) * np.log(1 - p)).sum())
 
     per: list[dict[str, Any]] = []
-    for c in _loo_cases():
-        m, full = c["m"], c["full"]
-        y = m.values["correct"]
-        fit_rows, val, test = c["split"]
-        order = [list(full.experts).index(e) for e in m.experts]
-        base = {k: routed_quality(full.score_batch([m.queries[i] for i in rows])[:, order],
-                                  y[rows]) for k, rows in (("val", val), ("test", test))}
-        for expert in c["experts"]:
-            r = load_router(c["loo_dir"] / expert.replace("/", "_"))
-            ex = _LooExpert(r, m, expert, fit_rows, {"val": (val, base["val"]),
-                                                      "test": (test, base["test"])})
-            for seed in DRAWS:
-                pick = ex.draw(shots, seed)
-                u, d = r.features([m.queries[i] for i in pick])
-                cands = {"median": ex.others.prior(ex.kind), **ex.others.profiles}
-                near = max(cands, key=lambda k: loglik(u, d, y[pick, ex.j], cands[k]))
-                row: dict[str, Any] = {"case": c["case"], "expert": expert, "draw": seed,
-                                       "nearest": near}
-                for mode, prior in (("median", cands["median"]), ("nearest", cands[near])):
-                    prof = fit_profile(u, d, y[pick, ex.j], prior, expert, ex.kind)
-                    profs = ex.others.with_profiles([prof]).profiles
-                    o = [list(profs).index(e) for e in m.experts]
-                    for split in ("val", "test"):
-                        rows, u_e, d_e, q_base = ex.eval[split]
-                        p = p_matrix(u_e, d_e, list(profs.values()))[:, o]
-                        row[f"{split} {mode}"] = float(routed_quality(p, y[rows]).mean()) - q_base
-                per.append(row)
-            log(f"loo_nearest {c['case']} {expert}")
+    for case, ex in _loo_experts():
+        for seed in DRAWS:
+            pick = ex.draw(shots, seed)
+            u, d = ex.features(pick)
+            y = ex.y[pick, ex.j]
+            cands = {"median": ex.others.prior(ex.kind), **ex.others.profiles}
+            near = max(cands, key=lambda k: loglik(u, d, y, cands[k]))
+            row: dict[str, Any] = {"case": case, "expert": ex.expert, "draw": seed,
+                                   "nearest": near}
+            for mode, prior in (("median", cands["median"]), ("nearest", cands[near])):
+                prof = fit_profile(u, d, y, prior, ex.expert, ex.kind)
+                for split in ("val", "test"):
+                    row[f"{split} {mode}"] = ex.score(prof, split)
+            per.append(row)
+        log(f"loo_nearest {case} {ex.expert}")
     cases = list(dict.fromkeys(x["case"] for x in per))
     summary = {f"{split} {mode}": {"mean": float(np.mean([x[f"{split} {mode}"] for x in per])),
                                    **{case: float(np.mean([x[f"{split} {mode}"] for x in per
