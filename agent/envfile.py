@@ -279,8 +279,9 @@ class UnknownVariable:
 def unknown_variables(env: Mapping[str, str] | None = None,
                       files: list[Path] | None = None) -> list[UnknownVariable]:
     """``EDGEROUTE_`` names in the environment or the env files that no setting reads."""
-    leaves = sorted(var for _, var, _ in _leaf_vars())
-    known = {v for _, _, candidates in _leaf_vars() for v in candidates} | set(OTHER_VARS)
+    settings_vars = list(_leaf_vars())
+    leaves = sorted(var for _, var, _ in settings_vars)
+    known = {v for _, _, candidates in settings_vars for v in candidates} | set(OTHER_VARS)
     env_upper = [k.upper() for k in (os.environ if env is None else env)]
     found = [(k, "environment") for k in env_upper]
     for path, values in _read_env_files(default_env_files() if files is None else files):
