@@ -83,6 +83,19 @@ class SequenceSpec:
     top_p: float
     seed: int
     stop: tuple[str, ...] = ()
+    top_logprobs: int = 0  # > 0: record each token's log-probability and its k best rivals
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token under the model's untempered distribution, with the ``top``
+    most likely tokens at its position (OpenAI's ``top_logprobs``), best first. Recorded
+    only when a request asks (``SequenceSpec.top_logprobs``): it costs a partial sort of
+    the vocabulary per token."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,6 +279,7 @@ class SequenceHandle:
     spec: SequenceSpec
     sink: Sink
     tokens: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with spec.top_logprobs
     cancelled: bool = False
     finished: bool = False
 
@@ -493,12 +507,15 @@ class BatchEngine:
         peak = float(row.max())
         log_z = peak + math.log(float(np.exp(row - peak).sum(dtype=np.float64)))
         token = int(ll.llama_sampler_sample(seq.sampler.sampler, self._ctx.ctx, index))
+        handle = seq.handle
+        lp = float(row[token]) - log_z
+        if handle.spec.top_logprobs > 0:  # the end-of-generation token's too: it was a choice
+            handle.logprobs.append(self._token_logprob(row, log_z, token, lp,
+                                                       handle.spec.top_logprobs))
         if ll.llama_vocab_is_eog(self._vocab, token):
             self._finish(seq, "stop")
             return
-        handle = seq.handle
         handle.tokens.append(token)
-        lp = float(row[token]) - log_z
         seq.lp_sum += lp
         seq.lp_min = min(seq.lp_min, lp)
         seq.last = token
@@ -510,8 +527,21 @@ class BatchEngine:
         elif len(handle.tokens) >= handle.spec.max_tokens or seq.n_past >= self.n_ctx_per_seq:
             self._finish(seq, "length")
 
-    def _piece(self, token: int) -> bytes:
-        buf = self._piece_buf
+    def _token_logprob(self, row: Any, log_z: float, token: int, lp: float,
+                       k: int) -> TokenLogprob:
+        np = self._np
+        k = min(k, self._n_vocab)
+        best = np.argpartition(row, -k)[-k:]
+        ranked = sorted(((int(i), float(row[i]) - log_z) for i in best), key=lambda t: -t[1])
+        return TokenLogprob(token, lp, tuple(ranked))
+
+    def piece_text(self, token: int) -> str:
+        """A token's text (its bytes decoded; a partial UTF-8 character is replaced). Any
+        thread: the vocabulary is read-only, and this call has a buffer of its own."""
+        return self._piece(token, ctypes.create_string_buffer(256)).decode("utf-8", "replace")
+
+    def _piece(self, token: int, buf: Any = None) -> bytes:
+        buf = self._piece_buf if buf is None else buf
         n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         if n < 0:  # a piece longer than the buffer
             buf = ctypes.create_string_buffer(-n)
