@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.decider import Hints
 from agent.errors import (
     BundleError,
     ExpertCallError,
@@ -34,7 +35,7 @@ from agent.errors import (
 from agent.http_limits import BodySizeLimit
 from agent.http_security import BearerToken, HostAllowList, read_token
 from agent.policy import Decision, tighter
-from agent.runtime import Hints, Runtime
+from agent.runtime import Runtime
 from agent.schemas import (
     ERROR_RESPONSES,
     STREAM_RESPONSE,
@@ -43,41 +44,12 @@ from agent.schemas import (
     completion_body,
     new_id,
     openapi_limits,
+    sampling_params,
 )
 from agent.settings import Settings
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 log = logging.getLogger("edgeroute.app")
-
-
-def _params(req: ChatRequest, settings: Settings) -> SamplingParams:
-    cap = settings.server.max_tokens_cap
-    for key in ("max_tokens", "max_completion_tokens"):
-        asked = getattr(req, key)
-        if asked is not None and asked > cap:
-            raise RequestError(
-                f"{key} {asked} exceeds this daemon's cap of {cap}; ask for fewer",
-                param=key,
-                code="max_tokens_too_large",
-            )
-    # An operator who lowers the cap below the default must not break every request
-    # that omits max_tokens: the default is clamped, an explicit value is checked.
-    max_tokens = (req.max_tokens or req.max_completion_tokens
-                  or min(settings.server.default_max_tokens, cap))
-    tool_choice = req.tool_choice
-    return SamplingParams(
-        max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
-        stop=req.stop_tuple(),
-        seed=req.seed,
-        tools=tuple(t.model_dump(exclude_none=True) for t in req.tools or ()),
-        tool_choice=(tool_choice.model_dump() if tool_choice is not None
-                     and not isinstance(tool_choice, str) else tool_choice),
-        response_format=req.response_format.as_openai() if req.response_format else None,
-        logprobs=req.logprobs,
-        user=req.user,
-    )
 
 
 HINT_HEADERS = {"max_cost_usd": "x-edgeroute-max-cost-usd",
@@ -344,7 +316,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
 
     async def _answer(req: ChatRequest, request: Request) -> Any:
         _check_messages(req, settings)
-        params = _params(req, settings)
+        params = sampling_params(req, settings.server)
         messages = req.plain_messages()
         hints = _hints(req, request)
         decision = runtime.decide(req.model, messages, params, hints)
@@ -379,6 +351,20 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
               responses=chat_responses)
     async def chat_completions(req: ChatRequest, request: Request) -> Any:
         return await _answer(req, request)
+
+    @app.post("/v1/route", summary="Decide who would answer, without answering.",
+              responses=ERROR_RESPONSES)
+    async def route(req: ChatRequest, request: Request) -> dict[str, Any]:
+        """The chat request's routing decision (per-expert P(correct), expected and
+        worst-case cost, expected latency, feasibility, the chosen expert and why), as the
+        same request to ``/v1/chat/completions`` would be decided now. No expert is called
+        and the ledger is not touched; validation, limits and Host checks are chat's."""
+        _check_messages(req, settings)
+        params = sampling_params(req, settings.server)
+        decision = runtime.decide(req.model, req.plain_messages(), params,
+                                  _hints(req, request), served=False)
+        return {"object": "edgeroute.route", "created": int(time.time()),
+                "model": decision.expert, "routing": decision.as_dict()}
 
     @app.get("/v1/models", summary="The experts, plus 'auto'.", responses=ERROR_RESPONSES)
     async def models() -> dict[str, Any]:

@@ -155,9 +155,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from agent.app import _params
     from agent.runtime import build_runtime
-    from agent.schemas import ChatRequest
+    from agent.schemas import ChatRequest, sampling_params
 
     settings = _settings(args)
     if not args.text.strip():
@@ -170,7 +169,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     async def run() -> Any:
         try:
-            params = _params(req, settings)
+            params = sampling_params(req, settings.server)
             decision = runtime.decide(req.model, req.plain_messages(), params)
             return await runtime.complete(decision, req.plain_messages(), params)
         finally:
@@ -253,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 # (command, module, help) of sub-commands whose module exposes add_arguments(parser) and
 # run(args) -> int. A module not yet present is skipped.
 AGENT_COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("route", "agent.route_command", "decide who would answer a query, without answering"),
     ("doctor", "agent.doctor", "check this device's set-up and print a table"),
     ("usage", "agent.usage", "print cloud spend per expert and period"),
     ("pull", "agent.hub_models", "download a GGUF (hf:OWNER/REPO/FILE.gguf) into the cache"),

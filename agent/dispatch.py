@@ -19,12 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agent.admission import Admission, Slot
 from agent.errors import ExpertCallError, ExpertUnavailableError
+from agent.expert_stats import ExpertStats
 from agent.experts.base import Expert, Message
-from agent.ledger import BudgetExceededError, Ledger, prompt_tokens_upper_bound
+from agent.ledger import BudgetExceededError, Ledger
 from agent.metrics import Metrics
 from agent.policy import Decision, lacks_capability
 from cloud_bridge.usage import TokenUsage
@@ -44,10 +45,9 @@ def routable(expert: Expert) -> bool:
 class _Turn:
     """One expert's turn at a request: its admission slot and its ledger row."""
 
-    decision: Decision
+    decision: Decision  # its prompt_bound bills a usage the peer did not send
     slot: Slot
     row: int | None
-    prompt_bound: int  # the prompt's tokens from above, to bill a peer's missing usage
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -59,8 +59,7 @@ class Dispatcher:
     admission: Admission
     fallback_expert: str  # offline-first: the first local expert
     on_exceeded: str  # budget.on_exceeded: "local" or "refuse"
-    latency_alpha: float
-    latency_s: dict[str, float]  # the policy's moving latency estimates, updated here
+    stats: ExpertStats  # what each answer teaches the policy (latency, answer length)
 
     async def run(
         self, decision: Decision, messages: list[Message], params: SamplingParams, *,
@@ -71,13 +70,13 @@ class Dispatcher:
         ``fallback=False`` (a cascade's escalation, which holds a local answer already):
         a failed call or a lost budget raises instead of asking the local expert again."""
         while True:
-            turn = await self._begin(decision, prompt_tokens_upper_bound(messages), fallback)
+            turn = await self._begin(decision, fallback)
             decision = turn.decision
             sent = False
             try:
                 async for piece in self._call(decision.expert, messages, params, stream):
                     if piece.usage is not None:
-                        self._settle(turn, piece.usage)
+                        self._settle(turn, piece, params.max_tokens)
                     sent = True
                     yield piece, decision
                 return
@@ -122,25 +121,28 @@ class Dispatcher:
         log.warning("expert %s cannot answer (%s); falling back to %s", decision.expert,
                     reason, self.fallback_expert)
         self.metrics.fallbacks.labels(decision.expert, self.fallback_expert).inc()
-        return Decision(self.fallback_expert, f"fallback: {reason}", decision.mode,
-                        decision.scores, fallback_from=decision.expert,
-                        rejected=decision.rejected)
+        fallback = decision.assessed.get(self.fallback_expert)
+        return replace(decision, expert=self.fallback_expert, reason=f"fallback: {reason}",
+                       fallback_from=decision.expert, cascade=None,
+                       expected_quality=decision.scores.get(self.fallback_expert),
+                       expected_cost_usd=0.0, worst_case_usd=0.0,
+                       expected_latency_s=fallback.latency_s if fallback else None)
 
     # -- the steps ------------------------------------------------------------------------
-    async def _begin(self, decision: Decision, prompt_bound: int, fallback: bool = True) -> _Turn:
+    async def _begin(self, decision: Decision, fallback: bool = True) -> _Turn:
         """Admit, then reserve a cloud call's worst case. The slot is the answering
         expert's: a fallback after a lost budget race queues for the local expert."""
         slot = await self.admission.acquire(decision.expert)
         if self.experts[decision.expert].info.kind != "cloud":
-            return _Turn(decision, slot, None, prompt_bound)
+            return _Turn(decision, slot, None)
         try:
-            row = self.ledger.reserve(decision.expert, decision.expected_cost_usd)
+            row = self.ledger.reserve(decision.expert, decision.worst_case_usd)
         except BudgetExceededError as exc:
             slot.release()
             if not fallback:
                 raise
-            return await self._begin(self.next_expert(decision, exc), prompt_bound)
-        return _Turn(decision, slot, row, prompt_bound)
+            return await self._begin(self.next_expert(decision, exc))
+        return _Turn(decision, slot, row)
 
     async def _call(self, name: str, messages: list[Message], params: SamplingParams,
                     stream: bool) -> AsyncIterator[StreamPiece]:
@@ -158,7 +160,7 @@ class Dispatcher:
         prompt from its characters; the ledger bills the prompt's upper bound instead."""
         assert turn.row is not None
         if usage.estimated:
-            usage = TokenUsage(max(usage.prompt_tokens, turn.prompt_bound),
+            usage = TokenUsage(max(usage.prompt_tokens, turn.decision.prompt_bound),
                                usage.completion_tokens, estimated=True)
         cost = self.experts[turn.decision.expert].info.prices.cost_usd(usage)
         self.ledger.settle(turn.row, cost, usage.prompt_tokens, usage.completion_tokens,
@@ -166,17 +168,23 @@ class Dispatcher:
         turn.row = None
         self.metrics.spend.labels(turn.decision.expert).inc(cost)
 
-    def _settle(self, turn: _Turn, usage: TokenUsage) -> None:
-        info = self.experts[turn.decision.expert].info
+    def _settle(self, turn: _Turn, last: StreamPiece, max_tokens: int) -> None:
+        """The answer is whole: bill it, and let its latency and length teach the policy
+        (an answer cut at max_tokens only says the full one is longer)."""
+        assert last.usage is not None
+        d = turn.decision
+        info = self.experts[d.expert].info
         if turn.row is not None:
-            self._bill(turn, usage)
+            self._bill(turn, last.usage)
             left = self.ledger.remaining(info.name)
             if left is not None:
                 self.metrics.budget_left.labels(info.name).set(left)
         elapsed = time.perf_counter() - turn.started
-        prev = self.latency_s.get(info.name)
-        self.latency_s[info.name] = (elapsed if prev is None
-                                     else prev + self.latency_alpha * (elapsed - prev))
+        self.stats.observe(info.name, elapsed, tokens=last.usage.completion_tokens,
+                           cut=last.finish_reason == "length"
+                           or last.usage.completion_tokens >= max_tokens,
+                           model=d.lengths.get(info.name),
+                           u=d.query.u if d.query is not None else None)
         self.metrics.requests.labels(info.name).inc()
         self.metrics.latency.labels(info.name).observe(elapsed)
 

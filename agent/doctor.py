@@ -373,6 +373,12 @@ def settings_checks(settings: Settings, rehash: bool, timeout: float) -> list[Fi
     findings.append(check_bundle(settings))
     findings += secret_checks(settings)
     findings += [check_cloud(e, timeout) for e in settings.cloud_experts]
+    if not any(f.status == "error" for f in findings):  # a router that loads, experts that do
+        from agent.doctor_routing import routing_rows
+
+        kinds = {e.name: "local" for e in settings.local_experts}
+        kinds |= {e.name: "cloud" for e in settings.cloud_experts}
+        findings += [Finding(c, s, d) for c, s, d in routing_rows(settings, kinds)]  # type: ignore[arg-type]
     return findings
 
 

@@ -3,7 +3,7 @@
 A call first *reserves* its worst-case cost (prompt + max_tokens at the expert's prices)
 in one ``BEGIN IMMEDIATE`` transaction that also checks every cap, so concurrent requests
 can never reserve past a cap together. The prompt estimate is an upper bound by
-construction (``prompt_tokens_upper_bound``). After the call the row is *settled* to the
+construction (``agent.prompt_size``). After the call the row is *settled* to the
 real usage, or *released* if the expert never answered. When the peer reported no usage
 (the bridge counted it: ``estimated``), the row is settled with that upper bound as its
 prompt, so a guess never under-counts. The real cost is recorded
@@ -52,13 +52,6 @@ SCHEMA = [
 # What a row counts against the caps: the settled amount, or the full reservation while
 # the outcome is unknown.
 _COUNTED = "CASE state WHEN 'settled' THEN settled_usd WHEN 'reserved' THEN reserved_usd ELSE 0 END"
-
-
-def prompt_tokens_upper_bound(messages: list[dict[str, str]]) -> int:
-    """Tokens of a chat prompt, from above: no BPE tokenizer yields more tokens than UTF-8
-    bytes; add a margin per message for role markers and a fixed one for a template's
-    default system prompt. Over-reserving costs nothing but headroom."""
-    return sum(len(m.get("content", "").encode()) + 32 for m in messages) + 256
 
 
 class BudgetExceededError(RequestError):

@@ -21,6 +21,9 @@ class Metrics:
                                 ["expert"], registry=r)
         self.decisions = Counter("edgeroute_decisions", "Routing decisions by reason kind",
                                  ["kind"], registry=r)
+        self.route_calls = Counter("edgeroute_route_calls",
+                                   "Route-only decisions (POST /v1/route): no expert called",
+                                   registry=r)
         self.fallbacks = Counter("edgeroute_fallbacks", "Answers given by the fallback expert",
                                  ["from_expert", "to_expert"], registry=r)
         self.refusals = Counter("edgeroute_refusals", "Requests refused by a budget or limit",

@@ -4,8 +4,10 @@
 Utility of a feasible expert e (``utility``, shared with ``edgeroute evaluate`` and
 ``edgeroute calibrate`` so the knob they recommend is the knob the daemon applies):
     u(e) = w_quality * P(e correct) - cost(e) / usd_per_correct - w_tput * lat(e) / max_lat
-where P is the router's score, cost the expected USD of this request at e's prices (prompt
-plus the expert's typical answer length, capped by max_tokens), ``usd_per_correct`` what a
+where P is the router's score, cost the expected USD of this request at e's prices (a
+typical count of the prompt plus the answer length e is expected to give this query,
+capped by max_tokens: ``agent.answer_length``; the same function prices ``evaluate``'s and
+``calibrate``'s decisions), ``usd_per_correct`` what a
 correct answer is worth to the user (one knob, in dollars; unset: cost is not weighed) and
 lat the measured latency estimate. Between local experts the default one is sticky
 (``switch_penalty``): another local expert must beat its utility by more than
@@ -24,6 +26,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agent.answer_length import LengthModel
+from agent.routing import QueryFeatures
+from cloud_bridge.usage import Prices
+
 REFUSED = ""  # Decision.expert when no expert fits
 
 
@@ -33,25 +39,30 @@ class ExpertState:
 
     name: str
     kind: str  # "local" | "cloud"
-    input_usd_per_mtok: float = 0.0
-    output_usd_per_mtok: float = 0.0
+    prices: Prices = field(default_factory=Prices)
     available: bool = True
     latency_s: float | None = None  # moving estimate from real calls; None = not measured
     remaining_usd: float | None = None  # least budget left over the caps that apply
-    typical_output_tokens: float | None = None  # moving estimate; None = assume max_tokens
+    # This request's expected answer length (agent/answer_length.py, already capped by
+    # max_tokens); None: unknown, priced at max_tokens.
+    expected_output_tokens: float | None = None
     context_tokens: int | None = None  # context window; None = unknown, not checked
     prompt_tokens: int | None = None  # this expert's own count (its tokenizer); None: req's
     tools: bool = True  # can answer a request with ``tools``
     json_mode: bool = True  # can honour ``response_format``
 
-    def worst_case_usd(self, prompt_tokens: int, max_tokens: int) -> float:
-        return (prompt_tokens * self.input_usd_per_mtok
-                + max_tokens * self.output_usd_per_mtok) / 1e6
+    def worst_case_usd(self, req: Request) -> float:
+        """What a budget reserves: the prompt's upper bound plus every allowed token."""
+        return self.prices.usd(req.prompt_tokens, req.max_tokens)
 
-    def expected_usd(self, prompt_tokens: int, max_tokens: int) -> float:
-        out = max_tokens if self.typical_output_tokens is None else min(
-            max_tokens, self.typical_output_tokens)
-        return (prompt_tokens * self.input_usd_per_mtok + out * self.output_usd_per_mtok) / 1e6
+    def output_tokens(self, req: Request) -> float:
+        out = self.expected_output_tokens
+        return float(req.max_tokens) if out is None else min(float(req.max_tokens), out)
+
+    def expected_usd(self, req: Request) -> float:
+        """What the utility weighs: a typical count of the prompt and the expected answer."""
+        return self.prices.usd(req.expected_prompt_tokens or req.prompt_tokens,
+                               self.output_tokens(req))
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ class Request:
     """The request's side: who it names, its size, and the limits in force for it."""
 
     requested: str | None
-    prompt_tokens: int
+    prompt_tokens: int  # the prompt's upper bound (agent/prompt_size.py)
     max_tokens: int
     max_cost_usd: float | None = None
     max_latency_ms: float | None = None
@@ -95,7 +106,36 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Assessment:
+    """One expert as the policy weighed it for one request (``routing.experts``)."""
+
+    p_correct: float | None  # the router's score; None: not scored (a named expert)
+    expected_cost_usd: float  # what the utility weighs
+    expected_output_tokens: float
+    worst_case_usd: float  # what a budget reserves
+    latency_s: float | None
+    utility: float | None = None  # None: not feasible, or not weighed
+    rejected: str | None = None  # why it is not feasible
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "p_correct": None if self.p_correct is None else round(self.p_correct, 6),
+            "expected_cost_usd": round(self.expected_cost_usd, 8),
+            "expected_output_tokens": round(self.expected_output_tokens, 1),
+            "worst_case_usd": round(self.worst_case_usd, 8),
+            "expected_latency_s": self.latency_s,
+            "utility": None if self.utility is None else round(self.utility, 6),
+            "feasible": self.rejected is None,
+            "rejected": self.rejected,
+        }
+
+
+@dataclass(frozen=True)
 class Decision:
+    """Who answers and why, with what the policy expected of it: ``expected_cost_usd`` is
+    what the utility weighed (the expected answer), ``worst_case_usd`` what a budget
+    reserves (prompt bound plus max_tokens)."""
+
     expert: str
     reason: str
     mode: str
@@ -103,9 +143,17 @@ class Decision:
     fallback_from: str | None = None
     expected_quality: float | None = None
     expected_cost_usd: float = 0.0
+    worst_case_usd: float = 0.0
     expected_latency_s: float | None = None
     rejected: Mapping[str, str] = field(default_factory=dict)
     cascade: Mapping[str, object] | None = None  # the local attempt, when one was made
+    assessed: Mapping[str, Assessment] = field(default_factory=dict)
+    # What the request path needs later, not shown in ``routing``: the prompt's upper bound
+    # (billed when a peer reports no usage), the query's features and the length models
+    # that priced it (an answer's real length corrects them), from the router that scored.
+    prompt_bound: int = field(default=0, compare=False)
+    query: QueryFeatures | None = field(default=None, compare=False)
+    lengths: Mapping[str, LengthModel | None] = field(default_factory=dict, compare=False)
 
     @property
     def refused(self) -> bool:
@@ -120,8 +168,10 @@ class Decision:
             "fallback_from": self.fallback_from,
             "expected_quality": self.expected_quality,
             "expected_cost_usd": round(self.expected_cost_usd, 8),
+            "worst_case_usd": round(self.worst_case_usd, 8),
             "expected_latency_s": self.expected_latency_s,
             "rejected": dict(self.rejected),
+            "experts": {n: a.as_dict() for n, a in self.assessed.items()},
             **({"cascade": dict(self.cascade)} if self.cascade is not None else {}),
         }
 
@@ -166,7 +216,7 @@ def why_infeasible(e: ExpertState, req: Request) -> str | None:
         return missing[1]
     if not e.available:
         return "unavailable"
-    cost = e.worst_case_usd(req.prompt_tokens, req.max_tokens)
+    cost = e.worst_case_usd(req)
     if req.max_cost_usd is not None and cost > req.max_cost_usd:
         return f"worst-case cost ${cost:.6f} > max request ${req.max_cost_usd:.6f}"
     if e.remaining_usd is not None and cost > e.remaining_usd:
@@ -188,12 +238,19 @@ def _utilities(
                              names.index(default_expert) if default_expert in names else None,
                              w.local_margin)
     return {
-        e.name: utility(scores.get(e.name, 0.0), e.expected_usd(
-            req.expected_prompt_tokens or req.prompt_tokens, req.max_tokens),
-            w.usd_per_correct, w.quality)
+        e.name: utility(scores.get(e.name, 0.0), e.expected_usd(req), w.usd_per_correct,
+                        w.quality)
         - (w.throughput * lats[e.name] / max_lat if max_lat > 0 else 0.0) - pen
         for e, pen in zip(feasible, penalty, strict=True)
     }
+
+
+def assess(scores: Mapping[str, float], experts: Mapping[str, ExpertState], req: Request,
+           rejected: Mapping[str, str], util: Mapping[str, float]) -> dict[str, Assessment]:
+    """Every expert as the policy saw it for ``req`` (what ``routing.experts`` shows)."""
+    return {n: Assessment(scores.get(n), e.expected_usd(req), e.output_tokens(req),
+                          e.worst_case_usd(req), e.latency_s, util.get(n), rejected.get(n))
+            for n, e in experts.items()}
 
 
 def decide(
@@ -209,12 +266,15 @@ def decide(
     rejected = {n: r for n, e in experts.items() if (r := why_infeasible(e, req)) is not None}
     feasible = [e for n, e in experts.items() if n not in rejected]
     scores = dict(scores)
+    util = (_utilities(scores, feasible, req, weights, default_expert)
+            if feasible and req.requested is None else {})
+    assessed = assess(scores, experts, req, rejected, util)
 
     def made(name: str, reason: str, fallback_from: str | None = None) -> Decision:
-        e = experts[name]
-        return Decision(name, reason, mode, scores, fallback_from,
-                        scores.get(name), e.worst_case_usd(req.prompt_tokens, req.max_tokens),
-                        e.latency_s, rejected)
+        a = assessed[name]
+        return Decision(name, reason, mode, scores, fallback_from, scores.get(name),
+                        a.expected_cost_usd, a.worst_case_usd, a.latency_s, rejected,
+                        assessed=assessed)
 
     if req.requested is not None:
         if req.requested not in rejected:
@@ -223,7 +283,7 @@ def decide(
     if not feasible:
         return Decision(REFUSED, "no expert fits: " + "; ".join(
             f"{n}: {r}" for n, r in sorted(rejected.items())), mode, scores, req.requested,
-            rejected=rejected)
+            rejected=rejected, assessed=assessed)
     if req.requested is not None:
         # The client named an expert that can't take the request: best one that fits.
         best = _best(scores, feasible, req, weights, default_expert)
@@ -231,7 +291,7 @@ def decide(
                     fallback_from=req.requested)
     if mode == "fixed" and default_expert not in rejected:
         return made(default_expert, "fixed mode: default expert")
-    best = _best(scores, feasible, req, weights, default_expert)
+    best = _pick(util, feasible, req, default_expert)
     reason = ("highest utility" if mode != "fixed" else "default expert over a limit; best fit")
     if best == default_expert and weights.local_margin > 0:
         free = _best(scores, feasible, req, replace(weights, local_margin=0.0), default_expert)
@@ -245,7 +305,12 @@ def decide(
 
 def _best(scores: Mapping[str, float], feasible: list[ExpertState], req: Request,
           weights: Weights, default_expert: str) -> str:
-    util = _utilities(scores, feasible, req, weights, default_expert)
-    costs = {e.name: e.worst_case_usd(req.prompt_tokens, req.max_tokens) for e in feasible}
+    return _pick(_utilities(scores, feasible, req, weights, default_expert), feasible, req,
+                 default_expert)
+
+
+def _pick(util: Mapping[str, float], feasible: list[ExpertState], req: Request,
+          default_expert: str) -> str:
+    costs = {e.name: e.worst_case_usd(req) for e in feasible}
     # Ties: cheaper first, then the default expert, then by name, for determinism.
     return min(util, key=lambda n: (-util[n], costs[n], n != default_expert, n))

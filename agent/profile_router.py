@@ -34,6 +34,7 @@ from agent.profiles import (
     resolve,
 )
 from agent.router_bundle import WARMUP_TEXT, BundleManifest, OnnxScorer
+from agent.routing import QueryFeatures, Scoring
 
 log = logging.getLogger("edgeroute.router")
 
@@ -107,6 +108,7 @@ class ProfileRouter:
         self.loaded_at = time.time()
         self._theta = np.array([r.profile.theta for r in resolved.values()], dtype=np.float64)
         self._bias = np.array([r.profile.bias for r in resolved.values()], dtype=np.float64)
+        self.lengths = {n: r.length for n, r in resolved.items()}
 
     @classmethod
     def load(cls, bundle: Path, experts: list[ConfiguredExpert], threads: int,
@@ -130,10 +132,14 @@ class ProfileRouter:
         return self.bundle.path
 
     def scores(self, text: str) -> dict[str, float]:
+        return self.score(text).scores
+
+    def score(self, text: str) -> Scoring:
         u, d = self.bundle.features(text)
         z = self._theta @ u + self._bias - d
-        return {e: 1.0 / (1.0 + math.exp(-max(min(v, 40.0), -40.0)))
-                for e, v in zip(self.experts, z.tolist(), strict=True)}
+        scores = {e: 1.0 / (1.0 + math.exp(-max(min(v, 40.0), -40.0)))
+                  for e, v in zip(self.experts, z.tolist(), strict=True)}
+        return Scoring(scores, QueryFeatures(tuple(u.tolist()), d), self.lengths)
 
     def describe(self) -> dict[str, Any]:
         m = self.bundle.manifest

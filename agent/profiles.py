@@ -12,7 +12,11 @@ is writing a profile, never re-exporting the graph.
 
     {"format": 1, "encoder_id": "<sha256 of the query tower>", "dim": K,
      "profiles": [{"name", "theta": [K floats], "bias", "kind": "local"|"cloud",
-                   "fitted_on", "observations", "mean_p"}, ...]}
+                   "fitted_on", "observations", "mean_p",
+                   "length": {"bias", "sigma", "theta": [K floats], "observations"}}, ...]}
+
+``length`` (optional) is the expert's answer-length model (``agent.answer_length``): what
+prices its answers in the policy. A profile without one borrows its kind's prior's.
 
 ``encoder_id`` ties profiles to the query tower they were fitted against: a profile from
 another tower lives in another space and is refused. ``mean_p`` (mean predicted P(correct)
@@ -32,10 +36,11 @@ import math
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.answer_length import LengthModel
 from agent.errors import BundleError
 
 PROFILES_FORMAT = 1
@@ -56,6 +61,7 @@ class Profile:
     fitted_on: str = ""
     observations: int = 0
     mean_p: float | None = None
+    length: LengthModel | None = None  # its answers' lengths; None: not measured
 
     def logit(self, u: Sequence[float], d: float) -> float:
         return sum(a * b for a, b in zip(u, self.theta, strict=True)) + self.bias - d
@@ -68,6 +74,10 @@ class Profile:
         out = asdict(self)
         out["theta"] = [round(float(t), 7) for t in self.theta]
         out["bias"] = round(float(self.bias), 7)
+        if self.length is None:
+            del out["length"]
+        else:
+            out["length"] = self.length.as_dict()
         return out
 
 
@@ -146,6 +156,16 @@ class ProfileSet:
                                              p.name))
         return ranked[(len(ranked) - 1) // 2]
 
+    def length_prior(self, kind: str) -> LengthModel | None:
+        """For an expert whose profile has no length model: the median-length model of its
+        kind's profiles (of all profiles when none of its kind has one); None: no profile
+        has one, so answers are priced at max_tokens."""
+        have = [p.length for p in self.profiles.values() if p.length is not None]
+        own = [p.length for p in self.profiles.values()
+               if p.length is not None and p.kind == kind]
+        pool = sorted(own or have, key=lambda m: m.bias)
+        return pool[(len(pool) - 1) // 2] if pool else None
+
 
 def _profile(item: Any, dim: int, where: str) -> Profile:
     try:
@@ -153,10 +173,13 @@ def _profile(item: Any, dim: int, where: str) -> Profile:
         bias = float(item["bias"])
         name = str(item["name"])
         mean_p = item.get("mean_p")
+        length = item.get("length")
         prof = Profile(name=name, theta=theta, bias=bias, kind=str(item.get("kind", "cloud")),
                        fitted_on=str(item.get("fitted_on", "")),
                        observations=int(item.get("observations", 0)),
-                       mean_p=None if mean_p is None else float(mean_p))
+                       mean_p=None if mean_p is None else float(mean_p),
+                       length=None if length is None else LengthModel.parse(
+                           length, dim, f"{where} ({name!r})"))
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{where} lacks or mangles {exc}") from exc
     if len(theta) != dim or not all(math.isfinite(t) for t in (*theta, bias)):
@@ -181,6 +204,7 @@ class Resolved:
     profile: Profile
     source: Source
     note: str | None = None
+    length: LengthModel | None = None  # the profile's, else its kind's prior's
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"profile": self.profile.name, "profile_source": self.source}
@@ -198,7 +222,16 @@ def model_key(model: str) -> str:
 
 def resolve(expert: ConfiguredExpert, shipped: ProfileSet,
             device: Mapping[str, Profile]) -> Resolved:
-    """One expert's profile, by the order in the module docstring."""
+    """One expert's profile, by the order in the module docstring, with the length model
+    that prices its answers (the profile's own, else the prior of its kind's)."""
+    found = _resolve(expert, shipped, device)
+    if found.profile.length is not None:
+        return replace(found, length=found.profile.length)
+    return replace(found, length=shipped.length_prior(expert.kind))
+
+
+def _resolve(expert: ConfiguredExpert, shipped: ProfileSet,
+             device: Mapping[str, Profile]) -> Resolved:
     if expert.profile is not None:
         if expert.profile not in shipped.profiles:
             raise BundleError(

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import BundleError
+from agent.routing import Scoring
 
 log = logging.getLogger("edgeroute.router")
 
@@ -203,6 +204,7 @@ class OnnxRouter:
         self.scorer = scorer
         self.experts = manifest.experts
         self.loaded_at = time.time()
+        self.lengths: dict[str, Any] = {}  # a classifier knows no answer lengths
 
     @classmethod
     def load(cls, bundle: Path, expected_experts: list[str], threads: int = 1) -> OnnxRouter:
@@ -229,6 +231,9 @@ class OnnxRouter:
     def scores(self, text: str) -> dict[str, float]:
         probs = self.scorer.probabilities(text)
         return {e: float(p) for e, p in zip(self.experts, probs, strict=True)}
+
+    def score(self, text: str) -> Scoring:
+        return Scoring(self.scores(text))
 
     def describe(self) -> dict[str, Any]:
         raw = self.manifest.raw
@@ -283,8 +288,16 @@ class RouterHolder:
     def current(self) -> Any:
         return self._router
 
+    @property
+    def lengths(self) -> Any:
+        return self._router.lengths
+
     def scores(self, text: str) -> dict[str, float]:
         return self._router.scores(text)  # type: ignore[no-any-return]
+
+    def score(self, text: str) -> Scoring:
+        """Scores, features and length models, all from the router current at the call."""
+        return self._router.score(text)  # type: ignore[no-any-return]
 
     def describe(self) -> dict[str, Any]:
         return {**self._router.describe(), "swaps": self.swaps}

@@ -1,14 +1,38 @@
 """The router slot: something that scores every expert for a query.
 
-A router is one method, ``scores(text) -> {expert: score}`` (higher is better, the scores a
-probability-like vector). Until a trained bundle is configured the daemon runs
-``FixedRouter``: a documented mode in which every query goes to the default expert, said
-so in ``/health`` and in each reply's ``routing`` info. It is not a fake classifier.
+A router is one method, ``score(text) -> Scoring``: every expert's score (higher is
+better, a probability-like vector), and, from an ability-profile router, the query's
+features ``u(q), d(q)`` and each expert's answer-length model (``agent.answer_length``),
+read from one router so that a decision never mixes two bundles across a reload. Until a
+trained bundle is configured the daemon runs ``FixedRouter``: a documented mode in which
+every query goes to the default expert, said so in ``/health`` and in each reply's
+``routing`` info. It is not a fake classifier.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from agent.answer_length import LengthModel
+
+
+@dataclass(frozen=True)
+class QueryFeatures:
+    """An ability-profile router's view of one query: its vector and difficulty."""
+
+    u: tuple[float, ...]
+    d: float
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """A router's answer for one query."""
+
+    scores: dict[str, float]
+    features: QueryFeatures | None = None  # None: a classifier or fixed router
+    lengths: Mapping[str, LengthModel | None] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -24,8 +48,17 @@ class Router(Protocol):
         """The experts scored, in label order."""
         ...
 
-    def scores(self, text: str) -> dict[str, float]:
+    def score(self, text: str) -> Scoring:
         """Score every expert in ``experts`` for one query."""
+        ...
+
+    @property
+    def lengths(self) -> Mapping[str, LengthModel | None]:
+        """Each expert's answer-length model (empty: none known)."""
+        ...
+
+    def scores(self, text: str) -> dict[str, float]:
+        """``score(text).scores``."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -49,9 +82,13 @@ class FixedRouter:
         self.experts = tuple(experts)
         self.default_expert = default_expert
         self.note = "router disabled (router.bundle=none): every query goes to the default expert"
+        self.lengths: Mapping[str, LengthModel | None] = {}
 
     def scores(self, text: str) -> dict[str, float]:
         return {e: (1.0 if e == self.default_expert else 0.0) for e in self.experts}
+
+    def score(self, text: str) -> Scoring:
+        return Scoring(self.scores(text))
 
     def swap(self) -> object:
         from agent.errors import BundleError

@@ -9,88 +9,37 @@ path is a one-line start-up error, not a traceback in a request. The app keeps i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from agent.admission import Admission
 from agent.cascade import CascadeRule, keep_local, local_first
+from agent.decider import Decider, Hints
+from agent.decision_log import DecisionLog
 from agent.dispatch import Dispatcher, routable
 from agent.errors import (
     BundleError,
     ExpertCallError,
     ExpertUnavailableError,
-    RequestError,
-    UnknownExpertError,
 )
+from agent.expert_stats import ExpertStats
 from agent.experts.base import Expert, Message
 from agent.experts.batching import DecodeThread
-from agent.ledger import BudgetExceededError, Caps, Ledger, prompt_tokens_upper_bound
-from agent.metrics import Metrics, decision_kind
+from agent.ledger import BudgetExceededError, Caps, Ledger
+from agent.metrics import Metrics
 from agent.model_files import resolve_model
-from agent.policy import (
-    Decision,
-    ExpertState,
-    Request,
-    Weights,
-    decide,
-    missing_capability,
-    tighter,
-)
-from agent.routing import FixedRouter, Router, query_text
+from agent.policy import Decision
+from agent.routing import FixedRouter, Router
 from agent.settings import Settings
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 log = logging.getLogger("edgeroute.runtime")
 
 
-@dataclass(frozen=True)
-class Hints:
-    """A request's own limits (headers or body); they can only tighten the device's."""
-
-    max_cost_usd: float | None = None
-    max_latency_ms: float | None = None
-    cascade: bool | None = None  # None: the device's policy.cascade
-
-
-def prompt_tokens_typical(messages: list[Message]) -> int:
-    """Tokens of a chat prompt as English text usually has them (about 4 characters a
-    token, OpenAI's rule of thumb) plus role markers: the expected cost the policy weighs.
-    Budgets reserve the upper bound below, never this."""
-    return sum(len(m.get("content", "")) // 4 + 8 for m in messages) + 8
-
-
-def _tool_bytes(messages: list[Message], params: SamplingParams) -> int:
-    """Tool definitions and earlier tool calls are prompt too: their JSON bytes bound
-    their tokens (the ledger's bound counts message contents)."""
-    parts: list[Any] = [m["tool_calls"] for m in messages if m.get("tool_calls")]
-    if params.tools:
-        parts.append(list(params.tools))
-    return len(json.dumps(parts, ensure_ascii=False).encode()) if parts else 0
-
-
-def _needs_tools(messages: list[Message], params: SamplingParams) -> bool:
-    """Tools offered, or a conversation that already holds tool calls or results: only
-    an expert that declares tools can continue it."""
-    return bool(params.tools) or any(m.get("tool_calls") or m.get("role") == "tool"
-                                     for m in messages)
-
-
-CAPABILITY_ORDER = ("tools", "response_format", "messages")  # which field a 400 names
-
-
-def _own_count(e: Expert, messages: list[Message], req: Request) -> int | None:
-    """The expert's own prompt count, asked only when the byte bound does not fit its
-    context (counting takes a tokenizer pass); None: the bound stands."""
-    ctx, count = e.info.context_tokens, getattr(e, "prompt_tokens", None)
-    if ctx is None or count is None or req.prompt_tokens + req.max_tokens <= ctx:
-        return None
-    tool_part = req.prompt_tokens - prompt_tokens_upper_bound(messages)  # tools' bytes
-    return int(count(messages)) + tool_part
 
 
 @dataclass
@@ -102,16 +51,23 @@ class Runtime:
     admission: Admission
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
-    latency_s: dict[str, float] = field(default_factory=dict)
     decode: DecodeThread | None = None  # the local experts' one llama.cpp thread
+    stats: ExpertStats = field(init=False)
+    decisions: DecisionLog = field(default_factory=DecisionLog)
+    decider: Decider = field(init=False)
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
+        self.stats = ExpertStats.for_policy(self.settings.policy)
+        self.decider = Decider(
+            settings=self.settings, router=self.router,
+            infos={n: e.info for n, e in self.experts.items()}, stats=self.stats,
+            metrics=self.metrics, log=self.decisions, remaining=self.ledger.remaining,
+            available=lambda name: routable(self.experts[name]), own_count=self._own_count)
         self.dispatcher = Dispatcher(
             experts=self.experts, ledger=self.ledger, metrics=self.metrics,
             admission=self.admission, fallback_expert=self.fallback_expert,
-            on_exceeded=self.settings.budget.on_exceeded,
-            latency_alpha=self.settings.policy.latency_ewma_alpha, latency_s=self.latency_s)
+            on_exceeded=self.settings.budget.on_exceeded, stats=self.stats)
         for name, expert in self.experts.items():
             stats = getattr(expert, "batch_stats", None)
             if stats is not None:
@@ -122,81 +78,14 @@ class Runtime:
         """Offline-first: the first local expert answers when another cannot."""
         return self.settings.local_experts[0].name
 
-    # -- deciding -----------------------------------------------------------------------
-    def _states(self, budgets: bool, messages: list[Message],
-                req: Request) -> dict[str, ExpertState]:
-        out = {}
-        for name, e in self.experts.items():
-            out[name] = ExpertState(
-                name=name, kind=e.info.kind,
-                input_usd_per_mtok=e.info.prices.input_usd_per_mtok,
-                output_usd_per_mtok=e.info.prices.output_usd_per_mtok,
-                available=routable(e),
-                latency_s=self.latency_s.get(name),
-                remaining_usd=(self.ledger.remaining(name)
-                               if budgets and e.info.kind == "cloud" else None),
-                context_tokens=e.info.context_tokens,
-                prompt_tokens=_own_count(e, messages, req),
-                tools=e.info.tools,
-                json_mode=e.info.json_mode,
-            )
-        return out
+    def _own_count(self, name: str, messages: list[Message]) -> int | None:
+        count = getattr(self.experts[name], "prompt_tokens", None)
+        return None if count is None else int(count(messages))
 
+    # -- deciding (agent/decider.py) --------------------------------------------------------
     def decide(self, model: str, messages: list[Message], params: SamplingParams,
-               hints: Hints = Hints()) -> Decision:
-        requested = None if model == "auto" else model
-        if requested is not None and requested not in self.experts:
-            raise UnknownExpertError(requested, ["auto", *self.experts])
-        scores: dict[str, float] = {}
-        if requested is None:
-            t = time.perf_counter()
-            scores = self.router.scores(query_text(messages))
-            self.metrics.router_latency.observe(time.perf_counter() - t)
-        b, p = self.settings.budget, self.settings.policy
-        bound = prompt_tokens_upper_bound(messages) + _tool_bytes(messages, params)
-        req = Request(requested, bound, params.max_tokens,
-                      tighter(b.max_request_usd, hints.max_cost_usd),
-                      tighter(b.max_latency_ms, hints.max_latency_ms),
-                      expected_prompt_tokens=prompt_tokens_typical(messages),
-                      tools=_needs_tools(messages, params), json_mode=params.json_mode)
-        weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight,
-                          p.local_margin)
-        kw: dict[str, Any] = {"weights": weights, "default_expert": self.settings.default_expert(),
-                              "mode": self.router.mode}
-        states = self._states(True, messages, req)
-        decision = decide(scores, states, req, **kw)
-        if not decision.refused and b.on_exceeded == "refuse":
-            free = decide(scores, self._states(False, messages, req), req, **kw)
-            if not free.refused and free.expert != decision.expert:
-                self._refuse(f"{free.expert}: {decision.rejected.get(free.expert, 'over budget')}")
-        if decision.refused:
-            self._no_expert(decision, states, req)
-        self.metrics.decisions.labels(
-            decision_kind(decision, requested, self.settings.default_expert())).inc()
-        return decision
-
-    def _no_expert(self, decision: Decision, states: dict[str, ExpertState],
-                   req: Request) -> None:
-        """Why nothing fits, as the right status: every expert lacks something the request
-        asks for (a capability never comes back): 400 naming the field; the rest are only
-        unavailable: 503; else a budget refused it: 429."""
-        missing = {n: m for n, e in states.items() if (m := missing_capability(e, req))}
-        others = [r for n, r in decision.rejected.items() if n not in missing]
-        if not others:
-            params = [m[0] for m in missing.values()]
-            param = min(params, key=CAPABILITY_ORDER.index)
-            self.metrics.refusals.labels("capability").inc()
-            raise RequestError(f"no configured expert can serve this request's {param}: "
-                               + "; ".join(f"{n}: {m[1]}" for n, m in sorted(missing.items())),
-                               param=param, code=f"unsupported_{param}")
-        if all(r == "unavailable" for r in others):
-            raise ExpertUnavailableError(decision.reason, retry_after_s=5)
-        self._refuse(decision.reason)
-
-    def _refuse(self, reason: str) -> None:
-        self.metrics.refusals.labels("budget").inc()
-        raise BudgetExceededError(f"refused by a budget: {reason}", param="model",
-                                  code="budget_exceeded")
+               hints: Hints | None = None, *, served: bool = True) -> Decision:
+        return self.decider.decide(model, messages, params, hints or Hints(), served=served)
 
     # -- the local-first cascade (agent/cascade.py) ----------------------------------------
     def cascade_rule(self) -> CascadeRule:
@@ -204,12 +93,13 @@ class Runtime:
         return CascadeRule(p.cascade_band, p.cascade_threshold, p.cascade_signal)
 
     def cascade_first(self, decision: Decision, params: SamplingParams, requested: bool,
-                      hints: Hints = Hints(), *, stream: bool = False) -> str | None:
+                      hints: Hints | None = None, *, stream: bool = False) -> str | None:
         """The local expert to try before the decision's cloud expert, or None: the
         cascade is on (the request's ``edgeroute.cascade``, else the setting), the router
         chose (no expert named), the reply is plain text (no tools, no JSON mode: a local
         answer's confidence is about text), and a stream only with ``cascade_stream``."""
         p = self.settings.policy
+        hints = hints or Hints()
         on = p.cascade if hints.cascade is None else hints.cascade
         if not on or requested or params.tools or params.json_mode:
             return None
@@ -224,9 +114,9 @@ class Runtime:
         cloud expert. The ledger sees only the cloud call; an escalation that a budget
         refuses, or that fails, keeps the local answer and says so."""
         rule = self.cascade_rule()
-        attempt = replace(decision, expert=local, expected_cost_usd=0.0,
+        attempt = replace(decision, expert=local, expected_cost_usd=0.0, worst_case_usd=0.0,
                           expected_quality=decision.scores.get(local),
-                          expected_latency_s=self.latency_s.get(local),
+                          expected_latency_s=self.stats.latency_s.get(local),
                           reason=f"cascade: {local} first, {decision.expert} if unsure")
         started = time.perf_counter()
         info: dict[str, object] = {
@@ -290,15 +180,24 @@ class Runtime:
         Close it (``aclose``) when done early: that frees the admission slot."""
         return self.dispatcher.run(decision, messages, params, stream=True)
 
-    def health(self) -> dict[str, Any]:
+    def health(self, recent: int = 200) -> dict[str, Any]:
+        """Liveness, what is loaded, and how the router's recent decisions split: each
+        expert's share of the last ``recent`` (served, ``auto``) and its expected cost."""
+        split = self.decider.shares(last=recent)
+        models = self.router.lengths
         return {
             "status": "ok",
             "uptime_s": round(time.time() - self.started_at, 3),
             "experts": [
                 {"name": e.info.name, "kind": e.info.kind, "model": e.info.model,
-                 "latency_estimate_s": self.latency_s.get(e.info.name)}
+                 "latency_estimate_s": self.stats.latency_s.get(e.info.name),
+                 "recent_share": split["experts"][e.info.name]["share"],
+                 "expected_cost_usd": split["experts"][e.info.name]["expected_cost_usd"],
+                 "gain_needed": split["experts"][e.info.name]["gain_needed"],
+                 **self.stats.lengths.describe(e.info.name, models.get(e.info.name))}
                 for e in self.experts.values()
             ],
+            "recent_decisions": split["decisions"],
             "router": self.router.describe(),
             "default_expert": self.settings.default_expert(),
             "fallback_expert": self.fallback_expert,
@@ -342,6 +241,38 @@ def build_runtime(settings: Settings) -> Runtime:
                    decode=decode)
 
 
+def build_decider(settings: Settings) -> tuple[Decider, Ledger]:
+    """The daemon's decisions without its models (``edgeroute route``, ``doctor``): experts
+    described from their settings, the same router and policy, the ledger's budgets left
+    (read, never reserved); a local expert's own prompt count from its vocabulary alone,
+    loaded when a prompt needs it. What it cannot know is what only a running daemon has
+    measured: latencies, answer lengths, breakers."""
+    from agent.experts.cloud import cloud_info
+    from agent.experts.local import count_prompt_tokens, local_info
+
+    infos = {cfg.name: local_info(cfg, cfg.model) for cfg in settings.local_experts}
+    infos |= {cfg.name: cloud_info(cfg) for cfg in settings.cloud_experts}
+    local = {cfg.name: cfg for cfg in settings.local_experts}
+    vocabs: dict[str, Any] = {}
+
+    def own_count(name: str, messages: list[Message]) -> int | None:
+        if name not in local:
+            return None
+        if name not in vocabs:
+            from llama_cpp import Llama
+
+            cfg = local[name]
+            path = resolve_model(cfg.model, cfg.sha256, settings.paths.cache_dir)
+            vocabs[name] = Llama(model_path=str(path), vocab_only=True, verbose=False)
+        return count_prompt_tokens(vocabs[name], messages)
+
+    ledger = open_ledger(settings)
+    decider = Decider(settings=settings, router=build_router(settings, infos), infos=infos,
+                      stats=ExpertStats.for_policy(settings.policy), metrics=Metrics(),
+                      log=DecisionLog(), remaining=ledger.remaining, own_count=own_count)
+    return decider, ledger
+
+
 def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission:
     """One gate per expert: a local model runs as many calls as its batch has slots
     (``n_parallel``), a cloud expert ``max_inflight_cloud``; each has its own bounded,
@@ -355,7 +286,7 @@ def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission
     )
 
 
-def build_router(settings: Settings, experts: dict[str, Expert]) -> Router:
+def build_router(settings: Settings, experts: Mapping[str, object]) -> Router:
     """The configured bundle, else the embedded default bundle (an ``irt`` bundle scores
     every configured expert through ability profiles); ``router.bundle=none`` or no bundle
     installed: FixedRouter (a documented mode, reported in /health)."""

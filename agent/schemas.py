@@ -16,7 +16,10 @@ from pydantic import (
     field_validator,
 )
 
+from agent.errors import RequestError
+from agent.settings import ServerSettings
 from cloud_bridge.usage import TokenUsage
+from cloud_bridge.wire import SamplingParams
 
 Role = Literal["system", "user", "assistant", "developer", "tool"]
 MAX_CONTENT_CHARS = 200_000
@@ -163,6 +166,38 @@ class ChatRequest(BaseModel):
                     d[key] = getattr(m, key)
             out.append(d)
         return out
+
+
+def sampling_params(req: ChatRequest, server: ServerSettings) -> SamplingParams:
+    """How to sample the request's answer, after the limits the settings add (a
+    ``max_tokens`` over the cap is a 400 naming it)."""
+    cap = server.max_tokens_cap
+    for key in ("max_tokens", "max_completion_tokens"):
+        asked = getattr(req, key)
+        if asked is not None and asked > cap:
+            raise RequestError(
+                f"{key} {asked} exceeds this daemon's cap of {cap}; ask for fewer",
+                param=key,
+                code="max_tokens_too_large",
+            )
+    # An operator who lowers the cap below the default must not break every request
+    # that omits max_tokens: the default is clamped, an explicit value is checked.
+    max_tokens = (req.max_tokens or req.max_completion_tokens
+                  or min(server.default_max_tokens, cap))
+    tool_choice = req.tool_choice
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stop_tuple(),
+        seed=req.seed,
+        tools=tuple(t.model_dump(exclude_none=True) for t in req.tools or ()),
+        tool_choice=(tool_choice.model_dump() if tool_choice is not None
+                     and not isinstance(tool_choice, str) else tool_choice),
+        response_format=req.response_format.as_openai() if req.response_format else None,
+        logprobs=req.logprobs,
+        user=req.user,
+    )
 
 
 class ErrorDetail(BaseModel):

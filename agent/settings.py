@@ -418,6 +418,14 @@ class PolicySettings(_Section):
     latency_ewma_alpha: float = Field(
         0.2, gt=0, le=1, description="Smoothing of the per-expert latency estimate."
     )
+    answer_length_alpha: float = Field(
+        0.1, gt=0, le=1,
+        description=(
+            "How fast each expert's expected answer length (what prices its answers in the "
+            "utility) follows its real answers on this device: the weight of one answer in "
+            "a moving correction of the length model its profile ships."
+        ),
+    )
     cascade: bool = Field(
         False,
         description=(

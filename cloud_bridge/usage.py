@@ -37,15 +37,20 @@ class Prices:
     cached_input_usd_per_mtok: float | None = None  # prompt tokens read from the provider's
     # cache (``usage.cached_prompt_tokens``); None: the input price
 
-    def cost_usd(self, usage: TokenUsage) -> float:
-        cached = min(max(usage.cached_prompt_tokens, 0), usage.prompt_tokens)
+    def usd(self, prompt_tokens: float, completion_tokens: float,
+            cached_prompt_tokens: float = 0.0) -> float:
+        """The one price-to-cost function: what these tokens cost (a budget's worst case,
+        the policy's expectation and the ledger's bill alike). Works on numpy arrays too."""
         cached_price = (self.input_usd_per_mtok if self.cached_input_usd_per_mtok is None
                         else self.cached_input_usd_per_mtok)
-        return (
-            (usage.prompt_tokens - cached) * self.input_usd_per_mtok
-            + cached * cached_price
-            + usage.completion_tokens * self.output_usd_per_mtok
-        ) / 1e6
+        return ((prompt_tokens - cached_prompt_tokens) * self.input_usd_per_mtok
+                + cached_prompt_tokens * cached_price
+                + completion_tokens * self.output_usd_per_mtok) / 1e6
+
+    def cost_usd(self, usage: TokenUsage) -> float:
+        """What a call billed (prompt tokens read from the provider's cache at its price)."""
+        cached = min(max(usage.cached_prompt_tokens, 0), usage.prompt_tokens)
+        return self.usd(usage.prompt_tokens, usage.completion_tokens, cached)
 
 
 def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:

@@ -30,14 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from export.scoring import VALUES
+
 # local_margin candidates, in P(correct) points. They stop at 0.1 on purpose: a larger margin
 # all but switches routing between local experts off, and two local experts with clearly
 # different strengths (a coder and a math model) should still be routed between.
 MARGINS: tuple[float, ...] = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1)
 
-# $0.00001 .. $10 per correct answer in 61 geometric steps, then None (cost not weighed).
-VALUES: tuple[float | None, ...] = (*(float(f"{10 ** (-5 + 6 * i / 60):.3g}")
-                                      for i in range(61)), None)
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,9 @@ class CalibrateConfig:
     policy: str = "route"  # "cascade": the cascade's band and threshold; "local": local_margin
     usd_per_correct: float | None = None  # the cascade's V (default: the shipped one)
     default_expert: str | None = None  # local: the sticky expert (default: best train mean)
+    experts: str | None = None  # comma-separated: route among these (a device's set)
+    price: tuple[str, ...] = ()  # NAME=IN,OUT, over the table's own prices
+    max_tokens: int = 256  # the requests' max_tokens: caps each expected answer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,6 +75,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     goal.add_argument("--target-quality", type=float,
                       help="least mean quality (the router's metric) to keep")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--experts", default=None,
+                   help="comma-separated experts to route among (a device's configured set)")
+    p.add_argument("--price", action="append", default=[], metavar="NAME=IN,OUT",
+                   help="an expert's prices, USD per 1M input and output tokens (default: "
+                        "the table's own); repeatable")
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="the requests' max_tokens (caps each expected answer)")
 
 
 def _point(mt: Any, q: Any, scores: Any, cost: Any, cloud: Any, v: float | None
@@ -80,10 +89,10 @@ def _point(mt: Any, q: Any, scores: Any, cost: Any, cloud: Any, v: float | None
     import numpy as np
 
     from agent.policy import utility
-    from export.evaluate import policy_metrics
     from export.routers import baselines
+    from export.scoring import policy_metrics
 
-    weights = baselines.choose(utility(scores, cost[None, :], v), ~np.isnan(q))
+    weights = baselines.choose(utility(scores, cost, v), ~np.isnan(q))
     pm = policy_metrics(mt, q, weights)
     share = float(weights[:, cloud].sum() / max(weights.sum(), 1.0))
     return {"usd_per_correct": v, "quality": pm["quality"], "cost_usd": pm["cost_usd"],
@@ -95,7 +104,7 @@ def _threshold(mt: Any, q: Any, scores: Any, cloud: Any, t: float | None = None,
     """The margin rule at threshold ``t``, or at the quantile giving ``share``."""
     import numpy as np
 
-    from export.evaluate import policy_metrics
+    from export.scoring import policy_metrics
 
     avail = ~np.isnan(q)
     s = np.where(avail, scores, -np.inf)
@@ -138,58 +147,69 @@ class _Splits(NamedTuple):
     mv: Any  # validation split
     qv: Any
     scores_v: Any
-    cost: Any  # each expert's mean training cost, USD (0 when unknown)
+    cost: Any  # test: what the daemon expects each query to cost on each expert (USD)
+    cost_v: Any  # validation: the same
     train_mean: Any  # each expert's mean label on the training split (nan when none)
 
 
-def _splits(table: Path, router: Path) -> _Splits:
+def _splits(cfg: CalibrateConfig) -> _Splits:
     """The router's validation split (carved from its training queries) and its test split
-    of ``table``, both scored; an irt router scores the experts the table has."""
+    of the table, both scored and priced as the daemon prices them
+    (``export.daemon_policy``); an irt router scores the experts the table has."""
     import numpy as np
 
+    from export import daemon_policy
     from export.errors import PipelineError
     from export.labels import check_held_out, held_out, metric_values
     from export.routers.base import load_router
+    from export.scoring import only_experts, profiled_in, scored
 
-    r = load_router(router)
-    check_held_out(table, r.meta)
+    r = load_router(cfg.router)
+    check_held_out(cfg.table, r.meta)
     meta = r.meta
     if meta.kind == "irt":
-        from export.evaluate import profiled_in
-
-        meta = profiled_in(table, meta)
-    m, mt, q, train = held_out(table, meta)
+        meta = profiled_in(cfg.table, meta)
+    meta = only_experts(meta, cfg.experts)
+    m, mt, q, train = held_out(cfg.table, meta)
     val = validation_rows(m, meta, train)
     if len(val) == 0:
         raise PipelineError("the router's validation split is empty; nothing to choose on")
     mv, qv = m.subset(val), metric_values(m, meta.labels())[val]
-    order = [list(r.experts).index(e) for e in mt.experts]
-    scores, scores_v = (r.score_batch(x.queries)[:, order] for x in (mt, mv))
-    labels = metric_values(m, meta.labels())[train][:, order]
+    (scores, u), (scores_v, u_v) = (scored(r, x.queries, mt.experts) for x in (mt, mv))
+    labels = metric_values(m, meta.labels())[train]
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an expert with no cost/label: nan
-        cost = np.nan_to_num(np.nanmean(m.values["cost_usd"][train], axis=0), nan=0.0)
+        warnings.simplefilter("ignore", RuntimeWarning)  # an expert with no label: nan
         train_mean = np.nanmean(labels, axis=0)
-    return _Splits(mt, q, scores, mv, qv, scores_v, cost, train_mean)
+    prices = daemon_policy.table_prices(cfg.table, m) | daemon_policy.parse_prices(cfg.price)
+    pol = daemon_policy.build(r, mt.experts, prices, usd_per_correct=None, local_margin=0.0,
+                              default_expert=None, max_tokens=cfg.max_tokens,
+                              train_mean={e: float(x) for e, x in zip(mt.experts, train_mean,
+                                                                       strict=True)
+                                          if np.isfinite(x)})
+    return _Splits(mt, q, scores, mv, qv, scores_v, pol.expected_costs(mt.queries, u),
+                   pol.expected_costs(mv.queries, u_v), train_mean)
 
 
 def calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     """The stage: the sweep on validation, the choice, and its figures on test."""
+    import numpy as np
+
+    from export.cascade_sim import priced
     from export.errors import PipelineError
 
     if cfg.policy == "cascade":
         return calibrate_cascade(cfg)
     if cfg.policy == "local":
         return calibrate_local(cfg)
-    table, router = cfg.table, cfg.router
+    router = cfg.router
     cloud_share, quality = cfg.target_cloud_share, cfg.target_quality
     if (cloud_share is None) == (quality is None):
         raise PipelineError("give exactly one target: a cloud share or a quality")
-    mt, q, scores, mv, qv, scores_v, cost, _ = _splits(table, router)
-    cloud = cost > 0
+    mt, q, scores, mv, qv, scores_v, cost, cost_v, _ = _splits(cfg)
+    cloud = priced(np.vstack([cost, cost_v]))
     if not cloud.any() or cloud.all():
         raise PipelineError("calibration needs both priced (cloud) and free (local) experts")
-    curve = [_point(mv, qv, scores_v, cost, cloud, v) for v in VALUES]
+    curve = [_point(mv, qv, scores_v, cost_v, cloud, v) for v in VALUES]
     if cloud_share is not None:
         ok = [p for p in curve if p["cloud_share"] <= cloud_share + 1e-9][-1:]
     else:
@@ -221,7 +241,7 @@ def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
     from export import cascade_sim
     from export.errors import PipelineError
 
-    mt, q, scores, mv, qv, scores_v, cost, _ = _splits(cfg.table, cfg.router)
+    mt, q, scores, mv, qv, scores_v, cost, cost_v, _ = _splits(cfg)
     if not (cascade_sim.local_experts(mv.values).any()
             and cascade_sim.local_experts(mt.values).any()):
         raise PipelineError(f"{cfg.table} has no local answer with a recorded confidence in "
@@ -230,7 +250,7 @@ def calibrate_cascade(cfg: CalibrateConfig) -> dict[str, Any]:
     if not (cost > 0).any():
         raise PipelineError("the cascade needs a priced (cloud) expert in the table")
     v = cfg.usd_per_correct if cfg.usd_per_correct is not None else DEFAULT_USD_PER_CORRECT
-    chosen = cascade_sim.choose(mv.values, qv, scores_v, cost, v)
+    chosen = cascade_sim.choose(mv.values, qv, scores_v, cost_v, v)
     rule = CascadeRule(**chosen["rule"])
     test = cascade_sim.compare(mt.values, q, scores, cost, v, rule, VALUES)
     return {"router": str(cfg.router), "experts": mt.experts, "usd_per_correct": v,
@@ -266,9 +286,9 @@ def calibrate_local(cfg: CalibrateConfig) -> dict[str, Any]:
 
     from export import cascade_sim
     from export.errors import PipelineError
-    from export.evaluate import paired_ci
+    from export.scoring import paired_ci
 
-    mt, q, scores, mv, qv, scores_v, _, train_mean = _splits(cfg.table, cfg.router)
+    mt, q, scores, mv, qv, scores_v, _, _, train_mean = _splits(cfg)
     is_local = cascade_sim.local_experts(mv.values) | cascade_sim.local_experts(mt.values)
     local = [int(j) for j in np.flatnonzero(is_local)]
     names = [mt.experts[j] for j in local]

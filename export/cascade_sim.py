@@ -2,9 +2,10 @@
 have answered and spent, beside route-only and always-cloud.
 
 Per query, as the daemon does it: the route-only choice is ``argmax utility(P, cost, V)``
-over the experts with an outcome (``agent.policy.utility``; cost each expert's mean over
-the training queries). When that choice is a cloud expert and the best local expert (by
-P, among those whose answer has a recorded confidence) is within ``band`` of it
+over the experts with an outcome (``agent.policy.utility``; cost what the daemon expects
+the query to cost on each expert, ``export.daemon_policy``: queries x experts). When that
+choice is a cloud expert and the best local expert (by P, among those whose answer has a
+recorded confidence) is within ``band`` of it
 (``agent.cascade.local_first``), the local answer is tried: kept when its confidence
 (``mean_logprob`` or ``min_logprob``, see ``export/table.py``) is at least ``threshold``
 (``agent.cascade.keep_local``), else the cloud expert answers. A kept answer costs nothing;
@@ -22,6 +23,7 @@ import numpy as np
 
 from agent.cascade import SIGNALS, CascadeRule
 from agent.policy import utility
+from export.scoring import paired_ci
 
 BANDS: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 THRESHOLD_QUANTILES = tuple(np.linspace(0.0, 1.0, 21))
@@ -44,21 +46,26 @@ def local_experts(values: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(~np.isnan(values["mean_logprob"]).all(axis=0))
 
 
-def route(scores: np.ndarray, mean_cost: np.ndarray, avail: np.ndarray,
+def priced(cost: np.ndarray) -> np.ndarray:
+    """The experts that cost anything (cloud): any query's expected cost above 0."""
+    return np.asarray((np.atleast_2d(cost) > 0).any(axis=0))
+
+
+def route(scores: np.ndarray, cost: np.ndarray, avail: np.ndarray,
           usd_per_correct: float | None) -> np.ndarray:
     """The route-only choice per query (index into the experts)."""
-    u = np.asarray(utility(scores, mean_cost[None, :], usd_per_correct), dtype=float)
+    u = np.asarray(utility(scores, cost, usd_per_correct), dtype=float)
     return np.asarray(np.where(avail, u, -np.inf).argmax(axis=1))
 
 
 def replay(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
-           mean_cost: np.ndarray, usd_per_correct: float | None,
+           cost: np.ndarray, usd_per_correct: float | None,
            rule: CascadeRule | None) -> Outcome:
     """Route-only (``rule=None``) or the cascade, query by query."""
     n = len(q)
     rows = np.arange(n)
     avail = ~np.isnan(q)
-    choice = route(scores, mean_cost, avail, usd_per_correct)
+    choice = route(scores, cost, avail, usd_per_correct)
     answered = choice.copy()
     attempted = np.zeros(n, dtype=bool)
     kept = np.zeros(n, dtype=bool)
@@ -66,7 +73,7 @@ def replay(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
     if rule is not None:
         signal = values[rule.signal]
         local = local_experts(values)
-        cloud = mean_cost[choice] > 0
+        cloud = priced(cost)[choice]
         ok = avail & local[None, :] & ~np.isnan(signal)
         s_local = np.where(ok, scores, -np.inf)
         best = s_local.argmax(axis=1)
@@ -78,8 +85,8 @@ def replay(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
         local_lat = np.nan_to_num(values["latency_s"][rows, best])
         latency = np.where(kept, local_lat,
                            latency + np.where(attempted, local_lat, 0.0))
-    cost = np.nan_to_num(values["cost_usd"][rows, answered])
-    return Outcome(answered, attempted, kept, q[rows, answered], cost, latency)
+    spent = np.nan_to_num(values["cost_usd"][rows, answered])
+    return Outcome(answered, attempted, kept, q[rows, answered], spent, latency)
 
 
 def summary(o: Outcome, cloud: np.ndarray) -> dict[str, Any]:
@@ -105,10 +112,10 @@ def thresholds(values: dict[str, np.ndarray], signal: str) -> list[float]:
 
 
 def choose(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
-           mean_cost: np.ndarray, usd_per_correct: float | None) -> dict[str, Any]:
+           cost: np.ndarray, usd_per_correct: float | None) -> dict[str, Any]:
     """The (signal, band, threshold) with the highest mean utility on these (validation)
     queries; ties: fewer cloud calls, then the narrower band. Also route-only's figure."""
-    cloud = mean_cost > 0
+    cloud = priced(cost)
     v = usd_per_correct
 
     def value(o: Outcome) -> float:
@@ -116,13 +123,13 @@ def choose(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
         qual = float(o.quality[good].mean()) if good.any() else 0.0
         return qual - (float(o.cost.mean()) / v if v else 0.0)
 
-    base = replay(values, q, scores, mean_cost, v, None)
+    base = replay(values, q, scores, cost, v, None)
     best: tuple[tuple[float, float, float], CascadeRule] | None = None
     for signal in SIGNALS:
         for t in thresholds(values, signal):
             for band in BANDS:
                 rule = CascadeRule(band, t, signal)  # type: ignore[arg-type]
-                o = replay(values, q, scores, mean_cost, v, rule)
+                o = replay(values, q, scores, cost, v, rule)
                 key = (round(value(o), 9), -float(cloud[o.answered].mean()), -band)
                 if best is None or key > best[0]:
                     best = (key, rule)
@@ -132,22 +139,22 @@ def choose(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
     rule = best[1]
     return {"rule": {"band": rule.band, "threshold": rule.threshold, "signal": rule.signal},
             "utility": best[0][0], "route_only_utility": value(base),
-            "cascade": summary(replay(values, q, scores, mean_cost, v, rule), cloud),
+            "cascade": summary(replay(values, q, scores, cost, v, rule), cloud),
             "route_only": summary(base, cloud)}
 
 
 def compare(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
-            mean_cost: np.ndarray, usd_per_correct: float | None, rule: CascadeRule,
+            cost: np.ndarray, usd_per_correct: float | None, rule: CascadeRule,
             sweep: tuple[float | None, ...]) -> dict[str, Any]:
     """The cascade at ``rule`` against route-only at the same cloud spend: the route-only
     V whose spend on these queries is closest to the cascade's without exceeding it
     (matched on cost alone, no labels), per-query paired difference and its bootstrap
     interval. Plus both curves (route-only over V; the cascade over thresholds at the
     rule's band) and always-cloud points."""
-    cloud = mean_cost > 0
-    casc = replay(values, q, scores, mean_cost, usd_per_correct, rule)
+    cloud = priced(cost)
+    casc = replay(values, q, scores, cost, usd_per_correct, rule)
     spend = float(casc.cost.mean())
-    routes = [(v, replay(values, q, scores, mean_cost, v, None)) for v in sweep]
+    routes = [(v, replay(values, q, scores, cost, v, None)) for v in sweep]
     under = [(v, o) for v, o in routes if float(o.cost.mean()) <= spend + 1e-12]
     v_eq, o_eq = max(under, key=lambda vo: float(vo[1].cost.mean())) if under else routes[0]
     diff = casc.quality - o_eq.quality
@@ -156,9 +163,7 @@ def compare(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
     for t in thresholds(values, rule.signal):
         r = CascadeRule(rule.band, t, rule.signal)
         curve_cascade.append({"threshold": t, **summary(
-            replay(values, q, scores, mean_cost, usd_per_correct, r), cloud)})
-    from export.evaluate import paired_ci
-
+            replay(values, q, scores, cost, usd_per_correct, r), cloud)})
     always = {}
     for j in np.flatnonzero(cloud):
         have = ~np.isnan(q[:, j])
@@ -169,7 +174,7 @@ def compare(values: dict[str, np.ndarray], q: np.ndarray, scores: np.ndarray,
     same = casc.answered == o_eq.answered
     return {
         "cascade": summary(casc, cloud),
-        "route_only_same_v": summary(replay(values, q, scores, mean_cost, usd_per_correct,
+        "route_only_same_v": summary(replay(values, q, scores, cost, usd_per_correct,
                                             None), cloud),
         "route_only_equal_spend": {"usd_per_correct": v_eq, **summary(o_eq, cloud)},
         "diff_quality": float(np.nanmean(diff)) if np.isfinite(diff).any() else None,

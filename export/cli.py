@@ -58,6 +58,8 @@ collect = StageCommand(
 table = StageCommand("export.importers", "expert tables: import public routing tables")
 train = StageCommand("export.train", "train a router on an expert table")
 evaluate = StageCommand("export.evaluate", "evaluate routers and baselines on an expert table")
+replay = StageCommand("export.route_replay",
+                      "a table's test split through a daemon's /v1/route, held to evaluate")
 calibrate = StageCommand(
     "export.calibrate", "pick usd_per_correct for a target cloud share/quality (validation)"
 )

@@ -10,7 +10,11 @@ higher is better: for ``nll`` it is minus the NLL), ``cost_usd`` (mean per query
 and ``apgr`` (share of the Zero-to-Optimal quality gap recovered). Plus, per router, a
 cost-quality curve: choose argmax utility(score_e, cost_e, V) (``agent.policy.utility``, the
 daemon's own) over a sweep of V, what a correct answer is worth in USD, with each expert's
-cost its mean over the *training* queries (what a deployed router knows).
+cost what the daemon expects this query to cost on it (``export.daemon_policy``: its prices,
+the prompt's typical count and the expert's expected answer length, capped by
+``--max-tokens``); and ``daemon``: the daemon's own decision (``agent.policy.decide`` at
+``--usd-per-correct`` and ``--local-margin``, the daemon's defaults) for every query, with
+its share per expert, its expected cost beside the realised cost of the same choices.
 
 Choices are made among the experts that have an outcome for the query (a choice whose
 result was never recorded cannot be scored); all routers must share the label metric,
@@ -29,11 +33,21 @@ from typing import Any
 
 import numpy as np
 
+from agent.settings import DEFAULT_LOCAL_MARGIN, DEFAULT_USD_PER_CORRECT
 from export.errors import PipelineError
 from export.labels import OutcomeMatrix, check_held_out, finite_mean, held_out, table_sha256
 from export.report import COLUMNS, format_ci
 from export.routers import baselines
 from export.routers.base import TrainedRouter, load_router
+from export.scoring import (
+    VALUES,
+    only_experts,
+    paired_ci,
+    per_query,
+    policy_metrics,
+    profiled_in,
+    scored,
+)
 
 BUDGET_SHARE = 0.4  # the acceptance bar: strongest expert's quality at <= 40% of its cost
 
@@ -46,6 +60,12 @@ class EvaluateConfig:
     router: tuple[Path, ...]
     random_seed: int = 0  # of the Random baseline
     max_test_queries: int | None = None  # a seeded sample of the test split
+    experts: str | None = None  # comma-separated: route among these only (a device's set)
+    price: tuple[str, ...] = ()  # NAME=IN,OUT USD per 1M tokens, over the table's own prices
+    usd_per_correct: float | None = DEFAULT_USD_PER_CORRECT
+    local_margin: float = DEFAULT_LOCAL_MARGIN
+    default_expert: str | None = None  # the daemon's default local expert
+    max_tokens: int = 256  # the requests' max_tokens (the daemon's default_max_tokens)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,35 +87,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluate on a seeded sample of the test split, drawn evenly over datasets",
     )
     p.add_argument("--random-seed", type=int, default=0, help="seed of the Random baseline")
+    add_daemon_arguments(p)
 
 
-def policy_metrics(m: OutcomeMatrix, quality: np.ndarray, w: np.ndarray) -> dict[str, Any]:
-    """Metrics of a routing policy ``w`` (rows: distributions over experts)."""
-    v = m.values
-    tokens = v["input_tokens"] + v["output_tokens"]
-    cost, tok = _per_query(w, v["cost_usd"]), _per_query(w, tokens)
-    both = np.isfinite(cost) & np.isfinite(tok) & (tok > 0)
-    return {
-        "quality": finite_mean(_per_query(w, quality)),
-        "cost_usd": finite_mean(cost),
-        "cost_per_mtok": float(cost[both].sum() / tok[both].sum() * 1e6) if both.any() else None,
-        "throughput_tps": finite_mean(_per_query(w, m.throughput())),
-        "bertsim": finite_mean(_per_query(w, v["bertsim"])),
-        "nll": finite_mean(_per_query(w, v["nll"])),
-        "accuracy": finite_mean(_per_query(w, v["correct"])),
-        "queries_per_expert": {
-            e: round(float(s), 2) for e, s in zip(m.experts, w.sum(axis=0), strict=True)
-        },
-        "queries": len(m),
-    }
+def add_daemon_arguments(p: argparse.ArgumentParser) -> None:
+    """How the daemon prices and decides (evaluate and calibrate alike)."""
+    p.add_argument("--experts", default=None,
+                   help="comma-separated experts to route among (a device's configured set; "
+                        "default: every expert of the table the router scores)")
+    p.add_argument("--price", action="append", default=[], metavar="NAME=IN,OUT",
+                   help="an expert's prices, USD per 1M input and output tokens, as configured "
+                        "on the device (default: the table's own); repeatable")
+    p.add_argument("--usd-per-correct", type=_money, default=DEFAULT_USD_PER_CORRECT,
+                   help="the daemon's policy.usd_per_correct ('none': cost not weighed)")
+    p.add_argument("--local-margin", type=float, default=DEFAULT_LOCAL_MARGIN,
+                   help="the daemon's policy.local_margin")
+    p.add_argument("--default-expert", default=None,
+                   help="the daemon's default local expert (default: the local expert with "
+                        "the best training mean)")
+    p.add_argument("--max-tokens", type=int, default=256,
+                   help="the requests' max_tokens (caps each expected answer)")
 
 
-def _per_query(w: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Per query, the w-weighted mean of x over the experts where x is known."""
-    known = ~np.isnan(x)
-    den = (w * known).sum(axis=1)
-    num = (w * np.where(known, x, 0.0)).sum(axis=1)
-    return np.divide(num, den, out=np.full(len(x), np.nan), where=den > 0)
+def _money(text: str) -> float | None:
+    if text.strip().lower() in ("", "none"):
+        return None
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a positive amount, or 'none'")
+    return value
 
 
 def optimal_metrics(m: OutcomeMatrix, quality: np.ndarray) -> dict[str, Any]:
@@ -130,18 +150,17 @@ def summarise(mt: OutcomeMatrix, q: np.ndarray, weights: dict[str, np.ndarray]) 
 
 
 def cost_curve(
-    mt: OutcomeMatrix, q: np.ndarray, scores: np.ndarray, mean_cost: np.ndarray
+    mt: OutcomeMatrix, q: np.ndarray, scores: np.ndarray, cost: np.ndarray
 ) -> list[dict[str, float | None]]:
-    """Quality and cost of ``argmax utility(score, cost, V)`` (the daemon's policy) over
-    the sweep of what a correct answer is worth, V (``export.calibrate.VALUES``)."""
+    """Quality and realised cost of ``argmax utility(score, cost, V)`` (the daemon's
+    utility, ``cost`` its expected cost per query and expert) over the sweep of what a
+    correct answer is worth, V (``export.calibrate.VALUES``)."""
     from agent.policy import utility
-    from export.calibrate import VALUES
 
     avail = ~np.isnan(q)
     pts: list[dict[str, float | None]] = []
     for v in VALUES:
-        pm = policy_metrics(mt, q, baselines.choose(utility(scores, mean_cost[None, :], v),
-                                                    avail))
+        pm = policy_metrics(mt, q, baselines.choose(utility(scores, cost, v), avail))
         pts.append({"usd_per_correct": v, "quality": pm["quality"], "cost_usd": pm["cost_usd"]})
     return pts
 
@@ -184,20 +203,6 @@ def load_routers(dirs: list[Path]) -> dict[str, TrainedRouter]:
     return routers
 
 
-def profiled_in(table: Path, meta: Any) -> Any:
-    """An irt router's meta narrowed to the experts ``table`` has outcomes for."""
-    import dataclasses
-
-    from export.table import iter_rows
-
-    have = {r["expert"] for r in iter_rows(table)}
-    experts = [e for e in meta.experts if e in have]
-    if len(experts) < 2:
-        raise PipelineError(f"{table} has outcomes for {len(experts)} of the router's profiled "
-                            "experts; fit profiles for its experts first (`profile fit`)")
-    return dataclasses.replace(meta, experts=experts)
-
-
 def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """The stage: the evaluation object (what ``--json`` prints and the report reads)."""
     table, router_dirs = cfg.table, list(cfg.router)
@@ -207,11 +212,11 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         check_held_out(table, r.meta)
     if meta.kind == "irt":  # profiles for any experts: score those the table has
         meta = profiled_in(table, meta)
+    meta = only_experts(meta, cfg.experts)
     m, mt, q, train = held_out(table, meta, cfg.max_test_queries)
-    scores = {}
+    scores, feats = {}, {}
     for name, r in routers.items():
-        order = [list(r.experts).index(e) for e in mt.experts]
-        scores[name] = r.score_batch(mt.queries)[:, order]
+        scores[name], feats[name] = scored(r, mt.queries, mt.experts)
     weights = policies(mt, q, scores, cfg.random_seed)
     result: dict[str, Any] = {
         "table": str(table),
@@ -233,37 +238,90 @@ def evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         result["per_dataset"][ds] = summarise(
             mt.subset(idx), q[idx], {k: w[idx] for k, w in weights.items()}
         )
-    _add_curves(result, m, mt, q, train, scores, weights)
-    _add_cascade(result, m, mt, q, train, scores)
+    pricing = {name: _daemon_policy(cfg, r, m, train, mt.experts) for name, r in routers.items()}
+    costs = {name: pricing[name].expected_costs(mt.queries, feats[name]) for name in routers}
+    result["daemon"] = {name: daemon_metrics(mt, q, pricing[name], pricing[name].decide_all(
+        mt.queries, scores[name], feats[name], r.meta.kind == "irt" and "profile" or "onnx"))
+        for name, r in routers.items()}
+    result["pricing"] = {"usd_per_correct": cfg.usd_per_correct,
+                         "local_margin": cfg.local_margin, "max_tokens": cfg.max_tokens,
+                         "prices": {e: [p.input_usd_per_mtok, p.output_usd_per_mtok]
+                                    for e, p in next(iter(pricing.values())).prices.items()
+                                    if e in mt.experts}}
+    _add_curves(result, m, mt, q, train, scores, weights, costs)
+    _add_cascade(result, m, mt, q, train, scores, costs)
     return _json_safe(result)
 
 
+def _daemon_policy(cfg: EvaluateConfig, r: TrainedRouter, m: OutcomeMatrix, train: np.ndarray,
+                   experts: list[str]) -> Any:
+    from export import daemon_policy
+
+    prices = daemon_policy.table_prices(cfg.table, m) | daemon_policy.parse_prices(cfg.price)
+    with np.errstate(invalid="ignore"):
+        means = {e: finite_mean(m.values["correct"][train, j]) for j, e in enumerate(m.experts)}
+    return daemon_policy.build(r, experts, prices, usd_per_correct=cfg.usd_per_correct,
+                               local_margin=cfg.local_margin, default_expert=cfg.default_expert,
+                               train_mean={e: v for e, v in means.items() if v is not None},
+                               max_tokens=cfg.max_tokens)
+
+
+def daemon_metrics(mt: OutcomeMatrix, q: np.ndarray, policy: Any,
+                   decisions: list[Any]) -> dict[str, Any]:
+    """The daemon's own choices on the test split: the share per expert (of every query,
+    as ``/v1/route`` would show), quality where the chosen expert has an outcome, the
+    expected cost beside the realised cost of the same choices (the table's row; capped:
+    its answer cut at max_tokens, what the same request would have been billed)."""
+    v = mt.values
+    pick = np.array([mt.experts.index(d.expert) for d in decisions])
+    rows = np.arange(len(pick))
+    got = q[rows, pick]
+    have = ~np.isnan(got)
+    cost = v["cost_usd"][rows, pick]
+    tin, tout = v["input_tokens"][rows, pick], v["output_tokens"][rows, pick]
+    capped = np.array([
+        0.0 if policy.kinds[e] == "local" else policy.prices[e].usd(a, min(b, policy.max_tokens))
+        if np.isfinite(a) and np.isfinite(b) else np.nan
+        for e, a, b in zip([d.expert for d in decisions], tin, tout, strict=True)])
+    priced = np.isfinite(cost)
+    expected = np.array([d.expected_cost_usd for d in decisions])
+    return {
+        "queries": len(pick),
+        "share": {e: float((pick == j).mean()) for j, e in enumerate(mt.experts)},
+        "default_expert": policy.default_expert,
+        "quality": float(got[have].mean()) if have.any() else None,
+        "scored_queries": int(have.sum()),
+        "expected_cost_usd": float(expected.mean()),
+        "realised_cost_usd": float(cost[priced].mean()) if priced.any() else None,
+        "expected_cost_usd_where_realised": float(expected[priced].mean()) if priced.any()
+        else None,
+        "realised_capped_cost_usd": float(np.nanmean(capped)) if np.isfinite(capped).any()
+        else None,
+        "priced_queries": int(priced.sum()),
+        "choices": [d.expert for d in decisions],
+    }
+
+
 def _add_cascade(result: dict[str, Any], m: OutcomeMatrix, mt: OutcomeMatrix, q: np.ndarray,
-                 train: np.ndarray, scores: dict[str, np.ndarray]) -> None:
+                 train: np.ndarray, scores: dict[str, np.ndarray],
+                 costs: dict[str, np.ndarray]) -> None:
     """The local-first cascade at the daemon's default band, threshold and usd_per_correct
     (``export.cascade_sim``), beside route-only at the same V and at equal spend, with the
     curves. Only for a table whose local answers have a recorded confidence and that has
     a priced expert."""
     from agent.cascade import CascadeRule
-    from agent.settings import (
-        DEFAULT_CASCADE_BAND,
-        DEFAULT_CASCADE_THRESHOLD,
-        DEFAULT_USD_PER_CORRECT,
-    )
+    from agent.settings import DEFAULT_CASCADE_BAND, DEFAULT_CASCADE_THRESHOLD
     from export import cascade_sim
-    from export.calibrate import VALUES
 
-    cost_train = m.values["cost_usd"][train]
-    if np.isnan(cost_train).all() or not cascade_sim.local_experts(mt.values).any():
+    if not cascade_sim.local_experts(mt.values).any():
         return
-    mean_cost = np.nan_to_num(_mean_cost(m, cost_train))
-    if not (mean_cost > 0).any():
+    if not any((c > 0).any() for c in costs.values()):
         return
     rule = CascadeRule(DEFAULT_CASCADE_BAND, DEFAULT_CASCADE_THRESHOLD)
     result["cascade"] = {
         "rule": {"band": rule.band, "threshold": rule.threshold, "signal": rule.signal},
         "usd_per_correct": DEFAULT_USD_PER_CORRECT,
-        "routers": {name: cascade_sim.compare(mt.values, q, sc, mean_cost,
+        "routers": {name: cascade_sim.compare(mt.values, q, sc, costs[name],
                                               DEFAULT_USD_PER_CORRECT, rule, VALUES)
                     for name, sc in scores.items()},
     }
@@ -277,6 +335,7 @@ def _add_curves(
     train: np.ndarray,
     scores: dict[str, np.ndarray],
     weights: dict[str, np.ndarray],
+    costs: dict[str, np.ndarray],
 ) -> None:
     """Cost-quality curves and the acceptance figures, each router against each expert on
     the queries that expert has an outcome for (paired).
@@ -291,16 +350,13 @@ def _add_curves(
     strongest = max(experts, key=lambda k: experts[k]["quality"])
     result["strongest_expert"] = strongest
     result["curves"], result["acceptance"] = {}, {}
-    cost_train = m.values["cost_usd"][train]
-    has_cost = not np.isnan(cost_train).all()
-    mean_cost = _mean_cost(m, cost_train) if has_cost else None
     covered = {e: ~np.isnan(q[:, mt.experts.index(e.removeprefix("expert:"))]) for e in experts}
     for name, sc in scores.items():
         w = weights[name]
         versus = {}
         for e, rows in covered.items():
             idx = np.flatnonzero(rows)
-            per_q = _per_query(w[idx], q[idx])
+            per_q = per_query(w[idx], q[idx])
             diff = per_q - q[idx, mt.experts.index(e.removeprefix("expert:"))]
             versus[e] = {
                 "queries": len(idx),
@@ -313,37 +369,16 @@ def _add_curves(
             for v in versus.values()
         )
         verdict: dict[str, Any] = {"versus_experts": versus, "beats_every_expert": beats}
-        if mean_cost is not None:
-            result["curves"][name] = cost_curve(mt, q, sc, mean_cost)
+        cost = costs[name]
+        if (cost > 0).any():
+            result["curves"][name] = cost_curve(mt, q, sc, cost)
             s = experts[strongest]
             idx = np.flatnonzero(covered[strongest])
-            paired = cost_curve(mt.subset(idx), q[idx], sc[idx], mean_cost)
+            paired = cost_curve(mt.subset(idx), q[idx], sc[idx], cost[idx])
             if s["cost_usd"] is not None:
                 verdict.update(curve_verdict(paired, s["quality"], s["cost_usd"]))
                 verdict["paired_queries"] = len(idx)
         result["acceptance"][name] = verdict
-
-
-def paired_ci(diff: np.ndarray, resamples: int = 2000, seed: int = 0) -> list[float] | None:
-    """95% bootstrap interval of the mean per-query difference (router minus expert).
-
-    Why: on a test split of a hundred queries one query moves a mean by about 0.01, so a
-    "win" or a "tie" means little without its interval; resampling the queries (seeded,
-    so a report is reproducible) shows how far the difference could move."""
-    d = np.asarray(diff, dtype=float)
-    d = d[np.isfinite(d)]
-    if d.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
-
-
-def _mean_cost(m: OutcomeMatrix, cost_train: np.ndarray) -> np.ndarray:
-    """Each expert's mean training cost in USD (unknown: the priciest's, to be safe)."""
-    known = [finite_mean(cost_train[:, j]) for j in range(len(m.experts))]
-    top = max(c for c in known if c is not None)
-    return np.array([top if c is None else c for c in known])
 
 
 def _json_safe(x: Any) -> Any:

@@ -84,11 +84,13 @@ def spread(queries: list[Any], n: int) -> list[Any]:
 
 def _worst_usd(cfg: Any, q: Any) -> float:
     """The most one calibration call can cost (prompt upper bound + its max_tokens)."""
-    from agent.runtime import prompt_tokens_upper_bound
+    from agent.prompt_size import prompt_size
+    from cloud_bridge.usage import Prices
 
-    tokens = prompt_tokens_upper_bound([{"role": "user", "content": q.prompt}])
-    return (tokens * getattr(cfg, "input_usd_per_mtok", 0.0)
-            + MAX_TOKENS.get(q.dataset, 256) * getattr(cfg, "output_usd_per_mtok", 0.0)) / 1e6
+    tokens = prompt_size([{"role": "user", "content": q.prompt}]).upper_bound
+    prices = Prices(getattr(cfg, "input_usd_per_mtok", 0.0),
+                    getattr(cfg, "output_usd_per_mtok", 0.0))
+    return prices.usd(tokens, MAX_TOKENS.get(q.dataset, 256))
 
 
 def _confirm(cost: float, args: argparse.Namespace) -> None:

@@ -208,11 +208,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pull of theta toward the prior")
     f.add_argument("--l2-bias", type=float, default=DEFAULT_L2_BIAS,
                    help="pull of the bias toward the prior")
+    from export import length_fit
+
+    length_fit.add_arguments(sub.add_parser(
+        "lengths", help="fit experts' answer-length models (what prices their answers)"))
 
 
 def run(args: argparse.Namespace) -> int:
     from export.labels import build_matrix, split_indices
     from export.table import read_table
+
+    if args.profile_command == "lengths":
+        from export import length_fit
+
+        return length_fit.run(args)
 
     src = FeatureSource.open(args.router)
     m = build_matrix(read_table(args.table))

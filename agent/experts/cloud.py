@@ -31,6 +31,11 @@ class CloudCallError(ExpertCallError):
     """A cloud call failed (``usage`` and ``retry_after_s`` as on ExpertCallError)."""
 
 
+def cloud_prices(cfg: CloudExpertSettings) -> Prices:
+    return Prices(cfg.input_usd_per_mtok, cfg.output_usd_per_mtok,
+                  cfg.cached_input_usd_per_mtok)
+
+
 def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
     """The bridge's view of one configured expert; reads the key file once, here."""
     try:
@@ -42,8 +47,7 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
         base_url=cfg.base_url,
         model=cfg.model,
         api_key=key,
-        prices=Prices(cfg.input_usd_per_mtok, cfg.output_usd_per_mtok,
-                      cfg.cached_input_usd_per_mtok),
+        prices=cloud_prices(cfg),
         timeouts=Timeouts(
             connect_s=cfg.connect_timeout_s,
             first_token_s=cfg.first_token_timeout_s,
@@ -59,6 +63,22 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
     )
 
 
+def cloud_info(cfg: CloudExpertSettings, prices: Prices | None = None) -> ExpertInfo:
+    """What the router and the policy know of a configured cloud expert, without calling it
+    or reading its key (``edgeroute route`` decides from this alone)."""
+    return ExpertInfo(
+        name=cfg.name,
+        kind="cloud",
+        model=cfg.model,
+        prices=prices or cloud_prices(cfg),
+        fallback_to_local=cfg.fallback_to_local,
+        extra={"base_url": cfg.base_url, "streaming": cfg.streaming},
+        context_tokens=cfg.context_tokens,
+        tools=cfg.tools,
+        json_mode=cfg.json_mode,
+    )
+
+
 class CloudExpert:
     """One cloud expert. Build with :meth:`from_settings`."""
 
@@ -70,18 +90,7 @@ class CloudExpert:
     def from_settings(cls, cfg: CloudExpertSettings, settings: Settings) -> CloudExpert:
         """Raises ConfigError (one line at start-up) for an unreadable key file."""
         endpoint = endpoint_from_settings(cfg)
-        info = ExpertInfo(
-            name=cfg.name,
-            kind="cloud",
-            model=cfg.model,
-            prices=endpoint.prices,
-            fallback_to_local=cfg.fallback_to_local,
-            extra={"base_url": cfg.base_url, "streaming": cfg.streaming},
-            context_tokens=cfg.context_tokens,
-            tools=cfg.tools,
-            json_mode=cfg.json_mode,
-        )
-        return cls(info, BridgeClient(endpoint))
+        return cls(cloud_info(cfg, endpoint.prices), BridgeClient(endpoint))
 
     def __repr__(self) -> str:
         return f"CloudExpert({self.client!r})"

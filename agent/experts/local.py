@@ -70,6 +70,27 @@ def _context_checked(info: ExpertInfo) -> Iterator[None]:
         raise
 
 
+def local_info(settings: LocalExpertSettings, model: str, *,
+               extra: dict[str, Any] | None = None, concurrency: int = 1) -> ExpertInfo:
+    """What the router and the policy know of a local expert (``edgeroute route`` decides
+    from this without loading the model)."""
+    return ExpertInfo(name=settings.name, kind="local", model=model, extra=extra or {},
+                      context_tokens=settings.n_ctx, tools=local_tools(settings),
+                      json_mode=settings.json_mode, concurrency=concurrency)
+
+
+def count_prompt_tokens(llama: Any, messages: list[Message]) -> int:
+    """A model's own count of a chat prompt, from above: its tokenizer on each message plus
+    a margin for the chat template's markers and default system prompt. Much tighter than
+    the byte bound, so a 2,048-token context is not refused a prompt of 1,500 characters.
+    ``llama`` may be a vocabulary-only load."""
+    total = TEMPLATE_MARGIN
+    for m in messages:
+        text = m.get("content", "").encode("utf-8", "replace")
+        total += len(llama.tokenize(text, add_bos=False, special=False)) + MESSAGE_MARGIN
+    return total
+
+
 def _context_checked_iter(info: ExpertInfo, chunks: Iterable[Any]) -> Iterator[Any]:
     with _context_checked(info):
         yield from chunks
@@ -127,24 +148,16 @@ class LocalExpert:
                                  n_ctx_per_seq=per_seq, n_threads=threads, decode=decode,
                                  prompt_cache=settings.prompt_cache)
         slots = settings.n_parallel if engine is not None else 1
-        info = ExpertInfo(name=settings.name, kind="local", model=str(path),
-                          extra={"n_threads": threads, "n_parallel": slots,
-                                 "n_ctx_per_seq": per_seq if engine is not None else None},
-                          context_tokens=settings.n_ctx, tools=local_tools(settings),
-                          json_mode=settings.json_mode, concurrency=slots)
+        info = local_info(settings, str(path), extra={
+            "n_threads": threads, "n_parallel": slots,
+            "n_ctx_per_seq": per_seq if engine is not None else None}, concurrency=slots)
         return cls(info, llama, path, threads, engine=engine, template=template,
                    seed=settings.seed, decode=decode, owns_decode=owned)
 
     def prompt_tokens(self, messages: list[Message]) -> int:
-        """This model's own count of a chat prompt, from above: its tokenizer on each
-        message plus a margin for the chat template's markers and default system prompt.
-        Much tighter than the byte bound, so a 2,048-token context is not refused a
-        prompt of 1,500 characters. The vocabulary is read-only: safe beside generation."""
-        total = TEMPLATE_MARGIN
-        for m in messages:
-            text = m.get("content", "").encode("utf-8", "replace")
-            total += len(self.llama.tokenize(text, add_bos=False, special=False)) + MESSAGE_MARGIN
-        return total
+        """This model's own count of a chat prompt (:func:`count_prompt_tokens`). The
+        vocabulary is read-only: safe beside generation."""
+        return count_prompt_tokens(self.llama, messages)
 
     def available(self) -> bool:
         """A loaded model can always take a call (admission queues them)."""

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from agent.policy import ExpertState, Request, decide, missing_capability
+from cloud_bridge.usage import Prices
 from tests.agent.conftest import running_daemon
 from tests.conftest import free_port
 
@@ -48,7 +49,7 @@ def _ask(text: str, **over: Any) -> dict[str, Any]:
 
 def test_policy_excludes_an_expert_whose_context_is_too_small() -> None:
     experts = {"local": ExpertState("local", "local", context_tokens=2048, prompt_tokens=3100),
-               "cloud": ExpertState("cloud", "cloud", 1.0, 1.0, context_tokens=128_000)}
+               "cloud": ExpertState("cloud", "cloud", Prices(1.0, 1.0), context_tokens=128_000)}
     req = Request(None, prompt_tokens=12_000, max_tokens=64)
     assert missing_capability(experts["local"], req) == (
         "messages", "prompt of up to 3100 tokens + max_tokens 64 > context of 2048")
@@ -108,7 +109,8 @@ def test_default_max_tokens_is_clamped_to_a_lower_cap(local_only: str) -> None:
 
 def test_policy_routes_tools_and_json_only_to_experts_that_declare_them() -> None:
     experts = {"local": ExpertState("local", "local", tools=False, json_mode=True),
-               "cloud": ExpertState("cloud", "cloud", 1.0, 1.0, tools=True, json_mode=False)}
+               "cloud": ExpertState("cloud", "cloud", Prices(1.0, 1.0), tools=True,
+                                    json_mode=False)}
     tools = Request(None, prompt_tokens=100, max_tokens=16, tools=True)
     assert decide({}, experts, tools, default_expert="local", mode="fixed").expert == "cloud"
     json_req = Request(None, prompt_tokens=100, max_tokens=16, json_mode=True)

@@ -90,9 +90,9 @@ def test_an_unsure_local_answer_is_escalated_and_only_the_cloud_call_is_charged(
         # One cloud call is billed (this peer streams no usage, so the ledger bills the
         # prompt's upper bound), never more than one call's worst case; the local attempt
         # costs nothing.
-        from agent.ledger import prompt_tokens_upper_bound
+        from agent.prompt_size import prompt_size
 
-        bound = prompt_tokens_upper_bound([{"role": "user", "content": QUESTION}])
+        bound = prompt_size([{"role": "user", "content": QUESTION}]).upper_bound
         spent = _spend(client)
         assert 0 < spent <= (bound * 10 + 8 * 30) / 1e6 + 1e-12
         metrics = client.get("/metrics").text

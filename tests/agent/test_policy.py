@@ -11,6 +11,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from agent.policy import ExpertState, Request, Weights, decide
+from cloud_bridge.usage import Prices
 
 NAMES = ["local-a", "local-b", "cloud-x", "cloud-y", "cloud-z"]
 price = st.floats(0, 50, allow_nan=False)
@@ -24,8 +25,7 @@ def experts_st(draw):
         local = n.startswith("local")
         out[n] = ExpertState(
             name=n, kind="local" if local else "cloud",
-            input_usd_per_mtok=0.0 if local else draw(price),
-            output_usd_per_mtok=0.0 if local else draw(price),
+            prices=Prices() if local else Prices(draw(price), draw(price)),
             available=draw(st.booleans()),
             latency_s=draw(st.one_of(st.none(), st.floats(0.01, 20))),
             remaining_usd=None if local else draw(maybe_money),
@@ -49,7 +49,8 @@ weights_st = st.builds(Weights, st.floats(0, 5), st.one_of(st.none(), st.floats(
 def worst_case_usd(e: ExpertState, req: Request) -> float:
     """The most the request can cost on ``e``: the prompt at the input price plus every
     allowed output token at the output price (prices per million tokens)."""
-    return (req.prompt_tokens * e.input_usd_per_mtok + req.max_tokens * e.output_usd_per_mtok) / 1e6
+    return (req.prompt_tokens * e.prices.input_usd_per_mtok
+            + req.max_tokens * e.prices.output_usd_per_mtok) / 1e6
 
 
 def fits(e: ExpertState, req: Request) -> bool:
@@ -112,8 +113,7 @@ def test_utility_counts_cost_in_correct_answers() -> None:
 
 def test_a_cheap_expert_wins_unless_the_dear_one_is_worth_its_price() -> None:
     experts = {"local": ExpertState("local", "local"),
-               "cloud": ExpertState("cloud", "cloud", input_usd_per_mtok=10,
-                                    output_usd_per_mtok=30)}
+               "cloud": ExpertState("cloud", "cloud", Prices(10, 30))}
     req = Request(None, prompt_tokens=1000, max_tokens=100)  # cloud costs $0.013
     scores = {"local": 0.3, "cloud": 0.9}
     pick = lambda v: decide(scores, experts, req, weights=Weights(1.0, v, 0),  # noqa: E731
@@ -149,7 +149,7 @@ def test_a_request_limit_only_tightens(experts, req, w) -> None:
 def test_requested_cloud_over_budget_goes_to_best_fit() -> None:
     experts = {
         "local": ExpertState("local", "local"),
-        "gpt": ExpertState("gpt", "cloud", 10.0, 30.0, remaining_usd=0.0),
+        "gpt": ExpertState("gpt", "cloud", Prices(10.0, 30.0), remaining_usd=0.0),
     }
     d = decide({}, experts, Request("gpt", 100, 100), default_expert="local", mode="fixed")
     assert d.expert == "local" and d.fallback_from == "gpt"
@@ -168,7 +168,7 @@ def test_fixed_mode_uses_default_expert() -> None:
 )
 def test_request_cost_limit_is_inclusive_at_the_worst_case(limit, ok) -> None:
     """100 prompt tokens at $10/M plus 100 output tokens at $30/M: $0.004 at worst."""
-    experts = {"gpt": ExpertState("gpt", "cloud", 10.0, 30.0)}
+    experts = {"gpt": ExpertState("gpt", "cloud", Prices(10.0, 30.0))}
     d = decide({}, experts, Request(None, 100, 100, max_cost_usd=limit),
                default_expert="gpt", mode="onnx")
     assert d.refused is not ok
@@ -180,7 +180,7 @@ def test_unavailable_too_slow_and_over_budget_experts_are_skipped() -> None:
         "down": ExpertState("down", "cloud", available=False),
         "slow": ExpertState("slow", "local", latency_s=1.001),
         "at-limit": ExpertState("at-limit", "local", latency_s=1.0),
-        "broke": ExpertState("broke", "cloud", 1.0, 1.0, remaining_usd=0.0),
+        "broke": ExpertState("broke", "cloud", Prices(1.0, 1.0), remaining_usd=0.0),
         "ok": ExpertState("ok", "local", latency_s=0.5),
     }
     scores = {"down": 0.9, "slow": 0.8, "broke": 0.7, "at-limit": 0.2, "ok": 0.1}
@@ -224,7 +224,7 @@ def test_between_local_experts_another_must_beat_the_default_by_the_margin(score
 
 def test_the_margin_is_said_when_it_keeps_the_default_and_spares_the_cloud() -> None:
     experts = {"qwen": ExpertState("qwen", "local"), "smol": ExpertState("smol", "local"),
-               "gpt": ExpertState("gpt", "cloud", 1.0, 1.0)}
+               "gpt": ExpertState("gpt", "cloud", Prices(1.0, 1.0))}
     req = Request(None, 100, 100)
     w = Weights(local_margin=0.1)
     kept = decide({"qwen": 0.30, "smol": 0.35, "gpt": 0.0}, experts, req, weights=w,
@@ -238,3 +238,59 @@ def test_the_margin_is_said_when_it_keeps_the_default_and_spares_the_cloud() -> 
     # a cloud default makes no local expert sticky
     assert decide({"qwen": 0.30, "smol": 0.35, "gpt": 0.0}, experts, req, weights=w,
                   default_expert="gpt", mode="profile").expert == "smol"
+
+
+# -- what the utility weighs: the expected answer, not max_tokens ---------------------------
+def expected_usd(e: ExpertState, req: Request) -> float:
+    """README: a typical count of the prompt plus the answer the expert is expected to give
+    (never more than max_tokens), at its prices; budgets still reserve the worst case."""
+    out = req.max_tokens if e.expected_output_tokens is None else min(
+        req.max_tokens, e.expected_output_tokens)
+    typical = req.expected_prompt_tokens or req.prompt_tokens
+    return (typical * e.prices.input_usd_per_mtok + out * e.prices.output_usd_per_mtok) / 1e6
+
+
+@st.composite
+def priced_experts_st(draw):
+    """Experts with an expected answer length, no budget, always available."""
+    out = {}
+    for n in draw(st.lists(st.sampled_from(NAMES), min_size=1, unique=True)):
+        local = n.startswith("local")
+        out[n] = ExpertState(n, "local" if local else "cloud",
+                             Prices() if local else Prices(draw(price), draw(price)),
+                             expected_output_tokens=draw(st.floats(0, 400)))
+    return out
+
+
+@given(scores_st, priced_experts_st(), st.integers(1, 3000), st.integers(0, 2000),
+       st.integers(400, 4096), st.integers(400, 4096), st.floats(1e-4, 1))
+def test_max_tokens_above_the_expected_answers_changes_no_choice(scores, experts, bound,
+                                                                 typical, m1, m2, v) -> None:
+    """The defect this policy had (README): every answer was priced at max_tokens, so a
+    request's max_tokens, not the answer it would get, chose between local and cloud. With
+    every expert's expected answer shorter than both, the choice is the same for both."""
+    typical = min(typical, bound)
+    a, b = (decide(scores, experts, Request(None, bound, m, expected_prompt_tokens=typical),
+                   weights=Weights(1.0, v), default_expert=next(iter(experts)),
+                   mode="profile") for m in (m1, m2))
+    assert a.expert == b.expert
+    assert a.expected_cost_usd == pytest.approx(b.expected_cost_usd, rel=1e-9, abs=1e-15)
+
+
+@given(scores_st, priced_experts_st(), st.integers(1, 3000), st.integers(0, 3000),
+       st.integers(1, 4096), st.one_of(st.none(), st.floats(1e-4, 1)))
+def test_each_expert_is_priced_as_the_readme_says(scores, experts, bound, typical, m,
+                                                  v) -> None:
+    """Every expert's expected cost in ``routing.experts`` is the README's formula, never
+    above what a budget reserves for it, and the chosen one is the best utility."""
+    req = Request(None, bound, m, expected_prompt_tokens=min(typical, bound) or None)
+    d = decide(scores, experts, req, weights=Weights(1.0, v),
+               default_expert=next(iter(experts)), mode="profile")
+    for n, e in experts.items():
+        a = d.assessed[n]
+        assert a.expected_cost_usd == pytest.approx(expected_usd(e, req), rel=1e-9, abs=1e-15)
+        assert a.expected_cost_usd <= a.worst_case_usd + 1e-15
+        assert a.worst_case_usd == pytest.approx(worst_case_usd(e, req), rel=1e-9, abs=1e-15)
+    best = max(a.utility for a in d.assessed.values() if a.utility is not None)
+    assert d.assessed[d.expert].utility == pytest.approx(best)
+    assert d.expected_cost_usd == d.assessed[d.expert].expected_cost_usd

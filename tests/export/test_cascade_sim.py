@@ -73,7 +73,7 @@ def test_validation_choice_and_the_equal_spend_comparison():
     # on these matrices the best rule is at least as good as route-only on its own queries
     assert chosen["utility"] >= chosen["route_only_utility"] - 1e-12
     rule = CascadeRule(**chosen["rule"])
-    from export.calibrate import VALUES
+    from export.scoring import VALUES
 
     res = cascade_sim.compare(values, q, scores, COST, 0.01, rule, VALUES)
     assert res["route_only_equal_spend"]["cost_usd"] <= res["cascade"]["cost_usd"] + 1e-12

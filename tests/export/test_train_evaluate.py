@@ -189,7 +189,7 @@ def test_evaluate_on_a_capped_test_sample(
 
 
 def test_paired_interval_is_seeded_and_narrows_with_more_queries() -> None:
-    from export.evaluate import paired_ci
+    from export.scoring import paired_ci
 
     rng = np.random.default_rng(1)
     small = rng.choice([-1.0, 0.0, 1.0], size=40, p=[0.2, 0.5, 0.3])

@@ -48,7 +48,7 @@ from study_common import (
     train_irt_on,
 )
 
-from export.evaluate import paired_ci
+from export.scoring import paired_ci
 from export.labels import build_matrix, labelled_rows, split_indices
 from export.routers.irt import IrtConfig, p_matrix, train_on_matrix
 from export.table import read_table

@@ -20,7 +20,7 @@ from study_common import (
     sources_of,
 )
 
-from export.evaluate import paired_ci
+from export.scoring import paired_ci
 from export.labels import build_matrix, labelled_rows, split_indices
 from export.table import read_table
 
