@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.importers import GPT4, MIXTRAL, ROUTELLM_MODELS, ROUTERBENCH_MODELS, SOURCE_GRADERS
+from export.table_sources import GPT4, MIXTRAL, ROUTELLM_MODELS, ROUTERBENCH_MODELS, SOURCE_GRADERS
 
 COLLECTED = "collected"
 EXPERT_ALIASES: dict[str, str] = {**ROUTERBENCH_MODELS, **ROUTELLM_MODELS}

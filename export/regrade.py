@@ -37,11 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from export.datasets import LOADERS, Query, load_dataset, normalise_text
-from export.importers import RB_DATASETS, _arc_stem, _literal, routerbench_rows
+from export.importers import _arc_stem, _literal, routerbench_rows
 from export.metrics import GRADERS, LETTERS, arc_choice, grade, grade_gsm8k
 from export.pool import COLLECTED, infer_provenance
+from export.table_sources import RB_DATASETS, UNLICENSED
 
-UNLICENSED = frozenset({"routerbench", "routerdc"})
 _OPTION = re.compile(r"(?m)^([A-E])\) (.*)$")
 OUTCOMES = ("re-graded, same", "changed", "dropped", "kept source grader", "already current")
 

@@ -19,9 +19,9 @@ from export.importers import (
     cost_at,
     join_cloud,
     joinable_filters,
-    run,
 )
 from export.table import read_table, write_table
+from export.table_cli import run
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -93,6 +93,12 @@ def test_bad_csv_names_file_and_line(tmp_path: Path) -> None:
         list(IMPORTERS["routerbench"](tmp_path))
 
 
+def test_every_table_is_registered_under_its_source_name() -> None:
+    from export.table_sources import SOURCE_GRADERS, SOURCES
+
+    assert tuple(IMPORTERS) == SOURCES and set(SOURCE_GRADERS) == set(SOURCES)
+
+
 def test_cli_import_without_bertsim(tmp_path: Path) -> None:
     out = tmp_path / "arena.jsonl"
     args = argparse.Namespace(table_cmd="import", sources=["routerarena"], out=out,
@@ -103,7 +109,7 @@ def test_cli_import_without_bertsim(tmp_path: Path) -> None:
 
 
 def test_summary_lists_each_expert_and_dataset() -> None:
-    from export.importers import summary_markdown
+    from export.table_cli import summary_markdown
 
     rows = [
         {"expert": "a", "dataset": "x", "bertsim": 0.5, "correct": 1.0, "cost_usd": 0.0,
@@ -118,7 +124,7 @@ def test_summary_lists_each_expert_and_dataset() -> None:
 
 
 def test_select_keeps_experts_and_complete_queries() -> None:
-    from export.importers import select_experts
+    from export.table_cli import select_experts
 
     rows = [
         {"query_id": "q1", "expert": "a"}, {"query_id": "q1", "expert": "b"},
@@ -136,7 +142,7 @@ def test_select_names_unknown_experts() -> None:
     import pytest
 
     from export.errors import TableError
-    from export.importers import select_experts
+    from export.table_cli import select_experts
 
     with pytest.raises(TableError, match="zzz"):
         select_experts([{"query_id": "q", "expert": "a"}], "a,zzz", complete=False)

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from export.datasets import load_dataset
-from export.importers import GPT4, IMPORTERS, MIXTRAL, run
+from export.importers import GPT4, IMPORTERS, MIXTRAL
 from export.pool import infer_provenance, pool_rows, pool_tables, question_key
 from export.table import read_table, write_table
+from export.table_cli import run
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from export.datasets import load_dataset
-from export.importers import GPT4, MIXTRAL, join_cloud, run
+from export.importers import GPT4, MIXTRAL, join_cloud
 from export.metrics import GRADERS
 from export.regrade import map_arc_answer, regrade_rows
 from export.table import read_table, write_table
+from export.table_cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
