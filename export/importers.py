@@ -2,15 +2,16 @@
 collected table. The ``edgeroute table`` commands that use them are ``export.table_cli``.
 
 :data:`IMPORTERS` converts each staged public table in ``../shared/data/routing-*``
-(RouterBench slice, RouteLLM GSM8K/MMLU, RouterDC 7B, RouterArena) as it is, one row per
-(query, model), each row naming its ``source`` table and the source's ``grader``. ``join`` adds the
+(RouterBench slice, RouteLLM GSM8K/MMLU, RouterDC 7B, RouterArena, ZeroEval
+(``export.zeroeval``), MMLU-Pro (``export.mmlu_pro``)) as it is, one row per (query,
+model), each row naming its ``source`` table and the source's ``grader``. ``join`` adds the
 cloud models of the RouterBench slice and RouteLLM (GPT-4-1106 and Mixtral-8x7B) to a
 table that ``collect`` made from the same queries, matched by normalised question text
 (ARC, MBPP) or by row order (GSM8K, which RouteLLM keeps in the test file's order); see
 each folder's SOURCE.md.
 
-Costs and tokens. RouterBench gives USD per query, RouterArena gives tokens and USD; the
-others give neither. Where tokens are missing they
+Costs and tokens. RouterBench gives USD per query, RouterArena gives tokens and USD,
+ZeroEval the length of each reply; the others give neither. Where tokens are missing they
 are estimated as ceil(chars / 4) (``export.table_sources.estimate_tokens``). Prices per 1M
 tokens (input, output), used where a source gives no cost:
 
@@ -38,6 +39,7 @@ from typing import Any
 
 from export.datasets import Query, load_dataset, normalise_text, shared_data_dir
 from export.errors import DatasetError
+from export.mmlu_pro import import_mmlu_pro
 from export.table_sources import (
     GPT4,
     MIXTRAL,
@@ -48,6 +50,7 @@ from export.table_sources import (
     cut_response,
     estimate_tokens,
 )
+from export.zeroeval import import_zeroeval
 
 PRICES: dict[str, tuple[float, float]] = {GPT4: (10.0, 30.0), MIXTRAL: (0.60, 0.60)}
 
@@ -232,6 +235,8 @@ IMPORTERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
     "routellm-mmlu": import_routellm_mmlu,
     "routerdc": import_routerdc,
     "routerarena": import_routerarena,
+    "zeroeval": import_zeroeval,
+    "mmlu-pro": import_mmlu_pro,
 }
 
 

@@ -31,8 +31,8 @@ def _no_decision(rows: list[dict[str, Any]]) -> str:
 
 def summary_markdown(rows: list[dict[str, Any]]) -> str:
     """Per (source, dataset, expert): rows, mean correctness, grader(s), PubMedQA replies
-    with no decision, mean BERTSim / NLL / latency / cost. Rows without a source (older
-    tables) show ``-``."""
+    with no decision, mean BERTSim / NLL / latency / cost / output tokens (and how many rows
+    give output tokens). Rows without a source (older tables) show ``-``."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for r in rows:
         key = (str(r.get("source") or "-"), r["dataset"], r["expert"])
@@ -43,15 +43,17 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
         return format(sum(vals) / len(vals), fmt) if vals else "-"
 
     lines = ["| source | dataset | expert | rows | correct | grader | no decision | BERTSim | NLL "
-             "| latency s | cost USD/query |",
-             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+             "| latency s | cost USD/query | output tokens (rows with) |",
+             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for (source, dataset, expert), items in sorted(groups.items()):
         graders = ", ".join(sorted({str(r.get("grader") or "-") for r in items}))
+        with_tokens = sum(r.get("output_tokens") is not None for r in items)
         lines.append(
             f"| {source} | {dataset} | {expert} | {len(items)} | {mean(items, 'correct', '.3f')} "
             f"| {graders} | {_no_decision(items)} | {mean(items, 'bertsim', '.3f')} | "
             f"{mean(items, 'nll', '.1f')} | "
-            f"{mean(items, 'latency_s', '.2f')} | {mean(items, 'cost_usd', '.6f')} |"
+            f"{mean(items, 'latency_s', '.2f')} | {mean(items, 'cost_usd', '.6f')} | "
+            f"{mean(items, 'output_tokens', '.0f')} ({with_tokens}) |"
         )
     return "\n".join(lines)
 
