@@ -6,8 +6,9 @@
   from llama.cpp logits of one eval over prompt + answer tokens (``logits_all=True``).
   ``create_completion(echo=True)`` is not used: in llama-cpp-python 0.3.36 its prompt
   logprobs are shifted by one token for models that add no BOS token.
-- Correctness: exact-answer graders (ARC letter, GSM8K number, PubMedQA decision) and
-  MBPP's asserts run in a subprocess with a timeout.
+- Correctness: exact-answer graders (ARC letter, GSM8K number, PubMedQA decision; the
+  CRUXEval, MATH and MMLU-Pro final answers of ``export.final_answers``) and MBPP's asserts
+  run in a subprocess with a timeout.
 
 torch and transformers are imported inside functions only: the CLI imports this module's
 callers to register commands, and that must stay cheap.
@@ -26,6 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from export.datasets import LETTERS, Query
+from export.final_answers import (
+    cruxeval_readings,
+    grade_cruxeval,
+    grade_math,
+    grade_mmlu_pro,
+    math_answer,
+    mmlu_pro_letter,
+)
 from export.routers.encoder import mean_pool, minilm_dir
 
 MAX_ENCODER_TOKENS = 256
@@ -148,6 +157,9 @@ GRADERS: dict[str, str] = {
     "mbpp": "edgeroute-mbpp/1",
     "pubmedqa": "edgeroute-pubmedqa/2",
     "mmlu": "edgeroute-mmlu/1",  # ARC's rules (arc_choice) on MMLU's options
+    "cruxeval": "edgeroute-cruxeval/1",  # export.final_answers
+    "math": "edgeroute-math/1",
+    "mmlu-pro": "edgeroute-mmlu-pro/1",
 }
 
 
@@ -324,20 +336,33 @@ def grade(query: Query, response: str) -> float | None:
         return grade_gsm8k(response, query.answer)
     if query.dataset == "pubmedqa":
         return grade_pubmedqa(response, query.answer)
+    if query.dataset == "cruxeval":
+        return grade_cruxeval(response, query.answer)
+    if query.dataset == "math":
+        return grade_math(response, query.answer)
+    if query.dataset == "mmlu-pro":
+        return grade_mmlu_pro(response, query.answer, len(query.extra.get("choices", ())) or 10)
     return None
 
 
 def answer_check(dataset: str, response: str, setup: str = "") -> float | None:
     """1.0/0.0: whether a reply passes its dataset's check that needs no reference answer
     (the cascade's cheap verifier); None for a dataset without one. ARC/MMLU: it states
-    an option letter; GSM8K: it states a number; PubMedQA: it states a decision; MBPP: its
-    code runs (the definitions, no asserts, a fresh Python, 10 s)."""
+    an option letter; GSM8K: it states a number; PubMedQA: it states a decision; CRUXEval,
+    MATH, MMLU-Pro: it states a final answer; MBPP: its code runs (the definitions, no
+    asserts, a fresh Python, 10 s)."""
     if dataset in ("arc", "mmlu"):
         return float(_stated_letter(response.strip()) is not None)
     if dataset == "gsm8k":
         return float(extract_number(response) is not None)
     if dataset == "pubmedqa":
         return float(pubmedqa_decision(response) is not None)
+    if dataset == "cruxeval":
+        return float(bool(cruxeval_readings(response)))
+    if dataset == "math":
+        return float(math_answer(response) is not None)
+    if dataset == "mmlu-pro":
+        return float(mmlu_pro_letter(response) is not None)
     if dataset == "mbpp":
         code = extract_code(response)
         return run_mbpp_tests(code, [], setup) if code.strip() else 0.0

@@ -218,3 +218,19 @@ def test_mmlu_pro_rows(small_data: Path) -> None:
                                  "about business.") and "\nI. Unsafe practices" in r["query"]
     assert r["output_tokens"] is None and r["input_tokens"] > 0 and r["reference"] is None
     assert by[("mmlupro-71", "gpt-4o-2024-05-13")]["correct"] == 1.0
+
+
+def test_cli_imports_regrades_and_summarises_the_new_tables(small_data: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]
+                                                            ) -> None:
+    a, b = tmp_path / "a.jsonl.gz", tmp_path / "b.jsonl.gz"
+    assert run(argparse.Namespace(table_cmd="import", sources=["zeroeval", "mmlu-pro"], out=a,
+                                  no_bertsim=True, data_dir=small_data)) == 0
+    assert run(argparse.Namespace(table_cmd="regrade", table=a, out=b, data_dir=small_data)) == 0
+    assert run(argparse.Namespace(table_cmd="summary", table=b)) == 0
+    text = capsys.readouterr().out
+    assert ("| mmlu-pro | mmlu-pro | gpt-4o-2024-05-13 | 3 | 0.667 | edgeroute-mmlu-pro/1 |"
+            in text)
+    assert "| zeroeval | cruxeval | o1-mini-2024-09-12 | 2 |" in text
+    assert "edgeroute-math/1" in text and "edgeroute-gsm8k/1" in text
+    assert " (2) |" in text and " - (0) |" in text  # output tokens: ZeroEval has, MMLU-Pro not
