@@ -32,6 +32,7 @@ from export.final_answers import (
     grade_cruxeval,
     grade_math,
     grade_mmlu_pro,
+    json_answer,
     math_answer,
     mmlu_pro_letter,
 )
@@ -150,10 +151,11 @@ class NllScorer:
 # Name/version of each grader, stored in the table's ``grader`` column. A change to what a
 # grader accepts bumps its version, so rows graded before and after can be told apart.
 # Version 1 of ARC took the letter even where its text was another option's; version 1 of
-# PubMedQA took the first yes/no/maybe anywhere, echoed instructions included.
+# PubMedQA took the first yes/no/maybe anywhere, echoed instructions included; version 1 of
+# GSM8K read no JSON answer (see extract_number).
 GRADERS: dict[str, str] = {
     "arc": "edgeroute-arc/2",
-    "gsm8k": "edgeroute-gsm8k/1",
+    "gsm8k": "edgeroute-gsm8k/2",
     "mbpp": "edgeroute-mbpp/1",
     "pubmedqa": "edgeroute-pubmedqa/2",
     "mmlu": "edgeroute-mmlu/1",  # ARC's rules (arc_choice) on MMLU's options
@@ -238,15 +240,29 @@ def grade_arc(response: str, letter: str, choices: Sequence[str] = ()) -> float:
     return float(choice is not None and LETTERS[choice] == letter)
 
 
+def _number_after(response: str, marker: str) -> str | None:
+    """The first number after the last ``marker``."""
+    m = _NUMBER.search(response.rsplit(marker, 1)[1]) if marker in response else None
+    return m.group(0) if m else None
+
+
 def extract_number(response: str) -> str | None:
-    """The final answer: after '####', else after 'answer is', else the last number."""
-    for marker in ("####", "answer is", "Answer:"):
-        if marker in response:
-            m = _NUMBER.search(response.rsplit(marker, 1)[1])
-            if m:
-                return m.group(0)
+    """The final answer (grader ``edgeroute-gsm8k/2``): after the last '####', else in the
+    last JSON ``"answer"`` (the number after its last '=', else its first: "35/7 = 5"),
+    else after the last 'answer is' / 'Answer:', else the last number.
+
+    Version 1 had no JSON rule: "The final answer is: {"reasoning": ..., "answer": "296"}"
+    gave the first number of the reasoning. That is how Llama-3.1 replied to ZeroEval's
+    JSON instruction, and it cost Llama-3.1-8B 11 points of GSM8K there (84.0 -> 72.7)."""
+    found = _number_after(response, "####")
+    stated = json_answer(response) if found is None else None
+    if stated is not None:
+        m = _NUMBER.search(stated[0].rsplit("=", 1)[-1]) or _NUMBER.search(stated[0])
+        found = m.group(0) if m else None
+    for marker in ("answer is", "Answer:"):
+        found = found or _number_after(response, marker)
     numbers = _NUMBER.findall(response)
-    return numbers[-1] if numbers else None
+    return found or (numbers[-1] if numbers else None)
 
 
 def grade_gsm8k(response: str, number: str) -> float:

@@ -1,4 +1,4 @@
-"""The CRUXEval, MATH and MMLU-Pro graders on real replies of the public tables.
+"""The CRUXEval, MATH, GSM8K and MMLU-Pro graders on real replies of the public tables.
 
 Each ZeroEval reply below is read from ``routing-zeroeval/`` by (task, item, model) and
 checked to end as quoted (a closing brace or fence aside); the grade is ours, and
@@ -25,7 +25,7 @@ from export.final_answers import (
     math_equal,
     mmlu_pro_letter,
 )
-from export.metrics import GRADERS, answer_check, grade
+from export.metrics import GRADERS, answer_check, grade, grade_gsm8k
 from export.zeroeval import crux_label, math_label
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -65,12 +65,24 @@ MATH = [
     (257, "Qwen2-7B-Instruct", '"answer": "6 * sqrt(2)"\n}', 0.0, 1.0),
     (184, "gemma-2-9b-it", '"answer": "-4, -5"\n}\n```', 0.0, 1.0),
 ]
+GSM = [
+    (0, "Athene-70B", '"answer": "18"\n}', 1.0, 1.0),
+    # "The final answer is: {json}": version 1 read the reasoning's first number (0)
+    (1272, "Meta-Llama-3.1-8B-Instruct", '"answer": "296"\n}', 1.0, 1.0),
+    # the number after the answer's last "="
+    (158, "gemma-2-2b-it", '"answer": "20 + 6 + 8 = 34"\n}\n```', 1.0, 0.0),
+    (823, "Yi-1.5-34B-Chat", '"answer": "14 points (first game) + 4 points (second game) = 18 '
+     'points"\n}\n```', 0.0, 1.0),
+]
+
+
 @pytest.fixture(scope="module")
 def replies() -> dict[tuple[str, int, str], dict[str, Any]]:
     """The rows of the cases above, read from the staged ZeroEval files."""
     wanted = {("crux", i, m) for i, m, *_ in CRUX} | {("math-l5", i, m) for i, m, *_ in MATH}
+    wanted |= {("gsm", i, m) for i, m, *_ in GSM}
     out = {}
-    for task in ("crux", "math-l5"):
+    for task in ("crux", "math-l5", "gsm"):
         needles = {f'"model": "{m}"' for t, _i, m in wanted if t == task}
         with gzip.open(SHARED / "routing-zeroeval" / f"{task}.jsonl.gz", "rt") as f:
             for line in f:
@@ -85,7 +97,7 @@ def replies() -> dict[tuple[str, int, str], dict[str, Any]]:
 
 def test_grader_names() -> None:
     assert GRADERS["cruxeval"] == "edgeroute-cruxeval/1" and GRADERS["math"] == "edgeroute-math/1"
-    assert GRADERS["mmlu-pro"] == "edgeroute-mmlu-pro/1"
+    assert GRADERS["mmlu-pro"] == "edgeroute-mmlu-pro/1" and GRADERS["gsm8k"] == "edgeroute-gsm8k/2"
 
 
 @pytest.mark.parametrize("item,model,tail,ours,zeroeval", CRUX)
@@ -104,6 +116,15 @@ def test_math_real_replies(item: int, model: str, tail: str, ours: float, zeroev
     assert tail in row["output"][-len(tail) - 12:]
     assert grade_math(row["output"], row["gold"]) == ours
     assert math_label(row["extracted"], row["gold"]) == zeroeval
+
+
+@pytest.mark.parametrize("item,model,tail,ours,zeroeval", GSM)
+def test_gsm8k_real_replies(item: int, model: str, tail: str, ours: float, zeroeval: float,
+                            replies: dict[tuple[str, int, str], dict[str, Any]]) -> None:
+    row = replies[("gsm", item, model)]
+    assert tail in row["output"][-len(tail) - 12:]
+    assert grade_gsm8k(row["output"], row["gold"].strip("# ")) == ours
+    assert row["correct"] == zeroeval
 
 
 @pytest.mark.parametrize("a,b,equal", [

@@ -232,5 +232,5 @@ def test_cli_imports_regrades_and_summarises_the_new_tables(small_data: Path, tm
     assert ("| mmlu-pro | mmlu-pro | gpt-4o-2024-05-13 | 3 | 0.667 | edgeroute-mmlu-pro/1 |"
             in text)
     assert "| zeroeval | cruxeval | o1-mini-2024-09-12 | 2 |" in text
-    assert "edgeroute-math/1" in text and "edgeroute-gsm8k/1" in text
+    assert "edgeroute-math/1" in text and "edgeroute-gsm8k/2" in text
     assert " (2) |" in text and " - (0) |" in text  # output tokens: ZeroEval has, MMLU-Pro not
