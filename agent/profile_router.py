@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import BundleError
+from agent.model_names import ModelNames
 from agent.profiles import (
     PROFILES_NAME,
     ConfiguredExpert,
@@ -119,7 +120,8 @@ class ProfileRouter:
             device_profiles, irt.shipped.encoder_id)
         if note:
             log.warning("%s", note)
-        resolved = {e.name: resolve(e, irt.shipped, device) for e in experts}
+        names = ModelNames.of()
+        resolved = {e.name: resolve(e, irt.shipped, device, names) for e in experts}
         for name, r in resolved.items():
             if r.source == "prior":
                 log.warning("expert %s has no ability profile: routed with the prior %r "

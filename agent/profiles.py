@@ -27,6 +27,12 @@ Resolution for one configured expert, first hit wins (reported in /health and ``
 ``setting`` (the expert's ``profile`` setting names a shipped profile), ``device`` (a profile
 fitted on this device by ``edgeroute experts calibrate``, kept in the data dir), ``shipped``
 (a shipped profile named like the expert's ``model``, or its name), ``prior``.
+
+``shipped`` takes the names as written first, then the names users type for the same model
+(``agent.model_names``: ``gpt-4o``, ``openai/gpt-4o``, ``Qwen2.5-3B-Instruct-Q4_K_M.gguf``):
+the alias table's canonical name, else a shipped profile whose name normalises alike. A
+model reached through a quantised file name gets a note: its profile was measured on the
+full-precision model.
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ from typing import Any, Literal
 
 from agent.answer_length import LengthModel
 from agent.errors import BundleError
+from agent.model_names import ModelNames, is_lossy, name_key, quantisation
 
 PROFILES_FORMAT = 1
 PROFILES_NAME = "profiles.json"
 DEVICE_PROFILES_NAME = "device-profiles.json"
 Source = Literal["setting", "device", "shipped", "prior"]
 PRIOR_HINT = "run `edgeroute experts calibrate {name}` to fit its own profile"
+QUANT_HINT = ("{model!r} is a {quant} quantisation of {profile}, whose profile was measured at "
+              "full precision: quantisation may cost it a little accuracy; run `edgeroute "
+              "experts calibrate {name}` to fit its own profile")
 
 
 @dataclass(frozen=True)
@@ -220,18 +230,35 @@ def model_key(model: str) -> str:
     return base[: -len(".gguf")] if base.lower().endswith(".gguf") else base
 
 
-def resolve(expert: ConfiguredExpert, shipped: ProfileSet,
-            device: Mapping[str, Profile]) -> Resolved:
-    """One expert's profile, by the order in the module docstring, with the length model
-    that prices its answers (the profile's own, else the prior of its kind's)."""
-    found = _resolve(expert, shipped, device)
+def _shipped_alias(expert: ConfiguredExpert, shipped: ProfileSet,
+                   names: ModelNames) -> Resolved | None:
+    """The shipped profile the expert's model (or name) means by another spelling."""
+    by_key = {name_key(p): p for p in shipped.profiles}
+    for ref in (expert.model, expert.name):
+        found = names.canonical(ref)
+        found = found if found in shipped.profiles else by_key.get(name_key(ref))
+        if found is None:
+            continue
+        quant = quantisation(ref)
+        note = (QUANT_HINT.format(model=ref, quant=quant, profile=found, name=expert.name)
+                if is_lossy(quant) else None)
+        return Resolved(shipped.profiles[found], "shipped", note)
+    return None
+
+
+def resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str, Profile],
+            names: ModelNames | None = None) -> Resolved:
+    """One expert's profile, by the order in the module docstring (``names``: the alias
+    table, default :data:`agent.model_names.ALIASES`), with the length model that prices
+    its answers (the profile's own, else its kind's prior, ``ProfileSet.length_prior``)."""
+    found = _resolve(expert, shipped, device, names)
     if found.profile.length is not None:
         return replace(found, length=found.profile.length)
     return replace(found, length=shipped.length_prior(expert.kind))
 
 
-def _resolve(expert: ConfiguredExpert, shipped: ProfileSet,
-             device: Mapping[str, Profile]) -> Resolved:
+def _resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str, Profile],
+             names: ModelNames | None) -> Resolved:
     if expert.profile is not None:
         if expert.profile not in shipped.profiles:
             raise BundleError(
@@ -243,6 +270,9 @@ def _resolve(expert: ConfiguredExpert, shipped: ProfileSet,
     for key in (expert.model, model_key(expert.model), expert.name):
         if key in shipped.profiles:
             return Resolved(shipped.profiles[key], "shipped")
+    aliased = _shipped_alias(expert, shipped, names or ModelNames.of())
+    if aliased is not None:
+        return aliased
     prior = shipped.prior(expert.kind)
     return Resolved(prior, "prior", PRIOR_HINT.format(name=expert.name))
 

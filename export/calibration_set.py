@@ -35,7 +35,7 @@ from typing import Any
 
 from export.datasets import Query, load_gsm8k, load_mbpp, load_mmlu, load_pubmedqa
 from export.errors import DatasetError
-from export.importers import MIXTRAL
+from export.table_sources import MIXTRAL
 
 ASSET = "assets/calibration.jsonl"
 PER_DATASET = {"gsm8k": 20, "mbpp": 20, "pubmedqa": 20, "mmlu": 20}

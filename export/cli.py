@@ -55,7 +55,7 @@ def stage_config(cls: type[C], args: argparse.Namespace) -> C:
 collect = StageCommand(
     "export.collect", "prompt experts with datasets; write the expert table"
 )
-table = StageCommand("export.importers", "expert tables: import public routing tables")
+table = StageCommand("export.table_cli", "expert tables: import public routing tables")
 train = StageCommand("export.train", "train a router on an expert table")
 evaluate = StageCommand("export.evaluate", "evaluate routers and baselines on an expert table")
 replay = StageCommand("export.route_replay",

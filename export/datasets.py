@@ -1,5 +1,5 @@
-"""Instruction datasets as queries: the paper's four sets from ``../shared/data`` and a
-user's own JSONL.
+"""Instruction datasets as queries: the paper's four sets from ``../shared/data``, MMLU,
+MMLU-Pro, and CRUXEval and MATH level 5 as ZeroEval asked them, and a user's own JSONL.
 
 Every loader turns its source rows into :class:`Query` objects: a stable id, the
 instruction prompt an expert sees, the free-text reference that BERTSim and NLL compare
@@ -244,6 +244,94 @@ def load_mmlu(data_dir: Path | None = None, split: str = "test") -> list[Query]:
     return out
 
 
+# -- ZeroEval's CRUXEval and MATH level 5 ----------------------------------------------
+def zeroeval_index(source_id: Any, where: str) -> int:
+    """ZeroEval's item index: ``gsm8k-main-test-#N`` / ``crux-test-#N`` or MATH's ``N``."""
+    try:
+        return int(str(source_id).rsplit("#", 1)[-1])
+    except ValueError as exc:
+        raise DatasetError(f"{where}: field 'source_id' {source_id!r} is not an item "
+                           "index") from exc
+
+
+def _zeroeval_queries(path: Path, prefix: str, dataset: str) -> list[Query]:
+    """One query per ZeroEval item of a task file (it holds one row per item and model):
+    the prompt is ZeroEval's user message, the answer its gold. No other staged copy of
+    these benchmarks exists, so the routing table is their dataset file. Ids:
+    ``<prefix>-<ZeroEval index>``."""
+    out: dict[int, Query] = {}
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        index = zeroeval_index(obj.get("source_id"), where)
+        if index in out:
+            continue
+        gold = _need(obj, "gold", str, where)
+        out[index] = Query(
+            query_id=f"{prefix}-{index}", dataset=dataset,
+            prompt=_need(obj, "question", str, where), reference=gold, answer=gold,
+            source_text=_need(obj, "raw_question", str, where), extra={"index": index},
+        )
+    return [out[i] for i in sorted(out)]
+
+
+def load_cruxeval(data_dir: Path | None = None) -> list[Query]:
+    """CRUXEval output prediction (800), as ZeroEval asked it. Ids: ``cruxeval-<index>``;
+    the answer is the Python literal of the function's output."""
+    path = (data_dir or shared_data_dir()) / "routing-zeroeval" / "crux.jsonl.gz"
+    return _zeroeval_queries(path, "cruxeval", "cruxeval")
+
+
+def load_math(data_dir: Path | None = None) -> list[Query]:
+    """MATH level 5 (721 problems with integer answers, AI-MO's selection), as ZeroEval
+    asked it. Ids: ``math-l5-<index>``; the answer is the gold answer string."""
+    path = (data_dir or shared_data_dir()) / "routing-zeroeval" / "math-l5.jsonl.gz"
+    return _zeroeval_queries(path, "math-l5", "math")
+
+
+# -- MMLU-Pro -------------------------------------------------------------------------
+MMLU_PRO_LETTERS = "ABCDEFGHIJ"
+
+
+def mmlu_pro_prompt(category: str, question: str, options: list[str]) -> str:
+    """MMLU-Pro's own chain-of-thought prompt (``evaluate_from_local.py``) without its five
+    worked examples: the repository's replies end "the answer is (X)", and ours should too
+    so one grader reads both."""
+    lines = "".join(f"{MMLU_PRO_LETTERS[i]}. {o}\n" for i, o in enumerate(options))
+    return (
+        f"The following are multiple choice questions (with answers) about {category}. Think "
+        'step by step and then finish your answer with "the answer is (X)" where X is the '
+        f"correct letter choice.\n\nQuestion:\n{question}\nOptions:\n{lines}"
+        "Answer: Let's think step by step."
+    )
+
+
+def load_mmlu_pro(data_dir: Path | None = None) -> list[Query]:
+    """MMLU-Pro test (12,032 questions, 3-10 options), its newest revision. Ids:
+    ``mmlupro-<question_id>``."""
+    path = (data_dir or shared_data_dir()) / "routing-mmlu-pro" / "questions.jsonl.gz"
+    out: list[Query] = []
+    for lineno, obj in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        qid = _need(obj, "question_id", int, where)
+        question = _need(obj, "question", str, where)
+        options = [str(o) for o in _need(obj, "options", list, where)]
+        letter = _need(obj, "answer", str, where)
+        if not 0 < len(options) <= len(MMLU_PRO_LETTERS) or letter not in (
+                MMLU_PRO_LETTERS[: len(options)]):
+            raise DatasetError(f"{where}: answer {letter!r} is not one of its "
+                               f"{len(options)} options")
+        category = _need(obj, "category", str, where)
+        out.append(Query(
+            query_id=f"mmlupro-{qid}", dataset="mmlu-pro",
+            prompt=mmlu_pro_prompt(category, question, options),
+            reference=f"{letter}. {options[MMLU_PRO_LETTERS.index(letter)]}", answer=letter,
+            source_text=question,
+            extra={"choices": options, "category": category, "src": obj.get("src"),
+                   "question_id": qid, "revisions": int(obj.get("n_text_versions") or 1)},
+        ))
+    return out
+
+
 # -- user JSONL -----------------------------------------------------------------------
 def load_user_jsonl(path: Path, default_dataset: str = "user") -> list[Query]:
     """A user's own queries: ``prompt``, ``reference`` and optional ``dataset``/``id``."""
@@ -274,6 +362,9 @@ LOADERS: dict[str, Callable[[Path | None], list[Query]]] = {
     "mbpp": load_mbpp,
     "pubmedqa": load_pubmedqa,
     "mmlu": load_mmlu,
+    "cruxeval": load_cruxeval,
+    "math": load_math,
+    "mmlu-pro": load_mmlu_pro,
 }
 
 

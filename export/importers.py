@@ -1,20 +1,19 @@
-"""``edgeroute table``: bring public routing tables into the expert-table format, and join
-real cloud outcomes onto a collected table.
+"""Public routing tables in the expert-table format, and real cloud outcomes joined onto a
+collected table. The ``edgeroute table`` commands that use them are ``export.table_cli``.
 
-``table import`` converts the staged public tables in ``../shared/data/routing-*``
-(RouterBench slice, RouteLLM GSM8K/MMLU, RouterDC 7B, RouterArena; ``all`` for every one)
-as they are, one row per (query, model), each row naming its ``source`` table and the
-source's ``grader``. ``table pool`` merges tables into one corpus (``export/pool.py``).
-``table join`` adds the cloud models of the RouterBench slice and RouteLLM (GPT-4-1106 and
-Mixtral-8x7B) to a table that ``collect`` made from the same queries, matched by
-normalised question text (ARC, MBPP) or by row order (GSM8K, which RouteLLM keeps in the
-test file's order); see each folder's SOURCE.md.
+:data:`IMPORTERS` converts each staged public table in ``../shared/data/routing-*``
+(RouterBench slice, RouteLLM GSM8K/MMLU, RouterDC 7B, RouterArena, ZeroEval
+(``export.zeroeval``), MMLU-Pro (``export.mmlu_pro``)) as it is, one row per (query,
+model), each row naming its ``source`` table and the source's ``grader``. ``join`` adds the
+cloud models of the RouterBench slice and RouteLLM (GPT-4-1106 and Mixtral-8x7B) to a
+table that ``collect`` made from the same queries, matched by normalised question text
+(ARC, MBPP) or by row order (GSM8K, which RouteLLM keeps in the test file's order); see
+each folder's SOURCE.md.
 
-Costs and tokens. RouterBench gives USD per query, RouterArena gives tokens and USD; the
-others give neither. Where tokens are missing they are estimated as ceil(chars / 4),
-OpenAI's rule of thumb, which matches GPT-4's tokenizer on RouterBench's ARC prompts
-(4.0 chars per token, derived from its cost column at $10/1M input). Prices per 1M tokens
-(input, output), used where a source gives no cost:
+Costs and tokens. RouterBench gives USD per query, RouterArena gives tokens and USD,
+ZeroEval the length of each reply; the others give neither. Where tokens are missing they
+are estimated as ceil(chars / 4) (``export.table_sources.estimate_tokens``). Prices per 1M
+tokens (input, output), used where a source gives no cost:
 
 - gpt-4-1106-preview: $10 / $30, OpenAI's list price for GPT-4 Turbo (also the price in
   RouterArena's model_cost.json for gpt-4-turbo).
@@ -29,40 +28,31 @@ its few-shot ARC prompt, about 500 tokens, which our queries do not have).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import gzip
 import json
 import math
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from export.datasets import Query, load_dataset, normalise_text, shared_data_dir
-from export.errors import DatasetError, PipelineError, TableError
+from export.errors import DatasetError
+from export.mmlu_pro import import_mmlu_pro
+from export.table_sources import (
+    GPT4,
+    MIXTRAL,
+    RB_DATASETS,
+    ROUTELLM_MODELS,
+    ROUTERBENCH_MODELS,
+    SOURCE_GRADERS,
+    cut_response,
+    estimate_tokens,
+)
+from export.zeroeval import import_zeroeval
 
-GPT4 = "gpt-4-1106-preview"
-MIXTRAL = "mixtral-8x7b-instruct"
 PRICES: dict[str, tuple[float, float]] = {GPT4: (10.0, 30.0), MIXTRAL: (0.60, 0.60)}
-ROUTERBENCH_MODELS = {"gpt-4-1106-preview": GPT4, "mistralai/mixtral-8x7b-chat": MIXTRAL}
-ROUTELLM_MODELS = {"gpt-4-1106-preview": GPT4, "mistralai/Mixtral-8x7B-Instruct-v0.1": MIXTRAL}
-RB_DATASETS = {"arc-challenge": "arc", "mbpp": "mbpp", "winogrande": "winogrande"}
-SOURCES = ("routerbench", "routellm-gsm8k", "routellm-mmlu", "routerdc", "routerarena")
-# The grader behind each public table's own ``correct`` (see each folder's SOURCE.md).
-SOURCE_GRADERS = {
-    "routerbench": "routerbench/label",
-    "routellm-gsm8k": "routellm-gsm8k/label",
-    "routellm-mmlu": "routellm-mmlu/label",
-    "routerdc": "routerdc/soft-score",
-    "routerarena": "routerarena/score",
-}
-RESPONSE_CHARS = 4000  # longer responses are cut in the table (BERTSim sees 256 tokens)
-
-
-def estimate_tokens(text: str | None) -> int | None:
-    return None if text is None else max(1, math.ceil(len(text) / 4))
 
 
 def cost_at(expert: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
@@ -78,10 +68,6 @@ def _float(value: str | None) -> float | None:
     except ValueError:
         return {"true": 1.0, "false": 0.0}.get(str(value).strip().lower())
     return None if f is None or math.isnan(f) else f
-
-
-def _cut(text: str | None) -> str | None:
-    return None if text is None else text[:RESPONSE_CHARS]
 
 
 def iter_csv(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
@@ -140,7 +126,7 @@ def import_routerbench(data_dir: Path) -> Iterator[dict[str, Any]]:
             yield {
                 "query_id": qid, "dataset": RB_DATASETS.get(row["eval_name"], row["eval_name"]),
                 "split": split, "query": prompt, "reference": None, "expert": model,
-                "response": _cut(response), "correct": _float(row.get(model)),
+                "response": cut_response(response), "correct": _float(row.get(model)),
                 "input_tokens": estimate_tokens(prompt),
                 "output_tokens": estimate_tokens(response),
                 "cost_usd": _float(row.get(f"{model}|total_cost")),
@@ -164,7 +150,7 @@ def import_routellm_gsm8k(data_dir: Path) -> Iterator[dict[str, Any]]:
             yield {
                 "query_id": ref.query_id, "dataset": "gsm8k", "split": None,
                 "query": row["prompt"], "reference": ref.reference, "expert": expert,
-                "response": _cut(response), "correct": _float(row[model]),
+                "response": cut_response(response), "correct": _float(row[model]),
                 "input_tokens": tin, "output_tokens": tout, "cost_usd": cost_at(expert, tin, tout),
                 "source": "routellm-gsm8k", "grader": SOURCE_GRADERS["routellm-gsm8k"],
             }
@@ -235,7 +221,7 @@ def import_routerarena(data_dir: Path) -> Iterator[dict[str, Any]]:
                 "query_id": f"routerarena-{gidx}", "dataset": gidx.split("_")[0].lower(),
                 "split": None, "query": str(obj.get("question", "")),
                 "reference": None if truth in (None, "") else str(truth), "expert": expert,
-                "response": _cut(obj.get("generated_answer")), "correct": ev.get("score"),
+                "response": cut_response(obj.get("generated_answer")), "correct": ev.get("score"),
                 "input_tokens": usage.get("input_tokens"),
                 "output_tokens": usage.get("output_tokens"), "cost_usd": ev.get("inference_cost"),
                 "source": "routerarena",
@@ -249,6 +235,8 @@ IMPORTERS: dict[str, Callable[[Path], Iterator[dict[str, Any]]]] = {
     "routellm-mmlu": import_routellm_mmlu,
     "routerdc": import_routerdc,
     "routerarena": import_routerarena,
+    "zeroeval": import_zeroeval,
+    "mmlu-pro": import_mmlu_pro,
 }
 
 
@@ -322,7 +310,7 @@ def join_cloud(
         tin, tout = estimate_tokens(q.prompt), estimate_tokens(response)
         rows.append({
             "query_id": q.query_id, "dataset": q.dataset, "split": q.split, "query": q.prompt,
-            "reference": q.reference, "expert": expert, "response": _cut(response),
+            "reference": q.reference, "expert": expert, "response": cut_response(response),
             "bertsim": None, "nll": None, "correct": correct, "latency_s": None,
             "input_tokens": tin, "output_tokens": tout, "cost_usd": cost_at(expert, tin, tout),
             "source": source, "grader": SOURCE_GRADERS[source],
@@ -341,158 +329,3 @@ def add_bertsim(rows: list[dict[str, Any]], bertsim: Any) -> None:
     sims = bertsim.similarities([r["response"] for r in todo], [r["reference"] for r in todo])
     for r, s in zip(todo, sims, strict=True):
         r["bertsim"] = s
-
-
-def _no_decision(rows: list[dict[str, Any]]) -> str:
-    """PubMedQA replies graded by our grader that state no decision (graded wrong)."""
-    from export.metrics import GRADERS, pubmedqa_decision
-
-    mine = [r for r in rows if r["dataset"] == "pubmedqa" and r.get("response") is not None
-            and r.get("grader") == GRADERS["pubmedqa"]]
-    return str(sum(pubmedqa_decision(r["response"]) is None for r in mine)) if mine else "-"
-
-
-def summary_markdown(rows: list[dict[str, Any]]) -> str:
-    """Per (source, dataset, expert): rows, mean correctness, grader(s), PubMedQA replies
-    with no decision, mean BERTSim / NLL / latency / cost. Rows without a source (older
-    tables) show ``-``."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        key = (str(r.get("source") or "-"), r["dataset"], r["expert"])
-        groups.setdefault(key, []).append(r)
-
-    def mean(items: list[dict[str, Any]], col: str, fmt: str) -> str:
-        vals = [r[col] for r in items if r.get(col) is not None]
-        return format(sum(vals) / len(vals), fmt) if vals else "-"
-
-    lines = ["| source | dataset | expert | rows | correct | grader | no decision | BERTSim | NLL "
-             "| latency s | cost USD/query |",
-             "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for (source, dataset, expert), items in sorted(groups.items()):
-        graders = ", ".join(sorted({str(r.get("grader") or "-") for r in items}))
-        lines.append(
-            f"| {source} | {dataset} | {expert} | {len(items)} | {mean(items, 'correct', '.3f')} "
-            f"| {graders} | {_no_decision(items)} | {mean(items, 'bertsim', '.3f')} | "
-            f"{mean(items, 'nll', '.1f')} | "
-            f"{mean(items, 'latency_s', '.2f')} | {mean(items, 'cost_usd', '.6f')} |"
-        )
-    return "\n".join(lines)
-
-
-def select_experts(rows: list[dict[str, Any]], experts: str, complete: bool
-                   ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows of the named experts; with ``complete``, only queries all of them answered."""
-    names = [e.strip() for e in experts.split(",") if e.strip()]
-    present = {r["expert"] for r in rows}
-    missing = [e for e in names if e not in present]
-    if missing:
-        raise TableError(f"experts {missing} are not in the table; it has {sorted(present)}")
-    kept = [r for r in rows if r["expert"] in names]
-    if complete:
-        by_query: dict[str, set[str]] = {}
-        for r in kept:
-            by_query.setdefault(r["query_id"], set()).add(r["expert"])
-        kept = [r for r in kept if by_query[r["query_id"]] >= set(names)]
-    if not kept:
-        raise TableError(f"no query was answered by every one of {names}")
-    return kept, {"tool": "edgeroute table select", "experts": names, "complete": complete}
-
-
-# -- CLI ------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="table_cmd", required=True)
-    imp = sub.add_parser("import", help="convert public routing tables to the table format")
-    imp.add_argument("sources", nargs="+", choices=[*SOURCES, "all"], help="tables to import")
-    imp.add_argument("--out", type=Path, required=True, help="table file (.jsonl[.gz]/.parquet)")
-    imp.add_argument("--no-bertsim", action="store_true", help="skip BERTSim (faster)")
-    join = sub.add_parser("join", help="add public cloud outcomes to a collected table")
-    join.add_argument("collected", type=Path, help="table written by 'edgeroute collect'")
-    join.add_argument("--out", type=Path, required=True, help="joined table (.jsonl.gz)")
-    join.add_argument("--no-bertsim", action="store_true", help="skip BERTSim (faster)")
-    pool = sub.add_parser("pool", help="merge tables: one query id per question, one row per "
-                                       "(query, expert); see export/pool.py")
-    pool.add_argument("tables", type=Path, nargs="+",
-                      help="tables to merge; earlier ones win duplicate (query, expert) rows")
-    pool.add_argument("--out", type=Path, required=True, help="pooled table (.jsonl[.gz])")
-    reg = sub.add_parser("regrade", help="grade every row with our grader for its dataset "
-                                         "(see export/regrade.py); prints the counts")
-    reg.add_argument("table", type=Path, help="a table file")
-    reg.add_argument("--out", type=Path, required=True, help="re-graded table")
-    summ = sub.add_parser("summary", help="per (source, dataset, expert): rows, mean correct, "
-                                          "grader and means, as a Markdown table")
-    summ.add_argument("table", type=Path, help="a table file")
-    sel = sub.add_parser("select", help="keep some experts' rows (e.g. a device's experts)")
-    sel.add_argument("table", type=Path, help="a table file")
-    sel.add_argument("--experts", required=True, help="comma-separated expert names to keep")
-    sel.add_argument("--complete", action="store_true",
-                     help="keep only queries that every listed expert answered")
-    sel.add_argument("--out", type=Path, required=True, help="selected table")
-    from export import confidence
-
-    confidence.add_arguments(sub)
-    for p in (imp, join, reg):
-        p.add_argument("--data-dir", type=Path, default=None,
-                       help="shared data dir (default: $EDGEROUTE_SHARED_DATA or ../shared/data)")
-
-
-def _bertsim(args: argparse.Namespace) -> Any:
-    if args.no_bertsim:
-        return None
-    from export.metrics import BertSim
-
-    return BertSim()
-
-
-def run(args: argparse.Namespace) -> int:
-    from export.table import read_header, read_table, write_table
-
-    if args.table_cmd == "summary":
-        print(summary_markdown(read_table(args.table)))
-        return 0
-    if args.table_cmd == "pool":
-        from export.pool import pool_rows, stats_lines
-        from export.table import iter_rows
-
-        rows, stats = pool_rows([iter_rows(p) for p in args.tables])
-        n = write_table(args.out, rows, {"tool": "edgeroute table pool",
-                                         "tables": [str(p) for p in args.tables]})
-        print(summary_markdown(rows) + "\n\n" + stats_lines(stats))
-        print(f"wrote {n} rows to {args.out}", file=sys.stderr)
-        return 0
-    if args.table_cmd == "confidence":
-        from export import confidence
-
-        return confidence.run(args)
-    if args.table_cmd == "select":
-        rows, header = select_experts(read_table(args.table), args.experts, args.complete)
-        n = write_table(args.out, rows, header | {"source": str(args.table)})
-        print(f"wrote {n} rows to {args.out}", file=sys.stderr)
-        return 0
-    data_dir = args.data_dir or shared_data_dir()
-    if args.table_cmd == "regrade":
-        from export.regrade import regrade_rows
-
-        rows, counts = regrade_rows(read_table(args.table), data_dir)
-        before = read_header(args.table) or {}
-        if before.get("tool") == "edgeroute table regrade":  # a rerun: same header
-            before = before.get("before") or {}
-        n = write_table(args.out, rows, {"tool": "edgeroute table regrade", "before": before})
-        print(counts.markdown())
-        print(f"wrote {n} rows to {args.out}", file=sys.stderr)
-        return 0
-    if args.table_cmd == "import":
-        names = list(SOURCES) if "all" in args.sources else list(dict.fromkeys(args.sources))
-        rows = [r for name in names for r in IMPORTERS[name](data_dir)]
-        add_bertsim(rows, _bertsim(args))
-        header = {"tool": "edgeroute table import", "sources": names}
-    elif args.table_cmd == "join":
-        collected = read_table(args.collected)
-        cloud = join_cloud(collected, data_dir, _bertsim(args))
-        rows = [r | {"response": _cut(r.get("response"))} for r in collected] + cloud
-        header = {"tool": "edgeroute table join", "collected": str(args.collected),
-                  "prices_usd_per_mtok": PRICES}
-    else:  # argparse enforces the choices
-        raise PipelineError(f"unknown table command {args.table_cmd!r}")
-    n = write_table(args.out, rows, header)
-    print(f"wrote {n} rows to {args.out}", file=sys.stderr)
-    return 0

@@ -6,8 +6,9 @@
   from llama.cpp logits of one eval over prompt + answer tokens (``logits_all=True``).
   ``create_completion(echo=True)`` is not used: in llama-cpp-python 0.3.36 its prompt
   logprobs are shifted by one token for models that add no BOS token.
-- Correctness: exact-answer graders (ARC letter, GSM8K number, PubMedQA decision) and
-  MBPP's asserts run in a subprocess with a timeout.
+- Correctness: exact-answer graders (ARC letter, GSM8K number, PubMedQA decision; the
+  CRUXEval, MATH and MMLU-Pro final answers of ``export.final_answers``) and MBPP's asserts
+  run in a subprocess with a timeout.
 
 torch and transformers are imported inside functions only: the CLI imports this module's
 callers to register commands, and that must stay cheap.
@@ -26,6 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from export.datasets import LETTERS, Query
+from export.final_answers import (
+    cruxeval_readings,
+    grade_cruxeval,
+    grade_math,
+    grade_mmlu_pro,
+    json_answer,
+    math_answer,
+    mmlu_pro_letter,
+)
 from export.routers.encoder import mean_pool, minilm_dir
 
 MAX_ENCODER_TOKENS = 256
@@ -141,13 +151,17 @@ class NllScorer:
 # Name/version of each grader, stored in the table's ``grader`` column. A change to what a
 # grader accepts bumps its version, so rows graded before and after can be told apart.
 # Version 1 of ARC took the letter even where its text was another option's; version 1 of
-# PubMedQA took the first yes/no/maybe anywhere, echoed instructions included.
+# PubMedQA took the first yes/no/maybe anywhere, echoed instructions included; version 1 of
+# GSM8K read no JSON answer (see extract_number).
 GRADERS: dict[str, str] = {
     "arc": "edgeroute-arc/2",
-    "gsm8k": "edgeroute-gsm8k/1",
+    "gsm8k": "edgeroute-gsm8k/2",
     "mbpp": "edgeroute-mbpp/1",
     "pubmedqa": "edgeroute-pubmedqa/2",
     "mmlu": "edgeroute-mmlu/1",  # ARC's rules (arc_choice) on MMLU's options
+    "cruxeval": "edgeroute-cruxeval/1",  # export.final_answers
+    "math": "edgeroute-math/1",
+    "mmlu-pro": "edgeroute-mmlu-pro/1",
 }
 
 
@@ -226,15 +240,29 @@ def grade_arc(response: str, letter: str, choices: Sequence[str] = ()) -> float:
     return float(choice is not None and LETTERS[choice] == letter)
 
 
+def _number_after(response: str, marker: str) -> str | None:
+    """The first number after the last ``marker``."""
+    m = _NUMBER.search(response.rsplit(marker, 1)[1]) if marker in response else None
+    return m.group(0) if m else None
+
+
 def extract_number(response: str) -> str | None:
-    """The final answer: after '####', else after 'answer is', else the last number."""
-    for marker in ("####", "answer is", "Answer:"):
-        if marker in response:
-            m = _NUMBER.search(response.rsplit(marker, 1)[1])
-            if m:
-                return m.group(0)
+    """The final answer (grader ``edgeroute-gsm8k/2``): after the last '####', else in the
+    last JSON ``"answer"`` (the number after its last '=', else its first: "35/7 = 5"),
+    else after the last 'answer is' / 'Answer:', else the last number.
+
+    Version 1 had no JSON rule: "The final answer is: {"reasoning": ..., "answer": "296"}"
+    gave the first number of the reasoning. That is how Llama-3.1 replied to ZeroEval's
+    JSON instruction, and it cost Llama-3.1-8B 11 points of GSM8K there (84.0 -> 72.7)."""
+    found = _number_after(response, "####")
+    stated = json_answer(response) if found is None else None
+    if stated is not None:
+        m = _NUMBER.search(stated[0].rsplit("=", 1)[-1]) or _NUMBER.search(stated[0])
+        found = m.group(0) if m else None
+    for marker in ("answer is", "Answer:"):
+        found = found or _number_after(response, marker)
     numbers = _NUMBER.findall(response)
-    return numbers[-1] if numbers else None
+    return found or (numbers[-1] if numbers else None)
 
 
 def grade_gsm8k(response: str, number: str) -> float:
@@ -324,20 +352,33 @@ def grade(query: Query, response: str) -> float | None:
         return grade_gsm8k(response, query.answer)
     if query.dataset == "pubmedqa":
         return grade_pubmedqa(response, query.answer)
+    if query.dataset == "cruxeval":
+        return grade_cruxeval(response, query.answer)
+    if query.dataset == "math":
+        return grade_math(response, query.answer)
+    if query.dataset == "mmlu-pro":
+        return grade_mmlu_pro(response, query.answer, len(query.extra.get("choices", ())) or 10)
     return None
 
 
 def answer_check(dataset: str, response: str, setup: str = "") -> float | None:
     """1.0/0.0: whether a reply passes its dataset's check that needs no reference answer
     (the cascade's cheap verifier); None for a dataset without one. ARC/MMLU: it states
-    an option letter; GSM8K: it states a number; PubMedQA: it states a decision; MBPP: its
-    code runs (the definitions, no asserts, a fresh Python, 10 s)."""
+    an option letter; GSM8K: it states a number; PubMedQA: it states a decision; CRUXEval,
+    MATH, MMLU-Pro: it states a final answer; MBPP: its code runs (the definitions, no
+    asserts, a fresh Python, 10 s)."""
     if dataset in ("arc", "mmlu"):
         return float(_stated_letter(response.strip()) is not None)
     if dataset == "gsm8k":
         return float(extract_number(response) is not None)
     if dataset == "pubmedqa":
         return float(pubmedqa_decision(response) is not None)
+    if dataset == "cruxeval":
+        return float(bool(cruxeval_readings(response)))
+    if dataset == "math":
+        return float(math_answer(response) is not None)
+    if dataset == "mmlu-pro":
+        return float(mmlu_pro_letter(response) is not None)
     if dataset == "mbpp":
         code = extract_code(response)
         return run_mbpp_tests(code, [], setup) if code.strip() else 0.0

@@ -24,8 +24,9 @@ Rules, in order:
 - ``split`` is per question: ``test`` if any source puts it in its test split (so no
   source's test question is trained on), else ``train`` if any source says train, else
   null (the trainer splits).
-- ``expert`` names are canonicalised where two tables name one model differently
-  (:data:`EXPERT_ALIASES`); then one row per (question, expert): the first one wins and
+- ``expert`` names are canonicalised where two tables name one model differently (the
+  alias table of ``agent.model_names``, which the daemon resolves profiles with; names it
+  lacks stay as they are); then one row per (question, expert): the first one wins and
   the rest are counted as duplicates.
 - Rows without ``source``/``grader`` (tables written before those columns) get them
   inferred: see :func:`infer_provenance`.
@@ -44,10 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from export.importers import GPT4, MIXTRAL, ROUTELLM_MODELS, ROUTERBENCH_MODELS, SOURCE_GRADERS
+from agent.model_names import ModelNames
+from export.table_sources import GPT4, MIXTRAL, SOURCE_GRADERS
 
 COLLECTED = "collected"
-EXPERT_ALIASES: dict[str, str] = {**ROUTERBENCH_MODELS, **ROUTELLM_MODELS}
 _CLOUD = {GPT4, MIXTRAL}
 _ID_PREFIX = {
     "routerbench-": "routerbench", "routerdc-": "routerdc", "routerarena-": "routerarena",
@@ -57,6 +58,12 @@ _ID_PREFIX = {
 _S = re.S
 # (template, group names): the first template that matches gives the question.
 TEMPLATES: tuple[re.Pattern[str], ...] = (
+    # ZeroEval (GSM8K, CRUXEval, MATH): the question, then its JSON-answer instruction
+    re.compile(r"\A\n## Question: \n\n(?P<q>.*?)\n\n\n## Instruction \n\n", _S),
+    # MMLU-Pro (export.datasets.mmlu_pro_prompt): stem and options, as RouterArena shows them
+    re.compile(r"\AThe following are multiple choice questions \(with answers\) about [^\n]*"
+               r"\n\nQuestion:\n(?P<q>.*?)\nOptions:\n(?P<o>.*?)\nAnswer: Let's think step "
+               r"by step\.\Z", _S),
     # ours (export.datasets): ARC, GSM8K, MBPP, PubMedQA
     re.compile(r"\AQuestion: (?P<q>.*?)\n[A-E]\) .*\nAnswer with the letter of the correct", _S),
     re.compile(r"\A(?P<q>.*)\nSolve the problem step by step\. End with the final numeric", _S),
@@ -144,6 +151,8 @@ def pool_rows(tables: Sequence[Iterable[dict[str, Any]]]) -> tuple[list[dict[str
     splits: dict[str, set[str]] = {}
     seen: set[tuple[str, str]] = set()
     keys: dict[str, str] = {}  # prompt -> question key (a prompt repeats once per expert)
+    aliases = ModelNames.of()
+    experts: dict[str, str] = {}  # a table's expert name -> its canonical name
     out: list[dict[str, Any]] = []
     for t, table in enumerate(tables):
         for row in table:
@@ -153,7 +162,8 @@ def pool_rows(tables: Sequence[Iterable[dict[str, Any]]]) -> tuple[list[dict[str
             key = keys.get(query) or keys.setdefault(query, question_key(query))
             group = (t, source)
             qid = _pooled_id(row, group, key, normalise_key(query), ids, prompts, used)
-            expert = EXPERT_ALIASES.get(row["expert"], row["expert"])
+            expert = experts.get(row["expert"]) or experts.setdefault(
+                row["expert"], aliases.canonical(row["expert"]) or row["expert"])
             sources.setdefault(qid, set()).add(source)
             originals.setdefault((qid, group), set()).add(str(row["query_id"]))
             if row.get("split"):

@@ -7,6 +7,11 @@ Per row, by its ``source`` (inferred for older tables, see ``export.pool``):
   its ``grader`` is an older version.
 - ``routellm-gsm8k``: RouteLLM ships the response text and asked the same question, so the
   response is graded with our GSM8K grader (RouteLLM's own marks "$45.00" wrong for 45).
+- ``zeroeval``: every reply (its staged tail) is graded with our grader for its dataset
+  (GSM8K, CRUXEval, MATH), against our query of the same id.
+- ``mmlu-pro``: the response is the letter the repository extracted (its replies were not
+  staged); our MMLU-Pro grader reads it against the newest answer key, and a row where no
+  letter was extracted is graded as a reply that states none.
 - ``routerbench`` ARC: RouterBench shuffled the options differently from our prompt, so
   its answer letter means another option here. The letter is read against RouterBench's
   own options (from its prompt), that option's text is looked up among ours, and our
@@ -37,11 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from export.datasets import LOADERS, Query, load_dataset, normalise_text
-from export.importers import RB_DATASETS, _arc_stem, _literal, routerbench_rows
+from export.importers import _arc_stem, _literal, routerbench_rows
 from export.metrics import GRADERS, LETTERS, arc_choice, grade, grade_gsm8k
 from export.pool import COLLECTED, infer_provenance
+from export.table_sources import MMLU_PRO, RB_DATASETS, UNLICENSED, ZEROEVAL
 
-UNLICENSED = frozenset({"routerbench", "routerdc"})
 _OPTION = re.compile(r"(?m)^([A-E])\) (.*)$")
 OUTCOMES = ("re-graded, same", "changed", "dropped", "kept source grader", "already current")
 
@@ -132,8 +137,10 @@ class Regrader:
         response = row.get("response")
         if source == "routellm-gsm8k" and q.answer is not None and response is not None:
             new: float | None = grade_gsm8k(response, q.answer)
-        elif source == COLLECTED and response is not None:
+        elif source in (COLLECTED, ZEROEVAL) and response is not None:
             new = grade(q, response)
+        elif source == MMLU_PRO:  # the extracted letter; none extracted states none
+            new = grade(q, response or "")
         elif source == "routerbench" and q.dataset == "arc" and response is not None:
             theirs = self.rb_arc().get(normalise_text(q.source_text))
             mapped = (map_arc_answer(response, theirs, q.extra.get("choices", ()))

@@ -118,3 +118,68 @@ def test_device_profiles_of_another_encoder_are_ignored_with_a_warning(tmp_path:
     assert found == {} and note is not None and "another router" in note
     found, note = read_device_profiles(tmp_path / "missing.json", "enc")
     assert found == {} and note is None
+
+
+def _modern() -> ProfileSet:
+    mk = lambda n, k: Profile(n, (0.1, 0.2), 0.0, kind=k, mean_p=0.5)  # noqa: E731
+    names = [("gpt-4o-2024-08-06", "cloud"), ("gpt-4o-mini-2024-07-18", "cloud"),
+             ("claude-3-5-sonnet-20240620", "cloud"), ("gemini-1.5-pro-002", "cloud"),
+             ("meta-llama/Meta-Llama-3.1-70B-Instruct", "cloud"),
+             ("Qwen/Qwen2.5-3B-Instruct", "local"), ("Qwen/Qwen2.5-7B-Instruct", "local"),
+             ("meta-llama/Meta-Llama-3.1-8B-Instruct", "local"), ("google/gemma-2-2b-it", "local"),
+             ("microsoft/Phi-3-mini-4k-instruct", "local"),
+             ("HuggingFaceH4/zephyr-7b-beta", "local"), ("smollm2-135m", "local")]
+    return ProfileSet("enc", 2, {n: mk(n, k) for n, k in names})
+
+
+@pytest.mark.parametrize("kind,model,profile", [
+    ("cloud", "gpt-4o", "gpt-4o-2024-08-06"),
+    ("cloud", "gpt-4o-2024-08-06", "gpt-4o-2024-08-06"),
+    ("cloud", "openai/gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+    ("cloud", "claude-3-5-sonnet-20240620", "claude-3-5-sonnet-20240620"),
+    ("cloud", "gemini-1.5-pro-002", "gemini-1.5-pro-002"),
+    ("cloud", "meta-llama/Meta-Llama-3.1-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B-Instruct"),
+    ("cloud", "Meta-Llama-3.1-70B-Instruct", "meta-llama/Meta-Llama-3.1-70B-Instruct"),
+])
+def test_cloud_names_users_type_resolve_to_shipped_profiles(kind: str, model: str,
+                                                            profile: str) -> None:
+    r = resolve(ConfiguredExpert("e", kind, model), _modern(), {})
+    assert (r.source, r.profile.name, r.note) == ("shipped", profile, None)
+
+
+@pytest.mark.parametrize("model,profile,quant", [
+    ("/models/Qwen2.5-3B-Instruct-Q4_K_M.gguf", "Qwen/Qwen2.5-3B-Instruct", "Q4_K_M"),
+    ("qwen2.5-7b-instruct-q5_k_m.gguf", "Qwen/Qwen2.5-7B-Instruct", "q5_k_m"),
+    ("Meta-Llama-3.1-8B-Instruct.Q4_K_M.gguf", "meta-llama/Meta-Llama-3.1-8B-Instruct", "Q4_K_M"),
+    ("gemma-2-2b-it-Q6_K.gguf", "google/gemma-2-2b-it", "Q6_K"),
+    ("hf:microsoft/Phi-3-mini-4k-instruct-gguf/Phi-3-mini-4k-instruct-q4.gguf",
+     "microsoft/Phi-3-mini-4k-instruct", "q4"),
+    ("zephyr-7b-beta.Q5_K_M.gguf", "HuggingFaceH4/zephyr-7b-beta", "Q5_K_M"),  # no alias
+])
+def test_quantised_gguf_resolves_with_a_note(model: str, profile: str, quant: str) -> None:
+    r = resolve(ConfiguredExpert("mine", "local", model), _modern(), {})
+    assert (r.source, r.profile.name) == ("shipped", profile)
+    assert r.note is not None and quant in r.note and "quantisation may cost" in r.note
+    assert "edgeroute experts calibrate mine" in r.note
+    assert r.describe()["hint"] == r.note
+
+
+def test_full_precision_gguf_and_exact_names_get_no_note() -> None:
+    shipped = _modern()
+    r = resolve(ConfiguredExpert("p", "local", "Phi-3-mini-4k-instruct-fp16.gguf"), shipped, {})
+    assert (r.profile.name, r.note) == ("microsoft/Phi-3-mini-4k-instruct", None)
+    r = resolve(ConfiguredExpert("s", "local", "/m/smollm2-135m.gguf"), shipped, {})
+    assert (r.profile.name, r.note) == ("smollm2-135m", None)
+
+
+def test_aliases_come_after_setting_device_and_exact_names() -> None:
+    shipped = _modern().with_profiles([Profile("gpt-4o", (0.0, 0.0), 1.0)])
+    mine = Profile("my", (0.0, 0.0), 3.0)
+    assert resolve(ConfiguredExpert("e", "cloud", "gpt-4o"), shipped, {}).profile.name == "gpt-4o"
+    e = ConfiguredExpert("my", "cloud", "openai/gpt-4o-mini")
+    assert resolve(e, shipped, {"my": mine}).source == "device"
+    e = ConfiguredExpert("my", "cloud", "openai/gpt-4o-mini", profile="gemini-1.5-pro-002")
+    assert resolve(e, shipped, {"my": mine}).profile.name == "gemini-1.5-pro-002"
+    # a name the table lacks still falls to the prior, and a base model is not its tune
+    r = resolve(ConfiguredExpert("q", "local", "Qwen2.5-3B-Q4_K_M.gguf"), shipped, {})
+    assert r.source == "prior"

@@ -9,11 +9,13 @@ from typing import Any
 import pytest
 
 from export.datasets import load_dataset
-from export.importers import GPT4, IMPORTERS, MIXTRAL, run
+from export.importers import GPT4, IMPORTERS, MIXTRAL
 from export.pool import infer_provenance, pool_rows, pool_tables, question_key
 from export.table import read_table, write_table
+from export.table_cli import run
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def row(qid: str, query: str, expert: str, **kw: Any) -> dict[str, Any]:
@@ -125,3 +127,40 @@ def test_pool_tables_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "| routerdc | gsm8k | y | 1 | 0.000 | routerdc/soft-score |" in text
     assert "1 queries in more than one source" in text
     assert [r["source"] for r in read_table(out)] == ["collected", "routerdc"]
+
+
+def test_zeroeval_gsm8k_joins_our_gsm8k_and_keeps_our_ids(small_data: Path) -> None:
+    q = load_dataset("gsm8k", SHARED)[0]
+    ours = [row(q.query_id, q.prompt, "qwen", source="collected")]
+    zero = [r for r in IMPORTERS["zeroeval"](small_data) if r["dataset"] == "gsm8k"]
+    assert question_key(zero[0]["query"]) == question_key(q.prompt)
+    rows, stats = pool_rows([ours, zero])
+    assert {r["query_id"] for r in rows} == {"gsm8k-test-1", "gsm8k-test-2"}
+    assert stats.shared_queries == 1 and not stats.duplicates
+
+
+def test_mmlu_pro_joins_routerarena_on_question_and_options() -> None:
+    """RouterArena shows 236 MMLU-Pro questions with their options in another template;
+    SOURCE.md finds 229 of them in MMLU-Pro by text."""
+    from export.datasets import load_mmlu_pro
+
+    pro = [row(q.query_id, q.prompt, "m", dataset="mmlu-pro", source="mmlu-pro")
+           for q in load_mmlu_pro(SHARED)]
+    arena = [r for r in IMPORTERS["routerarena"](SHARED) if r["dataset"] == "mmlupro"]
+    rows, _ = pool_rows([pro, arena])
+    joined = {r["query_id"] for r in rows if r["source"] == "routerarena"}
+    assert len({r["query_id"] for r in arena}) == 236
+    assert 225 <= sum(q.startswith("mmlupro-") for q in joined) <= 236
+
+
+def test_pooling_keeps_every_older_sources_expert_names() -> None:
+    """The alias table (agent.model_names) canonicalises names in the pool: the names of
+    the tables before issue #28 stay what they were, RouterBench's Mixtral aside."""
+    from agent.model_names import ModelNames
+
+    names = ModelNames.of()
+    older = {r["expert"] for s in ("routerbench", "routellm-gsm8k", "routerdc", "routerarena")
+             for r in IMPORTERS[s](SHARED)}
+    older |= {r["expert"] for r in read_table(ROOT / "artifacts" / "expert_table.jsonl.gz")}
+    renamed = {e: names.canonical(e) for e in older if names.canonical(e) not in (None, e)}
+    assert renamed == {"mistralai/mixtral-8x7b-chat": MIXTRAL}

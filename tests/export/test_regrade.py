@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from export.datasets import load_dataset
-from export.importers import GPT4, MIXTRAL, join_cloud, run
+from export.importers import GPT4, MIXTRAL, join_cloud
 from export.metrics import GRADERS
 from export.regrade import map_arc_answer, regrade_rows
 from export.table import read_table, write_table
+from export.table_cli import run
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -95,3 +96,24 @@ def test_committed_table_is_regraded() -> None:
     assert all(r["grader"] == GRADERS[r["dataset"]] for r in ours)
     again, _ = regrade_rows(rows, SHARED)
     assert again == rows
+
+
+def test_zeroeval_and_mmlu_pro_rows_get_our_graders(small_data: Path) -> None:
+    from export.importers import IMPORTERS
+
+    rows = [r for name in ("zeroeval", "mmlu-pro") for r in IMPORTERS[name](small_data)]
+    once, counts = regrade_rows(rows, small_data)
+    assert len(once) == len(rows)  # nothing dropped
+    assert all(r["grader"] == GRADERS[r["dataset"]] for r in once)
+    by = {(r["query_id"], r["expert"]): r for r in once}
+    # o1-mini's CRUXEval item 0 is right; its response (Apache-2.0) is kept
+    assert by[("cruxeval-0", "o1-mini-2024-09-12")]["correct"] == 1.0
+    assert by[("cruxeval-0", "o1-mini-2024-09-12")]["response"]
+    # MMLU-Pro: the extracted letter against the newest key; a missing letter is wrong
+    assert by[("mmlupro-70", "meta-llama/Llama-2-70b-hf")]["correct"] == 0.0
+    assert by[("mmlupro-71", "gpt-4o-2024-05-13")]["correct"] == 1.0
+    nulls = [r for r in once if r["dataset"] == "mmlu-pro" and r["response"] is None]
+    assert nulls and all(r["correct"] == 0.0 for r in nulls)
+    assert counts.counts[("mmlu-pro", "gpt-4o-2024-05-13", "re-graded, same")] == 3
+    twice, again = regrade_rows(once, small_data)
+    assert twice == once and {o for _d, _e, o in again.counts} == {"already current"}
