@@ -151,7 +151,8 @@ class Dispatcher:
             return
         answer = await expert.complete(messages, params)
         yield StreamPiece(answer.content, answer.finish_reason, answer.usage,
-                          tool_calls=answer.tool_calls, confidence=answer.confidence)
+                          tool_calls=answer.tool_calls, confidence=answer.confidence,
+                          logprobs=answer.logprobs)
 
     def _bill(self, turn: _Turn, usage: TokenUsage) -> None:
         """Settle the row. A usage the bridge counted (the peer sent none) guesses the

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import RequestError
+from cloud_bridge.messages import Message, media_bytes, message_text
 
 log = logging.getLogger("edgeroute.ledger")
 
@@ -54,11 +55,12 @@ SCHEMA = [
 _COUNTED = "CASE state WHEN 'settled' THEN settled_usd WHEN 'reserved' THEN reserved_usd ELSE 0 END"
 
 
-def prompt_tokens_upper_bound(messages: list[dict[str, str]]) -> int:
+def prompt_tokens_upper_bound(messages: list[Message]) -> int:
     """Tokens of a chat prompt, from above: no BPE tokenizer yields more tokens than UTF-8
     bytes; add a margin per message for role markers and a fixed one for a template's
-    default system prompt. Over-reserving costs nothing but headroom."""
-    return sum(len(m.get("content", "").encode()) + 32 for m in messages) + 256
+    default system prompt. Over-reserving costs nothing but headroom. Media parts count
+    their JSON bytes (``media_bytes``)."""
+    return sum(len(message_text(m).encode()) + media_bytes(m) + 32 for m in messages) + 256
 
 
 class BudgetExceededError(RequestError):

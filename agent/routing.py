@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+from cloud_bridge.messages import Message, message_text
+
 
 @runtime_checkable
 class Router(Protocol):
@@ -66,9 +68,9 @@ class FixedRouter:
         }
 
 
-def query_text(messages: list[dict[str, str]]) -> str:
+def query_text(messages: list[Message]) -> str:
     """The text a router scores: the last user turn (the paper routes single queries)."""
     for m in reversed(messages):
         if m.get("role") == "user":
-            return m.get("content", "")
-    return messages[-1].get("content", "") if messages else ""
+            return message_text(m)
+    return message_text(messages[-1]) if messages else ""

@@ -43,7 +43,8 @@ from agent.policy import (
 )
 from agent.routing import FixedRouter, Router, query_text
 from agent.settings import Settings
-from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
+from cloud_bridge.messages import first_media, message_text
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, merge_logprobs
 
 log = logging.getLogger("edgeroute.runtime")
 
@@ -61,7 +62,7 @@ def prompt_tokens_typical(messages: list[Message]) -> int:
     """Tokens of a chat prompt as English text usually has them (about 4 characters a
     token, OpenAI's rule of thumb) plus role markers: the expected cost the policy weighs.
     Budgets reserve the upper bound below, never this."""
-    return sum(len(m.get("content", "")) // 4 + 8 for m in messages) + 8
+    return sum(len(message_text(m)) // 4 + 8 for m in messages) + 8
 
 
 def _tool_bytes(messages: list[Message], params: SamplingParams) -> int:
@@ -80,7 +81,9 @@ def _needs_tools(messages: list[Message], params: SamplingParams) -> bool:
                                      for m in messages)
 
 
-CAPABILITY_ORDER = ("tools", "response_format", "messages")  # which field a 400 names
+# Which field a 400 names when experts lack different things (``messages.N.content``, a
+# media part no expert reads, ranks as ``messages``).
+CAPABILITY_ORDER = ("tools", "response_format", "messages")
 
 
 def _own_count(e: Expert, messages: list[Message], req: Request) -> int | None:
@@ -139,6 +142,7 @@ class Runtime:
                 prompt_tokens=_own_count(e, messages, req),
                 tools=e.info.tools,
                 json_mode=e.info.json_mode,
+                modalities=frozenset(e.info.modalities),
             )
         return out
 
@@ -158,7 +162,8 @@ class Runtime:
                       tighter(b.max_request_usd, hints.max_cost_usd),
                       tighter(b.max_latency_ms, hints.max_latency_ms),
                       expected_prompt_tokens=prompt_tokens_typical(messages),
-                      tools=_needs_tools(messages, params), json_mode=params.json_mode)
+                      tools=_needs_tools(messages, params), json_mode=params.json_mode,
+                      media=first_media(messages))
         weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight,
                           p.local_margin)
         kw: dict[str, Any] = {"weights": weights, "default_expert": self.settings.default_expert(),
@@ -184,11 +189,12 @@ class Runtime:
         others = [r for n, r in decision.rejected.items() if n not in missing]
         if not others:
             params = [m[0] for m in missing.values()]
-            param = min(params, key=CAPABILITY_ORDER.index)
+            param = min(params, key=lambda p: CAPABILITY_ORDER.index(p.split(".")[0]))
             self.metrics.refusals.labels("capability").inc()
+            code = "unsupported_content" if param.endswith(".content") else f"unsupported_{param}"
             raise RequestError(f"no configured expert can serve this request's {param}: "
                                + "; ".join(f"{n}: {m[1]}" for n, m in sorted(missing.items())),
-                               param=param, code=f"unsupported_{param}")
+                               param=param, code=code)
         if all(r == "unavailable" for r in others):
             raise ExpertUnavailableError(decision.reason, retry_after_s=5)
         self._refuse(decision.reason)
@@ -273,15 +279,19 @@ class Runtime:
             return await self._cascade(decision, cascade_first, messages, params)
         parts: list[str] = []
         calls: list[dict[str, Any]] = []
-        last, answered = StreamPiece(), decision
+        pieces: list[StreamPiece] = []
+        answered = decision
         async for piece, by in self.dispatcher.run(decision, messages, params, stream=False,
                                                    fallback=fallback):
             parts.append(piece.content)
             calls.extend(piece.tool_calls)
-            last, answered = piece, by
+            pieces.append(piece)
+            answered = by
+        last = pieces[-1] if pieces else StreamPiece()
         assert last.usage is not None  # every expert ends with its usage
         return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
-                          tool_calls=tuple(calls), confidence=last.confidence), answered
+                          tool_calls=tuple(calls), confidence=last.confidence,
+                          logprobs=merge_logprobs(p.logprobs for p in pieces)), answered
 
     def stream(
         self, decision: Decision, messages: list[Message], params: SamplingParams

@@ -16,8 +16,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cloud_bridge.messages import Modality
 
 APP_NAME = "edgeroute"
 ENV_PREFIX = "EDGEROUTE_"
@@ -85,7 +94,12 @@ class ServerSettings(_Section):
     )
     max_message_chars: int = Field(
         200_000, ge=1, le=200_000,
-        description="Longest message content in characters (HTTP 400 above); in /openapi.json.",
+        description="Longest message content in characters (HTTP 400 above); in /openapi.json. "
+                    "A message sent as content parts: its text parts joined.",
+    )
+    max_content_parts: int = Field(
+        64, ge=1, le=1024,
+        description="Most content parts in one message (HTTP 400 above); in /openapi.json.",
     )
     max_tokens_cap: int = Field(
         4096, ge=1, description="Hard ceiling for a request's max_tokens (HTTP 400 above)."
@@ -331,6 +345,14 @@ class CloudExpertSettings(_Section):
     json_mode: bool = Field(
         True, description="The endpoint honours response_format (json_object, json_schema)."
     )
+    modalities: list[Modality] = Field(
+        default_factory=list,
+        description="Media the model reads besides text, JSON: [\"image\"], [\"image\", "
+                    "\"audio\", \"file\"]; a request with image_url, input_audio or file "
+                    "content parts goes only to experts that list them.")
+    developer_role: bool = Field(
+        False, description="The endpoint takes the `developer` role; false: developer "
+                            "messages are sent as system (servers that predate it refuse it).")
 
     @field_validator("name")
     @classmethod

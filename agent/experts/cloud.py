@@ -56,6 +56,7 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
             cfg.breaker_failure_threshold, cfg.breaker_cooldown_s, cfg.breaker_max_cooldown_s
         ),
         streams=cfg.streaming,
+        developer_role=cfg.developer_role,
     )
 
 
@@ -80,6 +81,7 @@ class CloudExpert:
             context_tokens=cfg.context_tokens,
             tools=cfg.tools,
             json_mode=cfg.json_mode,
+            modalities=frozenset(cfg.modalities),
         )
         return cls(info, BridgeClient(endpoint))
 
