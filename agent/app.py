@@ -362,8 +362,8 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         params = _params(req, settings)
         hints = _hints(req, request)
         decision = runtime.decide(req.model, messages, params, hints)
-        first = runtime.cascade_first(decision, params, req.model != "auto", hints,
-                                      stream=bool(req.stream))
+        first, decision = runtime.cascade_first(decision, params, req.model != "auto", hints,
+                                                stream=bool(req.stream))
         if req.stream and first is None:
             return await _open_stream(runtime, req, messages, params, decision)
         completion, decision = await runtime.complete(decision, messages, params,

@@ -124,7 +124,7 @@ class Dispatcher:
         self.metrics.fallbacks.labels(decision.expert, self.fallback_expert).inc()
         return Decision(self.fallback_expert, f"fallback: {reason}", decision.mode,
                         decision.scores, fallback_from=decision.expert,
-                        rejected=decision.rejected)
+                        rejected=decision.rejected, cascade=decision.cascade)
 
     # -- the steps ------------------------------------------------------------------------
     async def _begin(self, decision: Decision, prompt_bound: int, fallback: bool = True) -> _Turn:
