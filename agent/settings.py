@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -359,6 +361,16 @@ class CloudExpertSettings(_Section):
     def _name_ok(cls, v: str) -> str:
         return LocalExpertSettings._name_ok(v)
 
+    @field_validator("base_url")
+    @classmethod
+    def _url_ok(cls, v: str, info: ValidationInfo) -> str:
+        url = urlsplit(v)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            name = info.data.get("name", "?")
+            raise ValueError(f"cloud expert {name!r}: base_url {v!r} is not an http(s) URL; "
+                             "write it like https://api.openai.com/v1")
+        return v
+
 
 class RouterSettings(_Section):
     """The query router: an exported ONNX bundle, or a fixed default expert."""
@@ -528,12 +540,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Precedence in one place: init > environment > env files (later file wins)."""
-        from pydantic_settings import DotEnvSettingsSource
+        """Precedence in one place: init > environment > env files (later file wins). Both
+        variable sources name the variable and its layer when a value is not JSON."""
+        from agent.settings_sources import JsonCheckedDotEnvSource, JsonCheckedEnvSource
 
         files = [p for p in default_env_files() if p.is_file()]
-        dotenv = DotEnvSettingsSource(settings_cls, env_file=files or None)
-        return (init_settings, env_settings, dotenv, file_secret_settings)
+        return (init_settings, JsonCheckedEnvSource(settings_cls),
+                JsonCheckedDotEnvSource(settings_cls, files), file_secret_settings)
 
 
 def load_settings(**overrides: Any) -> Settings:
