@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -47,6 +48,7 @@ from agent.schemas import (
     sampling_params,
 )
 from agent.settings import Settings
+from cloud_bridge.messages import Message, message_text
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 log = logging.getLogger("edgeroute.app")
@@ -76,20 +78,28 @@ def _hints(req: ChatRequest, request: Request) -> Hints:
     return Hints(**values, cascade=req.edgeroute.cascade if req.edgeroute else None)
 
 
-def _check_messages(req: ChatRequest, settings: Settings) -> None:
-    """The limits that depend on settings (the OpenAPI document states them too). A chat
-    without a user message is fine, as in OpenAI's API: the router scores the last one."""
+def _check_messages(req: ChatRequest, messages: list[Message], settings: Settings) -> None:
+    """The limits that depend on settings (the OpenAPI document states them too). A
+    message's limit is on its text, its text parts joined. A chat without a user message
+    is fine, as in OpenAI's API: the router scores the last one."""
     srv = settings.server
-    if len(req.messages) > srv.max_messages:
+    if len(messages) > srv.max_messages:
         raise RequestError(
-            f"{len(req.messages)} messages exceed the limit of {srv.max_messages}",
+            f"{len(messages)} messages exceed the limit of {srv.max_messages}",
             param="messages",
             code="too_many_messages",
         )
-    for i, m in enumerate(req.messages):
-        if len(m.content or "") > srv.max_message_chars:
+    for i, (sent, m) in enumerate(zip(req.messages, messages, strict=True)):
+        parts = sent.content if isinstance(sent.content, list) else ()
+        if len(parts) > srv.max_content_parts:
             raise RequestError(
-                f"messages.{i}.content has {len(m.content or '')} characters, more than the limit "
+                f"messages.{i}.content has {len(parts)} content parts, more than the limit "
+                f"of {srv.max_content_parts}", param=f"messages.{i}.content",
+                code="too_many_content_parts")
+        chars = len(message_text(m))
+        if chars > srv.max_message_chars:
+            raise RequestError(
+                f"messages.{i}.content has {chars} characters, more than the limit "
                 f"of {srv.max_message_chars}; send a shorter message",
                 param=f"messages.{i}.content", code="message_too_long")
 
@@ -155,14 +165,14 @@ def _sse(obj: Any) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def _open_stream(rt: Runtime, req: ChatRequest, params: SamplingParams,
-                       decision: Decision) -> StreamingResponse:
+async def _open_stream(rt: Runtime, req: ChatRequest, messages: list[Message],
+                       params: SamplingParams, decision: Decision) -> StreamingResponse:
     """Start the expert's stream and wait for its first piece *before* the HTTP response
     starts, so that a failure before the first byte (a full queue, a failed cloud call
     with fallback off) is a real status code (503/502), not a cut-off 200 stream. The
     response replays that first piece; however it ends (a client gone before the body
     started included), closing the dispatch frees its admission slot and ledger row."""
-    it = rt.stream(decision, req.plain_messages(), params)
+    it = rt.stream(decision, messages, params)
     try:
         first = await anext(it)
     except StopAsyncIteration:
@@ -180,7 +190,7 @@ async def _open_stream(rt: Runtime, req: ChatRequest, params: SamplingParams,
         finally:
             await it.aclose()
 
-    return StreamingResponse(_events(replay(), req), media_type="text/event-stream",
+    return StreamingResponse(_events(rt, replay(), req), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"},
                              background=BackgroundTask(it.aclose))
 
@@ -188,7 +198,8 @@ async def _open_stream(rt: Runtime, req: ChatRequest, params: SamplingParams,
 async def _replay(answer: ChatResult,
                   decision: Decision) -> AsyncIterator[tuple[StreamPiece, Decision]]:
     """A whole answer as the pieces of a stream (a cascaded, buffered reply)."""
-    yield StreamPiece(answer.content, tool_calls=answer.tool_calls), decision
+    yield StreamPiece(answer.content, tool_calls=answer.tool_calls,
+                      logprobs=answer.logprobs), decision
     yield StreamPiece(finish_reason=answer.finish_reason, usage=answer.usage), decision
 
 
@@ -209,7 +220,7 @@ def _openai_deltas(calls: tuple[dict[str, Any], ...], seen: set[int]) -> list[di
     return out
 
 
-async def _events(stream: AsyncIterator[tuple[StreamPiece, Decision]],
+async def _events(rt: Runtime, stream: AsyncIterator[tuple[StreamPiece, Decision]],
                   req: ChatRequest) -> AsyncIterator[bytes]:
     cid, created = new_id(), int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -217,24 +228,22 @@ async def _events(stream: AsyncIterator[tuple[StreamPiece, Decision]],
     seen_calls: set[int] = set()
     try:
         async for delta, dec in stream:
+            chunk = partial(chunk_body, cid=cid, created=created, expert=dec.expert,
+                            fingerprint=rt.experts[dec.expert].info.fingerprint)
             if first:
-                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
-                                      delta={"role": "assistant", "content": ""},
-                                      routing=dec.as_dict()))
+                yield _sse(chunk(delta={"role": "assistant", "content": ""},
+                                 routing=dec.as_dict()))
                 first = False
-            if delta.content:
-                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
-                                      delta={"content": delta.content}))
+            logprobs = delta.logprobs if req.logprobs else None
+            if delta.content or logprobs:
+                yield _sse(chunk(delta={"content": delta.content}, logprobs=logprobs))
             if delta.tool_calls:
-                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
-                                      delta={"tool_calls": _openai_deltas(delta.tool_calls,
-                                                                          seen_calls)}))
+                yield _sse(chunk(delta={"tool_calls": _openai_deltas(delta.tool_calls,
+                                                                     seen_calls)}))
             if delta.finish_reason is not None:
-                yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert, delta={},
-                                      finish_reason=delta.finish_reason))
+                yield _sse(chunk(delta={}, finish_reason=delta.finish_reason))
                 if include_usage and delta.usage is not None:
-                    yield _sse(chunk_body(cid=cid, created=created, expert=dec.expert,
-                                          delta={}, usage=delta.usage))
+                    yield _sse(chunk(delta={}, usage=delta.usage))
     except (ExpertCallError, ExpertUnavailableError) as exc:
         # After the first byte the status is sent: end with an in-band error, no [DONE].
         yield _sse(openai_error_body(str(exc), "upstream_error", "model", "expert_failed"))
@@ -289,8 +298,10 @@ def _document_limits(app: FastAPI, settings: Settings, runtime: Runtime) -> None
         return openapi_limits(generate(), max_messages=srv.max_messages,
                               max_tokens_cap=srv.max_tokens_cap,
                               max_message_chars=srv.max_message_chars,
+                              max_content_parts=srv.max_content_parts,
                               tools=any(i.tools for i in infos),
-                              json_mode=any(i.json_mode for i in infos))
+                              json_mode=any(i.json_mode for i in infos),
+                              modalities=frozenset().union(*(i.modalities for i in infos)))
 
     app.openapi = openapi  # type: ignore[method-assign]
 
@@ -315,19 +326,19 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     _install_error_handlers(app)
 
     async def _answer(req: ChatRequest, request: Request) -> Any:
-        _check_messages(req, settings)
-        params = sampling_params(req, settings.server)
         messages = req.plain_messages()
+        _check_messages(req, messages, settings)
+        params = sampling_params(req, settings.server)
         hints = _hints(req, request)
         decision = runtime.decide(req.model, messages, params, hints)
-        first = runtime.cascade_first(decision, params, req.model != "auto", hints,
-                                      stream=req.stream)
+        first, decision = runtime.cascade_first(decision, params, req.model != "auto", hints,
+                                                stream=bool(req.stream))
         if req.stream and first is None:
-            return await _open_stream(runtime, req, params, decision)
+            return await _open_stream(runtime, req, messages, params, decision)
         completion, decision = await runtime.complete(decision, messages, params,
                                                       cascade_first=first)
         if req.stream:  # cascade_stream: the kept or escalated answer, buffered
-            return StreamingResponse(_events(_replay(completion, decision), req),
+            return StreamingResponse(_events(runtime, _replay(completion, decision), req),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         return completion_body(
@@ -337,7 +348,9 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
             finish_reason=completion.finish_reason,
             usage=completion.usage,
             routing=decision.as_dict(),
+            fingerprint=runtime.experts[decision.expert].info.fingerprint,
             tool_calls=completion.tool_calls,
+            logprobs=completion.logprobs if req.logprobs else None,
         )
 
     chat_responses = STREAM_RESPONSE | ERROR_RESPONSES
@@ -359,10 +372,11 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         worst-case cost, expected latency, feasibility, the chosen expert and why), as the
         same request to ``/v1/chat/completions`` would be decided now. No expert is called
         and the ledger is not touched; validation, limits and Host checks are chat's."""
-        _check_messages(req, settings)
+        messages = req.plain_messages()
+        _check_messages(req, messages, settings)
         params = sampling_params(req, settings.server)
-        decision = runtime.decide(req.model, req.plain_messages(), params,
-                                  _hints(req, request), served=False)
+        decision = runtime.decide(req.model, messages, params, _hints(req, request),
+                                  served=False)
         return {"object": "edgeroute.route", "created": int(time.time()),
                 "model": decision.expert, "routing": decision.as_dict()}
 

@@ -34,9 +34,12 @@ from agent.policy import (
 from agent.prompt_size import PromptSize, prompt_size
 from agent.routing import Router, Scoring, query_text
 from agent.settings import Settings
+from cloud_bridge.messages import first_media
 from cloud_bridge.wire import SamplingParams
 
-CAPABILITY_ORDER = ("tools", "response_format", "messages")  # which field a 400 names
+# Which field a 400 names when experts lack different things (``messages.N.content``, a
+# media part no expert reads, ranks as ``messages``).
+CAPABILITY_ORDER = ("tools", "response_format", "messages")
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ class Decider:
             scoring = self.router.score(query_text(messages))
             self.metrics.router_latency.observe(time.perf_counter() - t)
         size = prompt_size(messages, params.tools)
-        req = self._request(requested, size, params, hints, needs_tools(messages, params))
+        req = self._request(requested, size, params, hints, needs_tools(messages, params),
+                            first_media(messages))
         p = self.settings.policy
         weights = Weights(p.quality_weight, p.usd_per_correct, p.throughput_weight,
                           p.local_margin)
@@ -116,13 +120,13 @@ class Decider:
         return decision
 
     def _request(self, requested: str | None, size: PromptSize, params: SamplingParams,
-                 hints: Hints, tools: bool) -> Request:
+                 hints: Hints, tools: bool, media: Mapping[str, int]) -> Request:
         b = self.settings.budget
         return Request(requested, size.upper_bound, params.max_tokens,
                        tighter(b.max_request_usd, hints.max_cost_usd),
                        tighter(b.max_latency_ms, hints.max_latency_ms),
                        expected_prompt_tokens=size.typical, tools=tools,
-                       json_mode=params.json_mode)
+                       json_mode=params.json_mode, media=media)
 
     def _states(self, budgets: bool, messages: list[Message], req: Request, size: PromptSize,
                 scoring: Scoring, max_tokens: int) -> dict[str, ExpertState]:
@@ -141,6 +145,7 @@ class Decider:
                 prompt_tokens=self._own_count(info, messages, req, size),
                 tools=info.tools,
                 json_mode=info.json_mode,
+                modalities=frozenset(info.modalities),
             )
         return out
 
@@ -163,11 +168,12 @@ class Decider:
         others = [r for n, r in decision.rejected.items() if n not in missing]
         if not others:
             params = [m[0] for m in missing.values()]
-            param = min(params, key=CAPABILITY_ORDER.index)
+            param = min(params, key=lambda p: CAPABILITY_ORDER.index(p.split(".")[0]))
             self.metrics.refusals.labels("capability").inc()
+            code = "unsupported_content" if param.endswith(".content") else f"unsupported_{param}"
             raise RequestError(f"no configured expert can serve this request's {param}: "
                                + "; ".join(f"{n}: {m[1]}" for n, m in sorted(missing.items())),
-                               param=param, code=f"unsupported_{param}")
+                               param=param, code=code)
         if all(r == "unavailable" for r in others):
             raise ExpertUnavailableError(decision.reason, retry_after_s=5)
         self._refuse(decision.reason)

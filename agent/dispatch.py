@@ -123,7 +123,7 @@ class Dispatcher:
         self.metrics.fallbacks.labels(decision.expert, self.fallback_expert).inc()
         fallback = decision.assessed.get(self.fallback_expert)
         return replace(decision, expert=self.fallback_expert, reason=f"fallback: {reason}",
-                       fallback_from=decision.expert, cascade=None,
+                       fallback_from=decision.expert,
                        expected_quality=decision.scores.get(self.fallback_expert),
                        expected_cost_usd=0.0, worst_case_usd=0.0,
                        expected_latency_s=fallback.latency_s if fallback else None)
@@ -153,7 +153,8 @@ class Dispatcher:
             return
         answer = await expert.complete(messages, params)
         yield StreamPiece(answer.content, answer.finish_reason, answer.usage,
-                          tool_calls=answer.tool_calls, confidence=answer.confidence)
+                          tool_calls=answer.tool_calls, confidence=answer.confidence,
+                          logprobs=answer.logprobs)
 
     def _bill(self, turn: _Turn, usage: TokenUsage) -> None:
         """Settle the row. A usage the bridge counted (the peer sent none) guesses the

@@ -15,7 +15,8 @@ lat the measured latency estimate. Between local experts the default one is stic
 An expert is feasible when it is available, its worst-case cost (prompt + max_tokens)
 fits the per-request limit and the remaining spend, its latency estimate fits the latency
 limit, and it has what the request needs (``missing_capability``: tools,
-response_format, a context that holds the prompt plus max_tokens). Because cost enters
+response_format, the media of its content parts, a context that holds the prompt plus
+max_tokens). Because cost enters
 linearly, the chosen expert's cost can only rise as a correct answer is worth more (a
 property test holds us to it).
 """
@@ -28,9 +29,11 @@ from typing import Any
 
 from agent.answer_length import LengthModel
 from agent.routing import QueryFeatures
+from cloud_bridge.messages import MEDIA_PARTS
 from cloud_bridge.usage import Prices
 
 REFUSED = ""  # Decision.expert when no expert fits
+ALL_MODALITIES = frozenset(MEDIA_PARTS.values())
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class ExpertState:
     prompt_tokens: int | None = None  # this expert's own count (its tokenizer); None: req's
     tools: bool = True  # can answer a request with ``tools``
     json_mode: bool = True  # can honour ``response_format``
+    modalities: frozenset[str] = ALL_MODALITIES  # media it reads in content parts
 
     def worst_case_usd(self, req: Request) -> float:
         """What a budget reserves: the prompt's upper bound plus every allowed token."""
@@ -103,6 +107,8 @@ class Request:
     expected_prompt_tokens: int | None = None  # a typical count (None: the upper bound)
     tools: bool = False  # the request has ``tools``
     json_mode: bool = False  # the request has ``response_format`` other than text
+    # Media its content parts carry: modality -> the first message with it (the 400's param)
+    media: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -202,6 +208,9 @@ def missing_capability(e: ExpertState, req: Request) -> tuple[str, str] | None:
         return "tools", NOT_SUPPORTED + "tools"
     if req.json_mode and not e.json_mode:
         return "response_format", NOT_SUPPORTED + "response_format"
+    for modality, index in sorted(req.media.items(), key=lambda m: m[1]):
+        if modality not in e.modalities:
+            return f"messages.{index}.content", f"{NOT_SUPPORTED}{modality} input"
     if e.context_tokens is not None:
         n = req.prompt_tokens if e.prompt_tokens is None else e.prompt_tokens
         if n + req.max_tokens > e.context_tokens:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cloud_bridge.messages import media_bytes, message_text
 from cloud_bridge.usage import CHARS_PER_TOKEN, estimate_prompt_tokens
 
 MESSAGE_MARGIN = 32  # bytes: role markers of one message
@@ -40,9 +41,10 @@ def tool_bytes(messages: Sequence[dict[str, Any]], tools: Sequence[dict[str, Any
 
 
 def content_upper_bound(messages: Sequence[dict[str, Any]]) -> int:
-    """The bound of the message contents alone (no tools)."""
-    return sum(len(m.get("content", "").encode()) + MESSAGE_MARGIN for m in messages) + (
-        TEMPLATE_MARGIN)
+    """The bound of the message contents alone (no tools): their text's bytes, and a media
+    part's JSON bytes (``cloud_bridge.messages.media_bytes``)."""
+    return sum(len(message_text(m).encode()) + media_bytes(m) + MESSAGE_MARGIN
+               for m in messages) + TEMPLATE_MARGIN
 
 
 def prompt_size(messages: Sequence[dict[str, Any]],

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from agent.answer_length import LengthModel
+from cloud_bridge.messages import Message, message_text
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,9 @@ class FixedRouter:
         }
 
 
-def query_text(messages: list[dict[str, str]]) -> str:
+def query_text(messages: list[Message]) -> str:
     """The text a router scores: the last user turn (the paper routes single queries)."""
     for m in reversed(messages):
         if m.get("role") == "user":
-            return m.get("content", "")
-    return messages[-1].get("content", "") if messages else ""
+            return message_text(m)
+    return message_text(messages[-1]) if messages else ""

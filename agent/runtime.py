@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.admission import Admission
-from agent.cascade import CascadeRule, keep_local, local_first
+from agent.cascade import CascadeRule, first_local, keep_local
 from agent.decider import Decider, Hints
 from agent.decision_log import DecisionLog
 from agent.dispatch import Dispatcher, routable
@@ -35,7 +35,7 @@ from agent.model_files import resolve_model
 from agent.policy import Decision
 from agent.routing import FixedRouter, Router
 from agent.settings import Settings
-from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, merge_logprobs
 
 log = logging.getLogger("edgeroute.runtime")
 
@@ -93,20 +93,28 @@ class Runtime:
         return CascadeRule(p.cascade_band, p.cascade_threshold, p.cascade_signal)
 
     def cascade_first(self, decision: Decision, params: SamplingParams, requested: bool,
-                      hints: Hints | None = None, *, stream: bool = False) -> str | None:
-        """The local expert to try before the decision's cloud expert, or None: the
-        cascade is on (the request's ``edgeroute.cascade``, else the setting), the router
-        chose (no expert named), the reply is plain text (no tools, no JSON mode: a local
-        answer's confidence is about text), and a stream only with ``cascade_stream``."""
+                      hints: Hints | None = None, *,
+                      stream: bool = False) -> tuple[str | None, Decision]:
+        """The local expert to try before the decision's cloud expert (or None), and the
+        decision. Tried when the cascade is on (the request's ``edgeroute.cascade``, else
+        the setting), the router chose (no expert named), the reply is plain text (no
+        tools, no JSON mode: a local answer's confidence is about text), and a stream only
+        with ``cascade_stream``. Cascade on but not tried: the decision says why in its
+        ``cascade`` (``tried: false``, ``skipped``), so every reply shows the cascade."""
         p = self.settings.policy
         hints = hints or Hints()
-        on = p.cascade if hints.cascade is None else hints.cascade
-        if not on or requested or params.tools or params.json_mode:
-            return None
-        if stream and not p.cascade_stream:
-            return None
-        kinds = {n: e.info.kind for n, e in self.experts.items()}
-        return local_first(decision, kinds, p.cascade_band)
+        if not (p.cascade if hints.cascade is None else hints.cascade):
+            return None, decision
+        local, why = None, ("named expert" if requested
+                            else "tools/json mode" if params.tools or params.json_mode
+                            else "stream without cascade_stream"
+                            if stream and not p.cascade_stream else None)
+        if why is None:
+            kinds = {n: e.info.kind for n, e in self.experts.items()}
+            local, why = first_local(decision, kinds, p.cascade_band)
+        if local is not None:
+            return local, decision
+        return None, replace(decision, cascade={"tried": False, "skipped": why})
 
     async def _cascade(self, decision: Decision, local: str, messages: list[Message],
                        params: SamplingParams) -> tuple[ChatResult, Decision]:
@@ -120,7 +128,7 @@ class Runtime:
                           reason=f"cascade: {local} first, {decision.expert} if unsure")
         started = time.perf_counter()
         info: dict[str, object] = {
-            "local_expert": local, "cloud_expert": decision.expert,
+            "tried": True, "local_expert": local, "cloud_expert": decision.expert,
             "signal": rule.signal, "threshold": rule.threshold, "band": rule.band}
         try:
             answer, by = await self.complete(attempt, messages, params)
@@ -163,15 +171,19 @@ class Runtime:
             return await self._cascade(decision, cascade_first, messages, params)
         parts: list[str] = []
         calls: list[dict[str, Any]] = []
-        last, answered = StreamPiece(), decision
+        pieces: list[StreamPiece] = []
+        answered = decision
         async for piece, by in self.dispatcher.run(decision, messages, params, stream=False,
                                                    fallback=fallback):
             parts.append(piece.content)
             calls.extend(piece.tool_calls)
-            last, answered = piece, by
+            pieces.append(piece)
+            answered = by
+        last = pieces[-1] if pieces else StreamPiece()
         assert last.usage is not None  # every expert ends with its usage
         return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
-                          tool_calls=tuple(calls), confidence=last.confidence), answered
+                          tool_calls=tuple(calls), confidence=last.confidence,
+                          logprobs=merge_logprobs(p.logprobs for p in pieces)), answered
 
     def stream(
         self, decision: Decision, messages: list[Message], params: SamplingParams

@@ -18,6 +18,7 @@ from pydantic import (
 
 from agent.errors import RequestError
 from agent.settings import ServerSettings
+from cloud_bridge.messages import MEDIA_PARTS, Message, join_text
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import SamplingParams
 
@@ -33,17 +34,94 @@ def json_number(value: Any) -> Any:
     return value
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"]
+    text: StrictStr = Field(max_length=MAX_CONTENT_CHARS)
+
+
+class RefusalPart(BaseModel):
+    """An assistant turn's refusal: part of what it said, so part of its text."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["refusal"]
+    refusal: StrictStr = Field(max_length=MAX_CONTENT_CHARS)
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: StrictStr
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+class InputAudio(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    data: StrictStr
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FileRef(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    filename: StrictStr | None = None
+    file_data: StrictStr | None = None
+    file_id: StrictStr | None = None
+
+
+class FilePart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["file"]
+    file: FileRef
+
+
+ContentPart = Annotated[TextPart | RefusalPart | ImagePart | AudioPart | FilePart,
+                        Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Role = Field(description="Who wrote the message.")
-    content: StrictStr | None = Field(max_length=MAX_CONTENT_CHARS,
-                                      description="The message text (null: none, e.g. an "
-                                      "assistant turn that only calls tools).")
+    content: (Annotated[StrictStr, Field(max_length=MAX_CONTENT_CHARS)]
+              | Annotated[list[ContentPart], Field(min_length=1)]
+              | None) = Field(
+        None,
+        description="The message text, or OpenAI's content parts: text parts are joined "
+                    "into the text (by newlines); image_url, input_audio and file parts go "
+                    "only to experts that declare that modality (null: no text, e.g. an "
+                    "assistant turn that only calls tools).")
     tool_calls: list[dict[str, Any]] | None = Field(
         None, max_length=128, description="An assistant turn's tool calls, as it made them.")
     tool_call_id: StrictStr | None = Field(None, description="A tool turn: the call answered.")
     name: StrictStr | None = Field(None, description="Optional author name.")
+
+    def plain(self) -> Message:
+        """The message as experts take it: content a string (text parts joined; a
+        tools-only assistant turn has ""), or OpenAI's parts as sent when it holds
+        media; tool fields only when set."""
+        content: str | list[dict[str, Any]]
+        if isinstance(self.content, list):
+            parts = [p.model_dump(exclude_none=True) for p in self.content]
+            media = any(p["type"] in MEDIA_PARTS for p in parts)
+            content = parts if media else join_text(parts)
+        else:
+            content = self.content or ""
+        d: dict[str, Any] = {"role": self.role, "content": content}
+        for key in ("tool_calls", "tool_call_id", "name"):
+            if getattr(self, key) is not None:
+                d[key] = getattr(self, key)
+        return d
 
 
 class StreamOptions(BaseModel):
@@ -127,13 +205,15 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
     max_completion_tokens: int | None = Field(None, ge=1,
                                                     description="Alias of max_tokens.")
-    temperature: float = Field(0.7, ge=0.0, le=2.0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    temperature: float | None = Field(0.7, ge=0.0, le=2.0,
+                                      description="Sampling temperature (null: 0.7).")
+    top_p: float | None = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass "
+                                "(null: 1).")
     stop: StopString | Annotated[list[StopString], Field(max_length=4)] | None = Field(
         None, description="Up to 4 stop strings of 1 to 200 characters.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Sampling seed.")
-    n: int = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
-    stream: StrictBool = Field(False, description="Answer as server-sent events.")
+    n: int | None = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
+    stream: StrictBool | None = Field(False, description="Answer as server-sent events.")
     stream_options: StreamOptions | None = None
     edgeroute: RoutingHints | None = Field(None, description="edgeroute routing limits.")
     tools: list[Tool] | None = Field(
@@ -143,29 +223,26 @@ class ChatRequest(BaseModel):
         None, description="Whether and which tool to call (with tools only).")
     response_format: ResponseFormat | None = Field(
         None, description="text, json_object or json_schema: routed to experts with JSON mode.")
-    logprobs: StrictBool | None = Field(None, description="Ask the expert for logprobs.")
+    logprobs: StrictBool | None = Field(
+        None, description="Ask the expert for logprobs (cloud experts pass theirs through; "
+                          "local experts answer null).")
+    top_logprobs: int | None = Field(None, ge=0, le=20,
+                                     description="Most likely tokens per position, with "
+                                                 "logprobs.")
     user: StrictStr | None = Field(None, max_length=256,
                                    description="End-user id, passed to cloud experts.")
 
     _numbers = field_validator("max_tokens", "max_completion_tokens", "temperature", "top_p",
-                               "seed", "n", mode="before")(json_number)
+                               "seed", "n", "top_logprobs", mode="before")(json_number)
 
     def stop_tuple(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
-    def plain_messages(self) -> list[dict[str, Any]]:
-        """The messages as experts take them: content always a string (a tools-only
-        assistant turn has ""), tool fields only when set."""
-        out: list[dict[str, Any]] = []
-        for m in self.messages:
-            d: dict[str, Any] = {"role": m.role, "content": m.content or ""}
-            for key in ("tool_calls", "tool_call_id", "name"):
-                if getattr(m, key) is not None:
-                    d[key] = getattr(m, key)
-            out.append(d)
-        return out
+    def plain_messages(self) -> list[Message]:
+        """The messages as experts take them (:meth:`ChatMessage.plain`)."""
+        return [m.plain() for m in self.messages]
 
 
 def sampling_params(req: ChatRequest, server: ServerSettings) -> SamplingParams:
@@ -185,10 +262,12 @@ def sampling_params(req: ChatRequest, server: ServerSettings) -> SamplingParams:
     max_tokens = (req.max_tokens or req.max_completion_tokens
                   or min(server.default_max_tokens, cap))
     tool_choice = req.tool_choice
+    defaults = ChatRequest.model_fields  # OpenAI's null means the default
     return SamplingParams(
         max_tokens=max_tokens,
-        temperature=req.temperature,
-        top_p=req.top_p,
+        temperature=(defaults["temperature"].default if req.temperature is None
+                     else req.temperature),
+        top_p=defaults["top_p"].default if req.top_p is None else req.top_p,
         stop=req.stop_tuple(),
         seed=req.seed,
         tools=tuple(t.model_dump(exclude_none=True) for t in req.tools or ()),
@@ -196,6 +275,7 @@ def sampling_params(req: ChatRequest, server: ServerSettings) -> SamplingParams:
                      and not isinstance(tool_choice, str) else tool_choice),
         response_format=req.response_format.as_openai() if req.response_format else None,
         logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs,
         user=req.user,
     )
 
@@ -250,21 +330,28 @@ def completion_body(
     finish_reason: str,
     usage: TokenUsage,
     routing: dict[str, Any],
+    fingerprint: str,
     tool_calls: tuple[dict[str, Any], ...] = (),
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": content}
+    """A ``chat.completion`` with every field OpenAI's published schema requires
+    (``CreateChatCompletionResponse``: ``refusal`` and ``logprobs`` null when there are
+    none), plus ``expert`` and ``routing``."""
+    message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
     if tool_calls:  # OpenAI's shape: content null when the turn only calls tools
-        message = {"role": "assistant", "content": content or None,
+        message = {"role": "assistant", "content": content or None, "refusal": None,
                    "tool_calls": list(tool_calls)}
     return {
         "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": expert,
+        "system_fingerprint": fingerprint,
         "choices": [
             {
                 "index": 0,
                 "message": message,
+                "logprobs": logprobs,
                 "finish_reason": finish_reason,
             }
         ],
@@ -279,17 +366,24 @@ def chunk_body(
     cid: str,
     created: int,
     expert: str,
+    fingerprint: str,
     delta: dict[str, Any],
     finish_reason: str | None = None,
     usage: TokenUsage | None = None,
     routing: dict[str, Any] | None = None,
+    logprobs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` as OpenAI streams one (``logprobs`` null when the
+    piece has none; the usage chunk has no choices), plus ``expert`` and, on the first,
+    ``routing``."""
     body: dict[str, Any] = {
         "id": cid,
         "object": "chat.completion.chunk",
         "created": created,
         "model": expert,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+        "system_fingerprint": fingerprint,
+        "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+                     "finish_reason": finish_reason}],
         "expert": expert,
     }
     if usage is not None:
@@ -309,11 +403,16 @@ STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
 
 
 def openapi_limits(doc: dict[str, Any], *, max_messages: int, max_tokens_cap: int,
-                   max_message_chars: int, tools: bool = True,
-                   json_mode: bool = True) -> dict[str, Any]:
+                   max_message_chars: int, max_content_parts: int, tools: bool = True,
+                   json_mode: bool = True,
+                   modalities: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Write the limits this daemon's settings enforce into its OpenAPI document, so that
-    a request the document allows is one the server takes (schemathesis holds us to it)."""
+    a request the document allows is one the server takes (schemathesis holds us to it).
+    One limit stays beyond JSON Schema: a message's text parts, joined, must fit
+    ``max_message_chars`` too (each part does; with ``max_content_parts`` 1, exactly)."""
     schemas = doc.get("components", {}).get("schemas", {})
+    _content_parts(schemas, min(MAX_CONTENT_CHARS, max_message_chars), max_content_parts,
+                   modalities)
     chat = schemas.get("ChatRequest", {}).get("properties", {})
     if "messages" in chat:
         chat["messages"]["maxItems"] = max_messages
@@ -338,3 +437,29 @@ def openapi_limits(doc: dict[str, Any], *, max_messages: int, max_tokens_cap: in
         if branch.get("type") == "string":
             branch["maxLength"] = min(MAX_CONTENT_CHARS, max_message_chars)
     return doc
+
+
+PART_SCHEMAS = {"image_url": "ImagePart", "input_audio": "AudioPart", "file": "FilePart"}
+TEXT_PART_FIELDS = {"TextPart": "text", "RefusalPart": "refusal"}
+
+
+def _content_parts(schemas: dict[str, Any], max_chars: int, max_parts: int,
+                   modalities: frozenset[str]) -> None:
+    """Content parts as this daemon takes them: at most ``max_parts``, text parts of at
+    most ``max_chars``, and media parts only of a modality some expert declares."""
+    for name, key in TEXT_PART_FIELDS.items():
+        prop = schemas.get(name, {}).get("properties", {}).get(key)
+        if prop is not None:
+            prop["maxLength"] = max_chars
+    content = schemas.get("ChatMessage", {}).get("properties", {}).get("content") or {}
+    for branch in content.get("anyOf", []):
+        if branch.get("type") != "array":
+            continue
+        branch["maxItems"] = max_parts
+        items = branch.get("items", {})
+        gone = {f"#/components/schemas/{PART_SCHEMAS[t]}" for t, m in MEDIA_PARTS.items()
+                if m not in modalities}
+        items["oneOf"] = [p for p in items.get("oneOf", []) if p.get("$ref") not in gone]
+        mapping = items.get("discriminator", {}).get("mapping", {})
+        for tag in [t for t, ref in mapping.items() if ref in gone]:
+            del mapping[tag]

@@ -14,10 +14,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from cloud_bridge.messages import Modality
 
 APP_NAME = "edgeroute"
 ENV_PREFIX = "EDGEROUTE_"
@@ -85,7 +96,12 @@ class ServerSettings(_Section):
     )
     max_message_chars: int = Field(
         200_000, ge=1, le=200_000,
-        description="Longest message content in characters (HTTP 400 above); in /openapi.json.",
+        description="Longest message content in characters (HTTP 400 above); in /openapi.json. "
+                    "A message sent as content parts: its text parts joined.",
+    )
+    max_content_parts: int = Field(
+        64, ge=1, le=1024,
+        description="Most content parts in one message (HTTP 400 above); in /openapi.json.",
     )
     max_tokens_cap: int = Field(
         4096, ge=1, description="Hard ceiling for a request's max_tokens (HTTP 400 above)."
@@ -331,11 +347,29 @@ class CloudExpertSettings(_Section):
     json_mode: bool = Field(
         True, description="The endpoint honours response_format (json_object, json_schema)."
     )
+    modalities: list[Modality] = Field(
+        default_factory=list,
+        description="Media the model reads besides text, JSON: [\"image\"], [\"image\", "
+                    "\"audio\", \"file\"]; a request with image_url, input_audio or file "
+                    "content parts goes only to experts that list them.")
+    developer_role: bool = Field(
+        False, description="The endpoint takes the `developer` role; false: developer "
+                            "messages are sent as system (servers that predate it refuse it).")
 
     @field_validator("name")
     @classmethod
     def _name_ok(cls, v: str) -> str:
         return LocalExpertSettings._name_ok(v)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url_ok(cls, v: str, info: ValidationInfo) -> str:
+        url = urlsplit(v)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            name = info.data.get("name", "?")
+            raise ValueError(f"cloud expert {name!r}: base_url {v!r} is not an http(s) URL; "
+                             "write it like https://api.openai.com/v1")
+        return v
 
 
 class RouterSettings(_Section):
@@ -514,12 +548,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Precedence in one place: init > environment > env files (later file wins)."""
-        from pydantic_settings import DotEnvSettingsSource
+        """Precedence in one place: init > environment > env files (later file wins). Both
+        variable sources name the variable and its layer when a value is not JSON."""
+        from agent.settings_sources import JsonCheckedDotEnvSource, JsonCheckedEnvSource
 
         files = [p for p in default_env_files() if p.is_file()]
-        dotenv = DotEnvSettingsSource(settings_cls, env_file=files or None)
-        return (init_settings, env_settings, dotenv, file_secret_settings)
+        return (init_settings, JsonCheckedEnvSource(settings_cls),
+                JsonCheckedDotEnvSource(settings_cls, files), file_secret_settings)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -6,7 +6,9 @@
     half-open --failure--> open again, cooldown doubled up to max_cooldown_s
 
 Only failures that say the peer is unwell count (the retryable kind: connect errors,
-timeouts, broken streams, 408/429/5xx); a 400 for one bad request does not. A call counts
+timeouts, broken streams, 408/429/5xx); an answer about one request does not: a 400, or a
+5xx that is ``request_shaped`` (a validation-error body, the same answer on a retry;
+``cloud_bridge.errors.UpstreamStatusError``). A call counts
 once, after its own retries, so the default threshold is 1: a call that already failed
 its retries (or its first-token budget) says the peer is down, and the next request
 should not pay the same wait. The clock is injectable so tests step through cooldowns

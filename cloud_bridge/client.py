@@ -29,7 +29,6 @@ from pydantic import SecretStr
 
 from cloud_bridge.breaker import BreakerPolicy, CircuitBreaker
 from cloud_bridge.errors import (
-    RETRYABLE_STATUS,
     CallError,
     CallTimeout,
     ConnectFailed,
@@ -42,6 +41,7 @@ from cloud_bridge.errors import (
     UpstreamStatusError,
     translating,
 )
+from cloud_bridge.messages import Message, map_roles
 from cloud_bridge.retry import RetryPolicy, parse_retry_after
 from cloud_bridge.sse import SSEDecoder
 from cloud_bridge.timeouts import Deadline, Timeouts
@@ -51,11 +51,13 @@ from cloud_bridge.wire import (
     SamplingParams,
     StreamPiece,
     error_detail,
+    merge_logprobs,
     merge_tool_calls,
     parse_chunk_piece,
     parse_completion,
     parse_completion_message,
     request_body,
+    validation_error_body,
 )
 
 log = logging.getLogger("edgeroute.cloud_bridge")
@@ -77,6 +79,7 @@ class Endpoint:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
     streams: bool = True  # False: the peer cannot stream; calls wait for whole answers
+    developer_role: bool = False  # False: ``developer`` messages are sent as ``system``
 
     @property
     def chat_url(self) -> str:
@@ -97,6 +100,7 @@ class _Call:
     pieces: int = 0  # content pieces of the current attempt
     finish_reason: str | None = None
     usage: TokenUsage | None = None
+    last_error: CallError | None = None  # the previous attempt's, to spot the same answer
 
     def __post_init__(self) -> None:
         self.deadline = Deadline(self.timeouts.deadline_s, self.clock)
@@ -105,6 +109,14 @@ class _Call:
     def new_attempt(self) -> None:
         self.attempts += 1
         self.pieces, self.finish_reason, self.usage = 0, None, None
+
+    def failed(self, exc: CallError) -> None:
+        """Note an attempt's failure. A 5xx the peer gave twice in the same words is its
+        answer to this request, not a passing fault: no further retry, no breaker."""
+        if (isinstance(exc, UpstreamStatusError) and self.last_error is not None
+                and exc.same_answer(self.last_error)):
+            exc.mark_request_shaped()
+        self.last_error = exc
 
     def token(self) -> None:
         self.last_token_at = self.clock()
@@ -124,9 +136,11 @@ class _Call:
 
 
 def counts_against_peer(exc: CallError) -> bool:
-    """Failures that say the peer is unwell (they move the breaker); a 400 does not."""
+    """Failures that say the peer is unwell (they move the breaker); an answer about the
+    request (a 400, a validation error sent as a 500, the same 500 on a retry) does not:
+    the next request would be answered."""
     if isinstance(exc, UpstreamStatusError):
-        return exc.status in RETRYABLE_STATUS
+        return not exc.request_shaped
     return isinstance(exc, ConnectFailed | CallTimeout | StreamBroken)
 
 
@@ -171,7 +185,7 @@ class BridgeClient:
 
     # -- the two ways in ----------------------------------------------------------------
     async def complete(
-        self, messages: list[dict[str, str]], params: SamplingParams
+        self, messages: list[Message], params: SamplingParams
     ) -> ChatResult:
         """One whole answer, streamed from the peer and gathered; retried on transient
         failures (a stream torn before it ended included: the caller saw nothing)."""
@@ -180,19 +194,21 @@ class BridgeClient:
             return await self._complete_whole(messages, params, call)
         parts: list[str] = []
         calls: list[dict[str, Any]] = []
-        last = StreamPiece()
+        got: list[StreamPiece] = []
         async with aclosing(self._streamed(messages, params, call, buffered=True)) as pieces:
             async for piece in pieces:
                 parts.append(piece.content)
                 calls.extend(piece.tool_calls)
-                last = piece
+                got.append(piece)
+        last = got[-1]
         assert last.usage is not None  # the final piece always carries usage
         return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
                           last.cost_usd or 0.0, attempts=call.attempts,
-                          tool_calls=merge_tool_calls(calls))
+                          tool_calls=merge_tool_calls(calls),
+                          logprobs=merge_logprobs(p.logprobs for p in got))
 
     async def stream(
-        self, messages: list[dict[str, str]], params: SamplingParams
+        self, messages: list[Message], params: SamplingParams
     ) -> AsyncIterator[StreamPiece]:
         """Deltas as they arrive; the last piece carries finish_reason, usage and cost.
 
@@ -204,7 +220,8 @@ class BridgeClient:
             result = await self._complete_whole(messages, params, call)
             if result.content or result.tool_calls:
                 yield StreamPiece(content=result.content, tool_calls=tuple(
-                    {"index": i, **c} for i, c in enumerate(result.tool_calls)))
+                    {"index": i, **c} for i, c in enumerate(result.tool_calls)),
+                    logprobs=result.logprobs)
             yield StreamPiece(finish_reason=result.finish_reason, usage=result.usage,
                               cost_usd=result.cost_usd)
             return
@@ -214,13 +231,13 @@ class BridgeClient:
 
     # -- streaming from the peer --------------------------------------------------------
     async def _streamed(
-        self, messages: list[dict[str, str]], params: SamplingParams, call: _Call, *,
+        self, messages: list[Message], params: SamplingParams, call: _Call, *,
         buffered: bool,
     ) -> AsyncGenerator[StreamPiece, None]:
         """The peer's stream, attempts and breaker included. ``buffered``: hold the
         pieces until the answer is complete, so a torn stream can still be retried."""
         self.breaker.before_call()
-        body = request_body(self.endpoint.model, messages, params, stream=True)
+        body = self._body(messages, params, stream=True)
         held: list[StreamPiece] = []
         try:
             while True:
@@ -239,6 +256,7 @@ class BridgeClient:
                     if call.delivered:
                         exc.partial = True
                         exc.usage = call.usage or counted_usage(messages, call.delivered)
+                    call.failed(exc)
                     await self._wait_or_raise(exc, call, call.wait_limit()[0])
         except BaseException as exc:
             self._record(exc, delivered=call.delivered > 0)
@@ -271,9 +289,10 @@ class BridgeClient:
                     got = parse_chunk_piece(name, payload)
                     call.usage = got.usage or call.usage
                     call.finish_reason = got.finish_reason or call.finish_reason
-                    if got.content or got.tool_calls:
+                    if got.content or got.tool_calls or got.logprobs:
                         call.token()
-                        yield StreamPiece(content=got.content, tool_calls=got.tool_calls)
+                        yield StreamPiece(content=got.content, tool_calls=got.tool_calls,
+                                          logprobs=got.logprobs)
                 if line is None:
                     raise StreamBroken(name, "stream ended without [DONE]")
         finally:
@@ -291,12 +310,12 @@ class BridgeClient:
 
     # -- an endpoint that cannot stream ---------------------------------------------------
     async def _complete_whole(
-        self, messages: list[dict[str, str]], params: SamplingParams, call: _Call
+        self, messages: list[Message], params: SamplingParams, call: _Call
     ) -> ChatResult:
         """One plain call per attempt; the response head comes with the whole answer, so
         ``first_byte_s`` bounds the whole answer (today's behaviour for such peers)."""
         self.breaker.before_call()
-        body = request_body(self.endpoint.model, messages, params, stream=False)
+        body = self._body(messages, params, stream=False)
         try:
             while True:
                 call.new_attempt()
@@ -304,6 +323,7 @@ class BridgeClient:
                     result, usage = await self._complete_once(body, call)
                     break
                 except CallError as exc:
+                    call.failed(exc)
                     await self._wait_or_raise(exc, call, call.deadline.remaining())
         except BaseException as exc:
             self._record(exc)
@@ -312,7 +332,8 @@ class BridgeClient:
         usage = usage or counted_usage(messages, 0)
         cost = self.endpoint.prices.cost_usd(usage)
         return ChatResult(result.content, result.finish_reason, usage, cost,
-                          attempts=call.attempts, tool_calls=result.tool_calls)
+                          attempts=call.attempts, tool_calls=result.tool_calls,
+                          logprobs=result.logprobs)
 
     async def _complete_once(
         self, body: dict[str, object], call: _Call
@@ -330,6 +351,12 @@ class BridgeClient:
             self.endpoint.name, text)[2]
 
     # -- shared -----------------------------------------------------------------------
+    def _body(self, messages: list[Message], params: SamplingParams, *,
+              stream: bool) -> dict[str, Any]:
+        """The request body, in the roles this endpoint takes."""
+        wire = map_roles(messages, developer=self.endpoint.developer_role)
+        return request_body(self.endpoint.model, wire, params, stream=stream)
+
     def _timed_out(self, which: str) -> CallError:
         name, t = self.endpoint.name, self.endpoint.timeouts
         if which == "first token":
@@ -390,6 +417,7 @@ class BridgeClient:
             response.status_code,
             error_detail(text),
             parse_retry_after(response.headers.get("retry-after")),
+            validation_body=validation_error_body(text),
         )
 
     async def _wait_or_raise(self, exc: CallError, call: _Call, window_s: float) -> None:

@@ -13,7 +13,8 @@
         │   └── DeadlineExceeded   the call's overall deadline passed (never retried)
         ├── StreamBroken           connection reset or closed mid-body, bad framing
         ├── RedirectRefused        the peer answered 3xx; redirects are never followed
-        ├── UpstreamStatusError    non-2xx answer (retryable for 408, 429, 5xx)
+        ├── UpstreamStatusError    non-2xx answer (retryable for 408, 429, 5xx unless
+        │                          ``request_shaped``: the answer is about the request)
         └── MalformedResponse      2xx answer that is not OpenAI-shaped JSON / SSE
 
 ``partial`` is True once a streamed delta reached the caller: such a call is never
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
 
 Phase = Literal["connect", "head", "body"]
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Statuses that speak of the peer's state whatever the body says: a gateway that lost its
+# upstream, a server that says it is unavailable or slow.
+AVAILABILITY_STATUS = frozenset({408, 429, 502, 503, 504})
 
 
 class BridgeError(Exception):
@@ -115,13 +119,34 @@ class MalformedResponse(CallError):
 
 
 class UpstreamStatusError(CallError):
+    """A non-2xx answer. ``request_shaped``: the answer is about this request, not the
+    peer's health (any 4xx but 408 and 429; a 5xx whose body is a validation error, or
+    that came back the same on a retry): it is not retried again and never moves the
+    breaker, because the next request would be answered fine."""
+
     def __init__(
-        self, expert: str, status: int, detail: str, retry_after_s: float | None = None
+        self, expert: str, status: int, detail: str, retry_after_s: float | None = None,
+        *, validation_body: bool = False,
     ) -> None:
         super().__init__(expert, f"HTTP {status}: {detail}")
         self.status = status
         self.retry_after_s = retry_after_s
         self.retryable = status in RETRYABLE_STATUS
+        self.request_shaped = status not in RETRYABLE_STATUS
+        if validation_body:
+            self.mark_request_shaped()
+
+    def mark_request_shaped(self) -> None:
+        """A 5xx that is the request's fault (e.g. llama.cpp's server answers a role it
+        does not know with a 500); availability statuses (502, 503, 504) never are."""
+        if self.status not in AVAILABILITY_STATUS:
+            self.request_shaped = True
+            self.retryable = False
+
+    def same_answer(self, other: CallError) -> bool:
+        """Whether ``other`` (the previous attempt's error) said exactly this."""
+        return (isinstance(other, UpstreamStatusError) and other.status == self.status
+                and other.detail == self.detail)
 
 
 @contextmanager

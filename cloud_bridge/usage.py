@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from cloud_bridge.messages import Message, message_text
+
 CHARS_PER_TOKEN = 4
 TEMPLATE_TOKENS_PER_MESSAGE = 8  # role markers and separators a chat template adds
 
@@ -53,12 +55,12 @@ class Prices:
         return self.usd(usage.prompt_tokens, usage.completion_tokens, cached)
 
 
-def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+def estimate_prompt_tokens(messages: list[Message]) -> int:
     """A rough prompt size for when the peer reports none (about 4 characters a token,
     plus the chat template's markers per message)."""
-    chars = sum(len(m.get("content", "")) + len(m.get("role", "")) for m in messages)
+    chars = sum(len(message_text(m)) + len(m.get("role", "")) for m in messages)
     return math.ceil(chars / CHARS_PER_TOKEN) + TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
 
 
-def counted_usage(messages: list[dict[str, str]], n_deltas: int) -> TokenUsage:
+def counted_usage(messages: list[Message], n_deltas: int) -> TokenUsage:
     return TokenUsage(estimate_prompt_tokens(messages), n_deltas, estimated=True)

@@ -8,11 +8,18 @@ unusable becomes :class:`MalformedResponse` naming what was missing.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from cloud_bridge.errors import MalformedResponse, UpstreamStatusError
+from cloud_bridge.messages import Message
 from cloud_bridge.usage import TokenUsage
+
+# OpenAI's choice ``logprobs`` object ({"content": [...], "refusal": [...]}), passed through
+# as the peer sent it.
+Logprobs = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class SamplingParams:
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = None
     user: str | None = None
 
     @property
@@ -51,7 +59,7 @@ class SamplingParams:
             kw["tools"] = list(self.tools)
             if self.tool_choice is not None:
                 kw["tool_choice"] = self.tool_choice
-        for key in ("response_format", "logprobs", "user"):
+        for key in ("response_format", "logprobs", "top_logprobs", "user"):
             if getattr(self, key) is not None:
                 kw[key] = getattr(self, key)
         return kw
@@ -85,6 +93,7 @@ class ChatResult:
     attempts: int = 1
     tool_calls: tuple[dict[str, Any], ...] = ()  # whole calls: id, type, function
     confidence: AnswerConfidence | None = None  # local experts' token log-probabilities
+    logprobs: Logprobs | None = None  # a cloud expert's, when the request asked for them
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,22 @@ class StreamPiece:
     cost_usd: float | None = None
     tool_calls: tuple[dict[str, Any], ...] = ()  # deltas as streamed: index, id, fragments
     confidence: AnswerConfidence | None = None  # on the last piece, where the expert has it
+    logprobs: Logprobs | None = None  # this piece's tokens' (a cloud chunk's), if asked for
+
+
+def merge_logprobs(parts: Iterable[Logprobs | None]) -> Logprobs | None:
+    """One answer's logprobs from its pieces': the token lists concatenated in order, the
+    way a client joins a stream's chunks; None when no piece had any."""
+    merged: Logprobs | None = None
+    for part in parts:
+        if not part:
+            continue
+        merged = merged or {"content": None, "refusal": None}
+        for key in ("content", "refusal"):
+            tokens = part.get(key)
+            if isinstance(tokens, list):
+                merged[key] = [*(merged[key] or []), *tokens]
+    return merged
 
 
 def merge_tool_calls(deltas: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
@@ -115,7 +140,7 @@ def merge_tool_calls(deltas: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]
 
 
 def request_body(
-    model: str, messages: list[dict[str, str]], params: SamplingParams, *, stream: bool
+    model: str, messages: list[Message], params: SamplingParams, *, stream: bool
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": messages, **params.openai_kwargs(),
                             "stream": stream}
@@ -155,6 +180,11 @@ def _raise_in_band_error(expert: str, obj: dict[str, Any]) -> None:
     raise UpstreamStatusError(expert, 200, f"error event from peer: {message}")
 
 
+def _logprobs(choice: dict[str, Any]) -> Logprobs | None:
+    value = choice.get("logprobs")
+    return value if isinstance(value, dict) else None
+
+
 def _tool_calls(obj: dict[str, Any]) -> tuple[dict[str, Any], ...]:
     calls = obj.get("tool_calls")
     return tuple(c for c in calls if isinstance(c, dict)) if isinstance(calls, list) else ()
@@ -173,7 +203,8 @@ def parse_completion_message(expert: str, text: str) -> ChatResult:
         raise MalformedResponse(expert, f"completion has no choices[0].message: {text[:120]!r}") \
             from exc
     return ChatResult(str(content), str(choice.get("finish_reason") or "stop"),
-                      parse_usage(obj) or TokenUsage(0, 0), tool_calls=_tool_calls(message))
+                      parse_usage(obj) or TokenUsage(0, 0), tool_calls=_tool_calls(message),
+                      logprobs=_logprobs(choice) if isinstance(choice, dict) else None)
 
 
 def parse_completion(expert: str, text: str) -> tuple[str, str, TokenUsage | None]:
@@ -192,6 +223,7 @@ def parse_chunk_piece(expert: str, payload: str) -> StreamPiece:
     choices = obj.get("choices") or []
     content, finish = "", None
     calls: tuple[dict[str, Any], ...] = ()
+    logprobs = None
     if choices:
         choice = choices[0] if isinstance(choices[0], dict) else {}
         delta = choice.get("delta") or {}
@@ -199,14 +231,28 @@ def parse_chunk_piece(expert: str, payload: str) -> StreamPiece:
             content = delta.get("content") or ""
             calls = _tool_calls(delta)
         finish = choice.get("finish_reason")
+        logprobs = _logprobs(choice)
     return StreamPiece(str(content), str(finish) if finish else None, parse_usage(obj),
-                       tool_calls=calls)
+                       tool_calls=calls, logprobs=logprobs)
 
 
 def parse_chunk(expert: str, payload: str) -> tuple[str, str | None, TokenUsage | None]:
     """``(content, finish_reason, usage)`` from one chat.completion.chunk payload."""
     piece = parse_chunk_piece(expert, payload)
     return piece.content, piece.finish_reason, piece.usage
+
+
+# What a validation error looks like in an error body, whatever the status it came with:
+# OpenAI's error type, FastAPI's 422 ``detail`` list, pydantic's own wording (llama.cpp's
+# server turns a request its schema refuses into a 500 carrying pydantic's errors).
+_VALIDATION_TEXT = re.compile(
+    r"invalid_request_error|validation error|['\"]loc['\"]\s*:|Input should be|"
+    r"Field required|Extra inputs are not permitted", re.IGNORECASE)
+
+
+def validation_error_body(text: str) -> bool:
+    """Whether an error body says the request was invalid (so the peer is fine)."""
+    return bool(_VALIDATION_TEXT.search(text[:4096]))
 
 
 def error_detail(text: str) -> str:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -77,18 +78,14 @@ def smollm_gguf() -> Path:
     return assemble_builtin(BUILTINS[SMOLLM2_DEFAULT], MODEL_CACHE)
 
 
-@pytest.fixture(scope="session")
-def cloud_server(smollm_gguf: Path) -> Iterator[str]:
-    """llama-cpp-python's own OpenAI-compatible server on loopback, standing in for a
-    cloud expert (SmolLM2-135M-Instruct). Yields its base URL ending in /v1."""
+@contextmanager
+def llama_server(model: Path, *args: str) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server on a free loopback port; yields its
+    base URL ending in /v1."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm_gguf),
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
-         "--model_alias", "smollm2-cloud",
-         # llama-cpp-python's server cancels a running stream when another request arrives
-         # (interrupt_requests=True): a real cloud serves concurrent streams side by side.
-         "--interrupt_requests", "false"],
+        [sys.executable, "-m", "llama_cpp.server", "--model", str(model),
+         "--host", "127.0.0.1", "--port", str(port), *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -100,3 +97,23 @@ def cloud_server(smollm_gguf: Path) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def cloud_server(smollm_gguf: Path) -> Iterator[str]:
+    """llama-cpp-python's own OpenAI-compatible server on loopback, standing in for a
+    cloud expert (SmolLM2-135M-Instruct). Yields its base URL ending in /v1."""
+    # llama-cpp-python's server cancels a running stream when another request arrives
+    # (interrupt_requests=True): a real cloud serves concurrent streams side by side.
+    with llama_server(smollm_gguf, "--n_ctx", "4096", "--model_alias", "smollm2-cloud",
+                      "--interrupt_requests", "false") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def logprobs_server(smollm_gguf: Path) -> Iterator[str]:
+    """The same server with ``logits_all``, so it can answer ``logprobs`` (it keeps
+    n_ctx x vocabulary floats: a small context)."""
+    with llama_server(smollm_gguf, "--n_ctx", "1024", "--model_alias", "smollm2-logprobs",
+                      "--logits_all", "true", "--interrupt_requests", "false") as url:
+        yield url

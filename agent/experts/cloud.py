@@ -60,6 +60,7 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
             cfg.breaker_failure_threshold, cfg.breaker_cooldown_s, cfg.breaker_max_cooldown_s
         ),
         streams=cfg.streaming,
+        developer_role=cfg.developer_role,
     )
 
 
@@ -76,6 +77,7 @@ def cloud_info(cfg: CloudExpertSettings, prices: Prices | None = None) -> Expert
         context_tokens=cfg.context_tokens,
         tools=cfg.tools,
         json_mode=cfg.json_mode,
+        modalities=frozenset(cfg.modalities),
     )
 
 

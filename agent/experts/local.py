@@ -31,6 +31,7 @@ from agent.experts.base import ExpertInfo, Message
 from agent.experts.batching import BatchEngine, BatchStats, DecodeThread, SequenceSpec
 from agent.experts.chat_template import ChatTemplate
 from agent.settings import LocalExpertSettings
+from cloud_bridge.messages import message_text
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
@@ -86,7 +87,7 @@ def count_prompt_tokens(llama: Any, messages: list[Message]) -> int:
     ``llama`` may be a vocabulary-only load."""
     total = TEMPLATE_MARGIN
     for m in messages:
-        text = m.get("content", "").encode("utf-8", "replace")
+        text = message_text(m).encode("utf-8", "replace")
         total += len(llama.tokenize(text, add_bos=False, special=False)) + MESSAGE_MARGIN
     return total
 
@@ -200,9 +201,12 @@ class LocalExpert:
     def _kwargs(self, messages: list[Message], params: SamplingParams) -> dict[str, Any]:
         """OpenAI's arguments as llama-cpp-python takes them: its JSON mode is
         ``{"type": "json_object", "schema": ...}`` (a grammar from the schema, else any
-        JSON); it has no ``user``; tools only when this expert declares them."""
+        JSON); it has no ``user``; tools only when this expert declares them. No logprobs:
+        the model is loaded without ``logits_all`` (it would hold n_ctx x vocabulary
+        floats), and llama-cpp-python refuses ``top_logprobs`` then."""
         kw = params.openai_kwargs()
-        kw.pop("user", None)
+        for key in ("user", "logprobs", "top_logprobs"):
+            kw.pop(key, None)
         if not self.info.tools:
             kw.pop("tools", None)
             kw.pop("tool_choice", None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.cascade import CascadeRule, keep_local, local_first
+from agent.cascade import CascadeRule, first_local, keep_local, local_first
 from agent.policy import Decision
 
 KINDS = {"qwen": "local", "smol": "local", "gpt4": "cloud", "mixtral": "cloud"}
@@ -62,3 +62,29 @@ def test_keep_is_monotone_in_threshold_and_never_keeps_a_cut_off_answer(value, t
     assert keep_local(value, "stop", CascadeRule(0.1, lo)) == (value >= lo)
     assert not keep_local(value, "length", CascadeRule(0.1, -1e9))
     assert not keep_local(None, "stop", CascadeRule(0.1, -1e9))
+
+
+@given(scores_st, band_st, st.sampled_from(["gpt4", "mixtral"]))
+def test_exactly_one_of_a_local_expert_or_a_reason_why_not(scores, band, cloud):
+    """``routing.cascade.skipped``: the reason is given whenever no local expert is tried,
+    and it is the band's when the band is what decided."""
+    local, why = first_local(_decision(cloud, scores), KINDS, band)
+    assert (local is None) != (why is None)
+    if local is None:
+        assert why == "outside the band"
+        assert max(scores["qwen"], scores["smol"]) < scores[cloud] - band
+
+
+def test_each_reason_for_not_trying_a_local_expert() -> None:
+    scores = {"qwen": 0.5, "smol": 0.4, "gpt4": 0.9, "mixtral": 0.8}
+    rejected = {"qwen": "does not support tools", "smol": "does not support tools"}
+    cases = {
+        "the policy chose a local expert": _decision("qwen", scores),
+        "not chosen by utility": _decision("gpt4", scores, fallback_from="mixtral"),
+        "no router score for the cloud expert": _decision("gpt4", {"qwen": 0.5}),
+        "no local expert fits": _decision("gpt4", scores, rejected),
+        "outside the band": _decision("gpt4", scores),
+    }
+    for why, decision in cases.items():
+        assert first_local(decision, KINDS, 0.1) == (None, why)
+    assert first_local(_decision("gpt4", scores), KINDS, 0.4) == ("qwen", None)

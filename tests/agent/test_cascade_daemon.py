@@ -104,7 +104,36 @@ def test_an_unsure_local_answer_is_escalated_and_only_the_cloud_call_is_charged(
                 "model": "auto", "max_tokens": 8, "stream": True,
                 "messages": [{"role": "user", "content": QUESTION}]}) as s:
             first = next(line for line in s.iter_lines() if line.startswith("data: "))
-        assert "cascade" not in json.loads(first[6:])["routing"]
+        assert json.loads(first[6:])["routing"]["cascade"] == {
+            "tried": False, "skipped": "stream without cascade_stream"}
+
+
+@pytest.mark.slow
+def test_every_routed_reply_says_whether_the_cascade_tried_local_and_why_not(
+        cloud_server, smollm_gguf, tmp_path):
+    """Cascade on with a band of 0: the router rates gpt4 above the local model, so the
+    query is outside the band; a named expert and JSON mode are never cascaded; a request
+    that falls back (gpt4's peer refuses ``developer``, declared as taken) keeps the trace."""
+    settings = _settings(tmp_path, cloud_server, -50.0, cascade_band=0.0)
+    settings = settings.model_copy(update={"cloud_experts": [
+        settings.cloud_experts[0].model_copy(update={"developer_role": True,
+                                                     "max_retries": 0})]})
+    with running_daemon(settings) as url, httpx.Client(base_url=url, timeout=60) as client:
+        def skipped(**extra) -> object:
+            r = _ask(client, **extra)
+            assert r.status_code == 200, r.text
+            return r.json()["routing"].get("cascade")
+
+        assert skipped() == {"tried": False, "skipped": "outside the band"}
+        assert skipped(model="gpt4") == {"tried": False, "skipped": "named expert"}
+        assert skipped(response_format={"type": "json_object"}) == {
+            "tried": False, "skipped": "tools/json mode"}
+        fell = _ask(client, messages=[{"role": "developer", "content": "Be brief."},
+                                      {"role": "user", "content": QUESTION}]).json()
+        assert fell["expert"] == "smollm2-135m" and fell["routing"]["fallback_from"] == "gpt4"
+        assert fell["routing"]["cascade"] == {"tried": False, "skipped": "outside the band"}
+        # Off (per request): no trace at all, as before.
+        assert "cascade" not in _ask(client, edgeroute={"cascade": False}).json()["routing"]
 
 
 @pytest.mark.slow
@@ -118,6 +147,7 @@ def test_a_buffered_stream_carries_the_cascade(cloud_server, smollm_gguf, tmp_pa
         assert events[-1] == "[DONE]"
         first = json.loads(events[0])
         assert first["routing"]["cascade"]["outcome"] == "kept"
+        assert first["routing"]["cascade"]["tried"] is True
         text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
                        for e in events[:-1] if json.loads(e)["choices"])
         assert text.strip()
@@ -139,7 +169,7 @@ async def test_an_escalation_a_budget_would_refuse_keeps_the_local_answer(
         params = SamplingParams(max_tokens=8, temperature=0.0)
         decision = rt.decide("auto", messages, params)
         assert decision.expert == "gpt4"
-        first = rt.cascade_first(decision, params, requested=False)
+        first, decision = rt.cascade_first(decision, params, requested=False)
         assert first == "smollm2-135m"
         row = rt.ledger.reserve("gpt4", 0.999)  # spent by others since the decision
         rt.ledger.settle(row, 0.999, 1000, 1000)

@@ -58,6 +58,50 @@ def test_cli_errors_are_one_line(args, env, needle) -> None:
     assert "Traceback" not in r.stderr
 
 
+def _one_line_error(r: subprocess.CompletedProcess[str]) -> str:
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0].startswith("edgeroute: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", [["serve"], ["doctor"], ["config", "show"], ["predict", "hi"],
+                                     ["experts", "list"]])
+@pytest.mark.parametrize(("var", "value"), [
+    ("EDGEROUTE_CLOUD_EXPERTS", "not json"),
+    ("EDGEROUTE_SERVER__ALLOWED_HOSTS", "[localhost"),
+])
+def test_a_value_that_is_not_json_is_one_line_naming_variable_and_layer(
+        command: list[str], var: str, value: str) -> None:
+    line = _one_line_error(run_cli(*command, env={var: value}, timeout=60))
+    assert f"{var} (the environment) is not valid JSON: " in line
+    assert "line 1 column" in line  # the parse error itself
+
+
+def test_a_value_that_is_not_json_in_an_env_file_names_the_file(tmp_path: Path) -> None:
+    """The later file wins in the settings, so the file named is the one that was read."""
+    fleet, device = tmp_path / "fleet.env", tmp_path / "device.env"
+    fleet.write_text("EDGEROUTE_SERVER__PORT=2399\nEDGEROUTE_CLOUD_EXPERTS=[{name: x}]\n")
+    device.write_text("EDGEROUTE_ROUTER__THREADS=1\n")
+    files = f"{fleet}{os.pathsep}{device}"
+    for command in (["serve"], ["doctor"]):
+        line = _one_line_error(run_cli(*command, env={"EDGEROUTE_ENV_FILES": files}))
+        assert f"EDGEROUTE_CLOUD_EXPERTS (env file {fleet}) is not valid JSON" in line
+    device.write_text("EDGEROUTE_CLOUD_EXPERTS='also not json'\n")
+    line = _one_line_error(run_cli("serve", env={"EDGEROUTE_ENV_FILES": files}))
+    assert f"(env file {device})" in line
+
+
+@pytest.mark.parametrize("url", ["ftp://a", "localhost:8000/v1", "https://"])
+def test_a_cloud_base_url_that_is_not_http_is_a_start_up_error_naming_the_expert(
+        url: str) -> None:
+    cloud = json.dumps([{"name": "gpt-x", "base_url": url, "model": "m"}])
+    line = _one_line_error(run_cli("serve", env={"EDGEROUTE_CLOUD_EXPERTS": cloud}))
+    assert "cloud_experts.0.base_url" in line and "cloud expert 'gpt-x'" in line
+    assert repr(url) in line
+
+
 def test_config_show_masks_secrets(tmp_path: Path) -> None:
     cloud = json.dumps([{"name": "c", "base_url": "http://127.0.0.1:9/v1", "model": "m",
                          "api_key": "sk-very-secret"}])

@@ -22,15 +22,17 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 def strict_url(smollm_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Limits chosen so that every request the document allows fits the daemon: 4
     messages of 128 characters (12 bytes each at worst, as JSON escapes) fit the 16 KB
-    body, and their byte bound plus max_tokens fits the 4,096-token context. The tiny
-    max_tokens cap keeps the valid requests hypothesis finds fast."""
+    body, and their byte bound plus max_tokens fits the 4,096-token context; one content
+    part per message, so the joined text of a message's parts is its one part's (a sum
+    JSON Schema cannot bound). The tiny max_tokens cap keeps the valid requests
+    hypothesis finds fast."""
     from agent.settings import Settings
 
     tmp = tmp_path_factory.mktemp("strict")
     s = Settings(
         paths={"data_dir": tmp / "d", "cache_dir": MODEL_CACHE, "config_dir": tmp / "c"},
         server={"port": free_port(), "max_tokens_cap": 4, "max_body_bytes": 16_384,
-                "max_messages": 4, "max_message_chars": 128},
+                "max_messages": 4, "max_message_chars": 128, "max_content_parts": 1},
         local_experts=[{"name": "smol", "model": str(smollm_gguf), "n_threads": 1,
                         "n_ctx": 4096}],
         router={"bundle": "none"},

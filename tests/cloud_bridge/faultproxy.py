@@ -30,6 +30,7 @@ class Fault(enum.Enum):
     SLOW_DRIP = "slow_drip"  # forward the answer a few bytes at a time
     STATUS_429 = "status_429"  # synthesized: 429 with Retry-After
     STATUS_500 = "status_500"  # synthesized: 500 with an OpenAI error body
+    STATUS_503 = "status_503"  # synthesized: 503, the same body every time
     REDIRECT = "redirect"  # synthesized: 307 to redirect_to
 
 
@@ -157,6 +158,10 @@ class FaultProxy:
         elif fault is Fault.STATUS_500:
             data = _synth("500 Internal Server Error", {"Content-Type": "application/json"},
                           _error_json("upstream crashed (synthesized by FaultProxy)",
+                                      "server_error"))
+        elif fault is Fault.STATUS_503:
+            data = _synth("503 Service Unavailable", {"Content-Type": "application/json"},
+                          _error_json("overloaded (synthesized by FaultProxy)",
                                       "server_error"))
         else:
             data = _synth("307 Temporary Redirect", {"Location": self.options.redirect_to})

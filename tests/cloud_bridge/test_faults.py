@@ -145,12 +145,37 @@ async def test_429_retry_after_beyond_deadline_fails_now(fault_proxy: FaultProxy
     assert elapsed < SLACK_S and fault_proxy.applied == [Fault.STATUS_429]
 
 
-async def test_500_is_retried_then_reported(fault_proxy: FaultProxy) -> None:
-    """The 500 is synthesized by the proxy."""
+async def test_the_same_500_on_a_retry_is_the_requests_answer(fault_proxy: FaultProxy) -> None:
+    """The 500 is synthesized by the proxy, the same body each time: retried once, then
+    taken as the peer's answer to this request (no third try, no mark on the breaker)."""
     fault_proxy.set_plan([], default=Fault.STATUS_500)
-    err, elapsed = await _complete_err(_client(fault_proxy, retries=2))
+    client = _client(fault_proxy, retries=2, threshold=1)
+    err, elapsed = await _complete_err(client)
     assert isinstance(err, UpstreamStatusError) and err.status == 500
-    assert fault_proxy.applied == [Fault.STATUS_500] * 3 and elapsed < 1.0 + SLACK_S
+    assert err.request_shaped and not err.retryable
+    assert fault_proxy.applied == [Fault.STATUS_500] * 2 and elapsed < 1.0 + SLACK_S
+    assert client.breaker.state == "closed"
+
+
+async def test_a_500_then_another_answer_is_retried_and_counts(fault_proxy: FaultProxy) -> None:
+    """Answers that differ say the peer is in trouble: every retry is used, and the
+    failed call opens the breaker."""
+    fault_proxy.set_plan([Fault.STATUS_500, Fault.STATUS_503, Fault.STATUS_500])
+    client = _client(fault_proxy, retries=2, threshold=1)
+    err, _ = await _complete_err(client)
+    assert isinstance(err, UpstreamStatusError) and not err.request_shaped
+    assert fault_proxy.applied == [Fault.STATUS_500, Fault.STATUS_503, Fault.STATUS_500]
+    assert client.breaker.state == "open"
+
+
+async def test_the_same_503_every_time_is_an_outage(fault_proxy: FaultProxy) -> None:
+    """503 speaks of the peer, whatever its body: all retries, then the breaker opens."""
+    fault_proxy.set_plan([], default=Fault.STATUS_503)
+    client = _client(fault_proxy, retries=2, threshold=1)
+    err, _ = await _complete_err(client)
+    assert isinstance(err, UpstreamStatusError) and err.status == 503
+    assert not err.request_shaped and fault_proxy.applied == [Fault.STATUS_503] * 3
+    assert client.breaker.state == "open"
 
 
 async def test_breaker_opens_and_refuses_without_connecting(fault_proxy: FaultProxy) -> None:
