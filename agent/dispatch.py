@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from agent.admission import Admission, Slot
 from agent.errors import ExpertCallError, ExpertUnavailableError
 from agent.experts.base import Expert, Message
-from agent.ledger import BudgetExceededError, Ledger, prompt_tokens_upper_bound
+from agent.ledger import BudgetExceededError, SpendLedger, prompt_tokens_upper_bound
 from agent.metrics import Metrics
 from agent.policy import Decision, lacks_capability
 from cloud_bridge.usage import TokenUsage
@@ -54,7 +54,7 @@ class _Turn:
 @dataclass
 class Dispatcher:
     experts: dict[str, Expert]
-    ledger: Ledger
+    ledger: SpendLedger
     metrics: Metrics
     admission: Admission
     fallback_expert: str  # offline-first: the first local expert
