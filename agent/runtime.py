@@ -29,7 +29,13 @@ from agent.errors import (
 )
 from agent.experts.base import Expert, Message
 from agent.experts.batching import DecodeThread
-from agent.ledger import BudgetExceededError, Caps, Ledger, prompt_tokens_upper_bound
+from agent.ledger import (
+    BudgetExceededError,
+    Caps,
+    Ledger,
+    SpendLedger,
+    prompt_tokens_upper_bound,
+)
 from agent.metrics import Metrics, decision_kind
 from agent.model_files import resolve_model
 from agent.policy import (
@@ -98,7 +104,7 @@ class Runtime:
     settings: Settings
     experts: dict[str, Expert]
     router: Router
-    ledger: Ledger
+    ledger: SpendLedger
     admission: Admission
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
@@ -112,6 +118,7 @@ class Runtime:
             admission=self.admission, fallback_expert=self.fallback_expert,
             on_exceeded=self.settings.budget.on_exceeded,
             latency_alpha=self.settings.policy.latency_ewma_alpha, latency_s=self.latency_s)
+        self.metrics.ledger.watch(self.ledger.gauges)
         for name, expert in self.experts.items():
             stats = getattr(expert, "batch_stats", None)
             if stats is not None:
@@ -318,10 +325,21 @@ class Runtime:
         self.ledger.close()
 
 
-def open_ledger(settings: Settings) -> Ledger:
+def open_ledger(settings: Settings, *, holds_leases: bool = False) -> SpendLedger:
+    """The device's own SQLite ledger, or with ``ledger.url`` the fleet's (PostgreSQL);
+    ``holds_leases``: this process (the daemon) takes and renews the device's leases."""
     b = settings.budget
-    caps = Caps(b.daily_usd, b.monthly_usd, b.expert_daily_usd, b.expert_monthly_usd)
-    return Ledger(settings.paths.data_dir / "ledger.sqlite3", caps)
+    caps = Caps(b.daily_usd, b.monthly_usd, b.expert_daily_usd, b.expert_monthly_usd,
+                b.device_daily_usd, b.device_monthly_usd)
+    from agent.fleet_db import FleetConfig
+
+    fleet = FleetConfig.from_settings(settings)
+    if fleet is None:
+        return Ledger(settings.paths.data_dir / "ledger.sqlite3", caps)
+    from agent.fleet_ledger import FleetLedger
+
+    return FleetLedger(fleet, caps, [e.name for e in settings.cloud_experts],
+                       settings.paths.data_dir, holds_leases=holds_leases)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -338,8 +356,8 @@ def build_runtime(settings: Settings) -> Runtime:
 
         experts[cloud.name] = CloudExpert.from_settings(cloud, settings)
     return Runtime(settings=settings, experts=experts, router=build_router(settings, experts),
-                   ledger=open_ledger(settings), admission=build_admission(settings, experts),
-                   decode=decode)
+                   ledger=open_ledger(settings, holds_leases=True),
+                   admission=build_admission(settings, experts), decode=decode)
 
 
 def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission:

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.postgres import PgServer
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 MODEL_CACHE = Path(os.environ.get("EDGEROUTE_TEST_MODEL_CACHE", REPO / ".venv" / "model-cache"))
@@ -100,3 +102,21 @@ def cloud_server(smollm_gguf: Path) -> Iterator[str]:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the session (tests/postgres.py): the machine's server
+    binaries in a temp dir, on a free loopback port."""
+    server = PgServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def fleet_url(postgres: PgServer) -> str:
+    """A fresh database on the session's server, for one test's fleet ledger."""
+    return postgres.create_database()
