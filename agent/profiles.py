@@ -21,8 +21,9 @@ gets the median-ability shipped profile of its kind.
 
 Resolution for one configured expert, first hit wins (reported in /health and ``routing``):
 ``setting`` (the expert's ``profile`` setting names a shipped profile), ``device`` (a profile
-fitted on this device by ``edgeroute experts calibrate``, kept in the data dir), ``shipped``
-(a shipped profile named like the expert's ``model``, or its name), ``prior``.
+fitted on this device by ``edgeroute experts calibrate``, kept in the data dir), ``fleet``
+(one another device of the fleet published, ``agent.fleet_profiles``), ``shipped`` (a
+shipped profile named like the expert's ``model``, or its name), ``prior``.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ from agent.errors import BundleError
 PROFILES_FORMAT = 1
 PROFILES_NAME = "profiles.json"
 DEVICE_PROFILES_NAME = "device-profiles.json"
-Source = Literal["setting", "device", "shipped", "prior"]
+FLEET_PROFILES_DIR = "fleet-profiles"  # <data_dir>/fleet-profiles/<encoder_id>.json
+Source = Literal["setting", "device", "fleet", "shipped", "prior"]
 PRIOR_HINT = "run `edgeroute experts calibrate {name}` to fit its own profile"
 
 
@@ -197,7 +199,8 @@ def model_key(model: str) -> str:
 
 
 def resolve(expert: ConfiguredExpert, shipped: ProfileSet,
-            device: Mapping[str, Profile]) -> Resolved:
+            device: Mapping[str, Profile],
+            fleet: Mapping[str, Profile] | None = None) -> Resolved:
     """One expert's profile, by the order in the module docstring."""
     if expert.profile is not None:
         if expert.profile not in shipped.profiles:
@@ -207,6 +210,8 @@ def resolve(expert: ConfiguredExpert, shipped: ProfileSet,
         return Resolved(shipped.profiles[expert.profile], "setting")
     if expert.name in device:
         return Resolved(device[expert.name], "device")
+    if fleet and expert.name in fleet:
+        return Resolved(fleet[expert.name], "fleet")
     for key in (expert.model, model_key(expert.model), expert.name):
         if key in shipped.profiles:
             return Resolved(shipped.profiles[key], "shipped")

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -110,6 +110,7 @@ class Runtime:
     started_at: float = field(default_factory=time.time)
     latency_s: dict[str, float] = field(default_factory=dict)
     decode: DecodeThread | None = None  # the local experts' one llama.cpp thread
+    on_reload: list[Callable[[], object]] = field(default_factory=list)  # before a swap
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -313,7 +314,10 @@ class Runtime:
 
     def reload_router(self) -> dict[str, Any]:
         """Re-read the router bundle from its path (after an operator replaced it). The
-        swap is atomic; a bad bundle raises BundleError and the old router keeps serving."""
+        swap is atomic; a bad bundle raises BundleError and the old router keeps serving.
+        ``on_reload`` runs first (a fleet's published profiles are fetched)."""
+        for hook in self.on_reload:
+            hook()
         self.router.swap()
         return self.router.describe()
 
@@ -355,9 +359,15 @@ def build_runtime(settings: Settings) -> Runtime:
         from agent.experts.cloud import CloudExpert  # built by the cloud_bridge issue
 
         experts[cloud.name] = CloudExpert.from_settings(cloud, settings)
+    from agent.fleet_profiles import profile_sync
+
+    sync = profile_sync(settings)  # a fleet's published profiles, before the router loads
+    if sync is not None:
+        sync()
     return Runtime(settings=settings, experts=experts, router=build_router(settings, experts),
                    ledger=open_ledger(settings, holds_leases=True),
-                   admission=build_admission(settings, experts), decode=decode)
+                   admission=build_admission(settings, experts), decode=decode,
+                   on_reload=[sync] if sync is not None else [])
 
 
 def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission:
