@@ -74,7 +74,11 @@ def fleet_env(root: Path, device: str, ledger_url: str, smollm: Path, cloud_url:
            "EDGEROUTE_CLOUD_EXPERTS": json.dumps([{
                "name": "cloud", "base_url": cloud_url, "model": "smollm2-cloud",
                "input_usd_per_mtok": PRICE, "output_usd_per_mtok": PRICE, "max_retries": 0,
-               "first_byte_timeout_s": 60}]),
+               # one llama.cpp server answers four daemons' calls in turn on two cores:
+               # a slow first token is a queue here, not an outage
+               "first_token_timeout_s": 120, "first_byte_timeout_s": 120,
+               "breaker_failure_threshold": 100}]),
+           "EDGEROUTE_SERVER__MAX_INFLIGHT_CLOUD": "2",
            "EDGEROUTE_ROUTER__BUNDLE": "none",
            "EDGEROUTE_SERVER__MAX_QUEUE_PER_EXPERT": "512",
            "EDGEROUTE_SERVER__QUEUE_TIMEOUT_S": "300",
