@@ -131,6 +131,7 @@ class FleetLedger:
         self._data_dir = Path(data_dir)
         self._sessions = SessionLocks(self._data_dir / "fleet-sessions")
         self._sessions.hold(self.session)
+        self._sessions.sweep()
         self.local = LeaseStore(self._data_dir / LOCAL_FILE, self.session)
         self._view = _View()
         self._rpc = _Rpc(cfg)
@@ -392,6 +393,10 @@ class FleetLedger:
             if lease.id not in known:
                 self.local.add_lease(lease, open_=False)
         now = self._view.db_now()
+        for expert in self.local.open_experts() - set(self._experts):  # no longer configured
+            cur = self.local.open_lease(expert)
+            if cur is not None:
+                self.local.close_lease(cur[0])
         for expert in self._experts:
             cur = self.local.open_lease(expert)
             size = self._lease_size(limits(self.caps, expert))

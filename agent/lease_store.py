@@ -142,6 +142,10 @@ class LeaseStore:
         """No new call may spend it; what it still covers is returned on the next sync."""
         self._q("UPDATE lease SET open=0 WHERE id=?", (lease_id,))
 
+    def open_experts(self) -> set[str]:
+        """Experts this device holds an open lease for."""
+        return {str(r[0]) for r in self._q("SELECT DISTINCT expert FROM lease WHERE open=1")}
+
     def known_leases(self) -> set[int]:
         return {int(r[0]) for r in self._q("SELECT id FROM lease")}
 
@@ -269,6 +273,11 @@ class SessionLocks:
         if fd is not None:
             (self.folder / f"{session}.lock").unlink(missing_ok=True)
             os.close(fd)
+
+    def sweep(self) -> None:
+        """Forget the lock files of dead sessions (a SIGKILL leaves its file behind)."""
+        for path in self.folder.glob("*.lock"):
+            self.alive(path.stem)
 
     def alive(self, session: str) -> bool:
         """False when no process holds ``session``'s lock (its file is then removed)."""

@@ -302,6 +302,12 @@ def test_usage_fleet_lists_devices_and_experts(fleet_url: str, tmp_path: Path) -
     assert usage["total"]["day_usd"] == pytest.approx(0.007)
     text = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     assert text.returncode == 0 and "kiosk-a" in text.stdout and "kiosk-b" in text.stdout
+    own = subprocess.run([sys.executable, "-m", "agent", "usage", "--json"], capture_output=True,
+                         text=True, env={**env, "EDGEROUTE_LEDGER__DEVICE_ID": "kiosk-b",
+                                         "EDGEROUTE_PATHS__DATA_DIR": str(tmp_path / "kiosk-b")},
+                         timeout=60)
+    assert own.returncode == 0, own.stderr
+    assert set(json.loads(own.stdout)["devices"]) == {"kiosk-b"}  # this device's rows only
     down = {**env, "EDGEROUTE_LEDGER__URL_FILE": "",
             "EDGEROUTE_LEDGER__URL": "postgresql://nobody@127.0.0.1:1/none"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=down, timeout=60)
