@@ -17,7 +17,12 @@ LLAMA_STAMP := $(VENV)/.llama-built
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 FULL_STAMP := $(VENV)/.full-installed
 
-.PHONY: setup setup-runtime serve test bench router lint clean wheel-check
+# The fleet ledger's tests start a PostgreSQL server of their own (tests/postgres.py) from
+# the machine's server binaries; a fresh Debian/Ubuntu machine (CI: root, clean clone) gets
+# them from the distribution. Elsewhere set EDGEROUTE_TEST_PG_BIN to a folder with pg_ctl.
+PG_BIN ?= /usr/lib/postgresql/15/bin
+
+.PHONY: setup setup-runtime serve test bench router lint clean wheel-check pg-server
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +40,7 @@ $(RUNTIME_STAMP): pyproject.toml Makefile $(LLAMA_STAMP)
 	touch $@
 
 $(FULL_STAMP): $(RUNTIME_STAMP) pyproject.toml Makefile
-	$(PIP) install -e '.[export,dev]'
+	$(PIP) install -e '.[export,dev,fleet]'
 	$(PIP) install --no-deps $(NODEPS)
 	touch $@
 
@@ -46,7 +51,12 @@ setup: $(FULL_STAMP)
 serve: $(RUNTIME_STAMP)
 	$(VENV)/bin/edgeroute serve
 
-test: $(FULL_STAMP)
+pg-server:
+	@if [ -z "$$EDGEROUTE_TEST_PG_BIN" ] && [ ! -x $(PG_BIN)/postgres ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql-15; \
+	fi
+
+test: $(FULL_STAMP) pg-server
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(FULL_STAMP)

@@ -25,7 +25,7 @@ from agent.admission import Admission, Slot
 from agent.errors import ExpertCallError, ExpertUnavailableError
 from agent.expert_stats import ExpertStats
 from agent.experts.base import Expert, Message
-from agent.ledger import BudgetExceededError, Ledger
+from agent.ledger import BudgetExceededError, SpendLedger
 from agent.metrics import Metrics
 from agent.policy import Decision, lacks_capability
 from cloud_bridge.usage import TokenUsage
@@ -54,7 +54,7 @@ class _Turn:
 @dataclass
 class Dispatcher:
     experts: dict[str, Expert]
-    ledger: Ledger
+    ledger: SpendLedger
     metrics: Metrics
     admission: Admission
     fallback_expert: str  # offline-first: the first local expert

@@ -4,7 +4,10 @@
     ├── ConfigError            bad settings or files at start-up (CLI: one line, exit 2)
     │   ├── ModelFileError     a GGUF is missing, unreadable or fails its sha256
     │   │   └── NotInHubCacheError  an hf: file not downloaded yet (offline: fatal)
-    │   └── BundleError        a router bundle is missing, tampered or mismatched
+    │   ├── BundleError        a router bundle is missing, tampered or mismatched
+    │   └── LedgerConfigError  the fleet ledger's URL, device id, driver or schema is wrong
+    ├── LedgerUnavailableError the fleet database cannot be reached now (the request path
+    │                          spends the device's lease instead; the CLI prints it)
     ├── RequestError           a client's request is wrong (HTTP 4xx, OpenAI error body)
     │   └── UnknownExpertError `model` names no configured expert (HTTP 404)
     ├── ExpertCallError        one expert failed a call (the daemon may fall back)
@@ -39,6 +42,14 @@ class NotInHubCacheError(ModelFileError):
 
 class BundleError(ConfigError):
     """A router bundle is missing, tampered with, or does not match the experts."""
+
+
+class LedgerConfigError(ConfigError):
+    """The fleet ledger cannot be used as configured (bad URL, no driver, a newer schema)."""
+
+
+class LedgerUnavailableError(AgentError):
+    """The fleet database did not answer in time, or refused the connection."""
 
 
 class RequestError(AgentError):

@@ -11,6 +11,10 @@ as billed even in the (logged) case that it passes the reservation: the ledger m
 under-report spend. A crash leaves reservations in place; they keep counting against the
 caps (the cloud may have billed them), so a crash can only make the ledger more
 conservative, never overshoot. Committed rows survive a kill -9 (FULL sync).
+
+Two backends speak :class:`SpendLedger`, the one interface the request path sees: this
+file's :class:`Ledger`, a lone device's own, and ``agent.fleet_ledger.FleetLedger``, a
+fleet's PostgreSQL database with offline leases (``ledger.url``).
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ import sqlite3
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from agent.errors import RequestError
 
@@ -67,9 +71,93 @@ class Caps:
     monthly_usd: float | None = None
     expert_daily_usd: Mapping[str, float] | None = None
     expert_monthly_usd: Mapping[str, float] | None = None
+    device_daily_usd: float | None = None
+    device_monthly_usd: float | None = None
 
 
-def _periods(ts: float) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Limit:
+    """One cap that applies to a call: over which rows it sums (every row, the expert's,
+    this device's) and for which period. Both backends check the same list."""
+
+    label: str
+    period: Literal["day", "month"]
+    scope: Literal["all", "expert", "device"]
+    cap: float
+
+
+def limits(caps: Caps, expert: str) -> list[Limit]:
+    """Every cap that applies to a call of ``expert``, in the order refusals name them."""
+    out = []
+    if caps.daily_usd is not None:
+        out.append(Limit("daily", "day", "all", caps.daily_usd))
+    if caps.monthly_usd is not None:
+        out.append(Limit("monthly", "month", "all", caps.monthly_usd))
+    if caps.expert_daily_usd and expert in caps.expert_daily_usd:
+        out.append(Limit(f"{expert} daily", "day", "expert", caps.expert_daily_usd[expert]))
+    if caps.expert_monthly_usd and expert in caps.expert_monthly_usd:
+        out.append(Limit(f"{expert} monthly", "month", "expert",
+                         caps.expert_monthly_usd[expert]))
+    if caps.device_daily_usd is not None:
+        out.append(Limit("device daily", "day", "device", caps.device_daily_usd))
+    if caps.device_monthly_usd is not None:
+        out.append(Limit("device monthly", "month", "device", caps.device_monthly_usd))
+    return out
+
+
+def refusal(label: str, cap: float, spent: float, expert: str, worst_usd: float,
+            note: str = "") -> BudgetExceededError:
+    """The one wording of a refused reservation, whichever backend refused it."""
+    return BudgetExceededError(
+        f"{label} budget ${cap:.4f} has ${max(cap - spent, 0):.6f} left; {expert} may cost "
+        f"${worst_usd:.6f}{note}; use a local expert or raise the cap",
+        param="model", code="budget_exceeded")
+
+
+@dataclass(frozen=True)
+class LedgerGauges:
+    """What /metrics shows of a ledger beside the spend counters: the fleet backend's lease
+    and fleet budget per expert, whether the database answers, rows it has not seen yet.
+    A lone device's ledger has none of these (empty, None)."""
+
+    lease_usd: Mapping[str, float] = field(default_factory=dict)
+    fleet_left_usd: Mapping[str, float] = field(default_factory=dict)
+    online: bool | None = None
+    unsynced_rows: int | None = None
+
+
+class SpendLedger(Protocol):
+    """The spend ledger as the request path, the CLI and calibration use it.
+
+    ``reserve`` returns a row handle (an opaque int) or raises :class:`BudgetExceededError`
+    naming the cap; each handle is then settled (the real cost), settled at its worst case
+    (usage unknowable), or released (nothing billed), exactly once. A handle left open by a
+    crash keeps counting against the caps. ``remaining`` is the least budget left over the
+    caps of an expert (None: uncapped), read on every routing decision, so it must be cheap.
+    """
+
+    caps: Caps
+
+    def reserve(self, expert: str, worst_usd: float) -> int: ...
+
+    def settle(self, row_id: int, usd: float, prompt_tokens: int, completion_tokens: int,
+               estimated: bool = False) -> None: ...
+
+    def settle_worst_case(self, row_id: int) -> None: ...
+
+    def release(self, row_id: int) -> None: ...
+
+    def remaining(self, expert: str) -> float | None: ...
+
+    def usage(self) -> dict[str, Any]: ...
+
+    def gauges(self) -> LedgerGauges: ...
+
+    def close(self) -> None: ...
+
+
+def periods(ts: float) -> tuple[str, str]:
+    """(UTC day, UTC month) of an epoch time: the periods caps count in."""
     d = datetime.fromtimestamp(ts, tz=timezone.utc)
     return d.strftime("%Y-%m-%d"), d.strftime("%Y-%m")
 
@@ -104,24 +192,18 @@ class Ledger:
         return float(self._db.execute(sql, args).fetchone()[0])
 
     def _limits(self, expert: str, day: str, month: str) -> list[tuple[str, float, float]]:
-        """(label, cap, spent) for every cap that applies to ``expert``."""
-        c = self.caps
+        """(label, cap, spent) for every cap that applies to ``expert``. Every row is this
+        device's, so a device cap sums what a total cap sums."""
         out = []
-        if c.daily_usd is not None:
-            out.append(("daily", c.daily_usd, self._spent("day", day, None)))
-        if c.monthly_usd is not None:
-            out.append(("monthly", c.monthly_usd, self._spent("month", month, None)))
-        if c.expert_daily_usd and expert in c.expert_daily_usd:
-            out.append((f"{expert} daily", c.expert_daily_usd[expert],
-                        self._spent("day", day, expert)))
-        if c.expert_monthly_usd and expert in c.expert_monthly_usd:
-            out.append((f"{expert} monthly", c.expert_monthly_usd[expert],
-                        self._spent("month", month, expert)))
+        for lim in limits(self.caps, expert):
+            period = day if lim.period == "day" else month
+            out.append((lim.label, lim.cap, self._spent(
+                lim.period, period, expert if lim.scope == "expert" else None)))
         return out
 
     def remaining(self, expert: str, now: float | None = None) -> float | None:
         """Least budget left over the caps that apply to ``expert`` (None: uncapped)."""
-        day, month = _periods(now or time.time())
+        day, month = periods(now or time.time())
         with self._lock:
             limits = self._limits(expert, day, month)
         return min((cap - spent for _, cap, spent in limits), default=None)
@@ -129,18 +211,13 @@ class Ledger:
     def reserve(self, expert: str, worst_usd: float, now: float | None = None) -> int:
         """Reserve ``worst_usd`` atomically or raise BudgetExceededError naming the cap."""
         ts = now or time.time()
-        day, month = _periods(ts)
+        day, month = periods(ts)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for label, cap, spent in self._limits(expert, day, month):
                     if spent + worst_usd > cap:
-                        raise BudgetExceededError(
-                            f"{label} budget ${cap:.4f} has ${max(cap - spent, 0):.6f} left; "
-                            f"{expert} may cost ${worst_usd:.6f}; use a local expert or "
-                            "raise the cap",
-                            param="model", code="budget_exceeded",
-                        )
+                        raise refusal(label, cap, spent, expert, worst_usd)
                 cur = self._db.execute(
                     "INSERT INTO spend (ts, day, month, expert, state, reserved_usd) "
                     "VALUES (?, ?, ?, ?, 'reserved', ?)", (ts, day, month, expert, worst_usd))
@@ -178,7 +255,7 @@ class Ledger:
 
     def usage(self, now: float | None = None) -> dict[str, Any]:
         """Spend per expert for today and this month, plus the caps' remaining budget."""
-        day, month = _periods(now or time.time())
+        day, month = periods(now or time.time())
         with self._lock:
             rows = self._db.execute(
                 f"SELECT expert, SUM(CASE WHEN day=? THEN {_COUNTED} ELSE 0 END), "
@@ -194,6 +271,9 @@ class Ledger:
             "total": {"day_usd": total_day, "month_usd": total_month},
             "caps": {"daily_usd": self.caps.daily_usd, "monthly_usd": self.caps.monthly_usd},
         }
+
+    def gauges(self) -> LedgerGauges:
+        return LedgerGauges()
 
     def durability(self) -> tuple[str, int]:
         """(journal_mode, synchronous) of the ledger's own connection: ``synchronous`` is

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 if TYPE_CHECKING:
     from agent.experts.batching import BatchStats
+    from agent.ledger import LedgerGauges
     from agent.policy import Decision
 
 
@@ -46,6 +47,8 @@ class Metrics:
 
         self.batches = BatchCollector()
         r.register(self.batches)
+        self.ledger = LedgerCollector()
+        r.register(self.ledger)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -103,6 +106,39 @@ class BatchCollector:
         yield tokens
         yield prompt
         yield cached
+
+
+class LedgerCollector:
+    """The spend ledger's own figures, read when /metrics is scraped: with a fleet ledger,
+    this device's lease and the fleet's budget left per expert, whether the database
+    answers, and the rows it has not received yet (a lone device's ledger has none)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], LedgerGauges] | None = None
+
+    def watch(self, source: Callable[[], LedgerGauges]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        g = self.source() if self.source is not None else None
+        if g is None or g.online is None:
+            return
+        lease = GaugeMetricFamily("edgeroute_lease_usd", "Unspent offline lease this device "
+                                  "holds from the fleet budget", labels=["expert"])
+        for expert, usd in g.lease_usd.items():
+            lease.add_metric([expert], usd)
+        fleet = GaugeMetricFamily("edgeroute_fleet_budget_left_usd", "Least fleet budget "
+                                  "left over the caps of an expert, at the last sync",
+                                  labels=["expert"])
+        for expert, usd in g.fleet_left_usd.items():
+            fleet.add_metric([expert], usd)
+        yield lease
+        yield fleet
+        yield GaugeMetricFamily("edgeroute_ledger_online", "1 while the fleet ledger's "
+                                "database answers", value=1.0 if g.online else 0.0)
+        yield GaugeMetricFamily("edgeroute_ledger_unsynced_rows", "Spend rows and outcomes "
+                                "the fleet database has not received yet",
+                                value=float(g.unsynced_rows or 0))
 
 
 DecisionKind = Literal["requested", "router", "fixed", "budget", "fallback", "refused"]

@@ -113,15 +113,20 @@ class ProfileRouter:
 
     @classmethod
     def load(cls, bundle: Path, experts: list[ConfiguredExpert], threads: int,
-             device_profiles: Path | None = None) -> ProfileRouter:
-        """Verify and load the bundle, resolve every expert's profile. Raises BundleError."""
+             device_profiles: Path | None = None,
+             fleet_profiles: Path | None = None) -> ProfileRouter:
+        """Verify and load the bundle, resolve every expert's profile. Raises BundleError.
+        ``fleet_profiles``: the folder of profiles fetched from the fleet, one file per
+        encoder (``agent.fleet_profiles``)."""
         irt = IrtBundle.load(bundle, threads)
         device, note = ({}, None) if device_profiles is None else read_device_profiles(
             device_profiles, irt.shipped.encoder_id)
         if note:
             log.warning("%s", note)
         names = ModelNames.of()
-        resolved = {e.name: resolve(e, irt.shipped, device, names) for e in experts}
+        fleet, _ = ({}, None) if fleet_profiles is None else read_device_profiles(
+            fleet_profiles / f"{irt.shipped.encoder_id}.json", irt.shipped.encoder_id)
+        resolved = {e.name: resolve(e, irt.shipped, device, fleet, names) for e in experts}
         for name, r in resolved.items():
             if r.source == "prior":
                 log.warning("expert %s has no ability profile: routed with the prior %r "
@@ -175,17 +180,18 @@ def open_bundle(bundle: Path, settings: Any, threads: int,
     """A RouterHolder over ``bundle`` for the experts ``names`` (default: every configured
     one): an ``irt`` bundle scores them through profiles; a classifier bundle must score
     exactly them."""
-    from agent.profiles import DEVICE_PROFILES_NAME
+    from agent.profiles import DEVICE_PROFILES_NAME, FLEET_PROFILES_DIR
     from agent.router_bundle import OnnxRouter, RouterHolder
 
     known = {e.name: e for e in configured_experts(settings)}
     names = list(known) if names is None else list(names)
     experts = [known.get(n) or ConfiguredExpert(n, "cloud", n) for n in names]
     device = Path(settings.paths.data_dir) / DEVICE_PROFILES_NAME
+    fleet = Path(settings.paths.data_dir) / FLEET_PROFILES_DIR
 
     def loader(path: Path) -> Any:
         if bundle_kind(BundleManifest.read(path)) == KIND:
-            return ProfileRouter.load(path, experts, threads, device)
+            return ProfileRouter.load(path, experts, threads, device, fleet)
         return OnnxRouter.load(path, names, threads)
 
     return RouterHolder(loader(Path(bundle)), loader, Path(bundle))

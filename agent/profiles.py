@@ -25,8 +25,9 @@ gets the median-ability shipped profile of its kind.
 
 Resolution for one configured expert, first hit wins (reported in /health and ``routing``):
 ``setting`` (the expert's ``profile`` setting names a shipped profile), ``device`` (a profile
-fitted on this device by ``edgeroute experts calibrate``, kept in the data dir), ``shipped``
-(a shipped profile named like the expert's ``model``, or its name), ``prior``.
+fitted on this device by ``edgeroute experts calibrate``, kept in the data dir), ``fleet``
+(one another device of the fleet published, ``agent.fleet_profiles``), ``shipped`` (a
+shipped profile named like the expert's ``model``, or its name), ``prior``.
 
 ``shipped`` takes the names as written first, then the names users type for the same model
 (``agent.model_names``: ``gpt-4o``, ``openai/gpt-4o``, ``Qwen2.5-3B-Instruct-Q4_K_M.gguf``):
@@ -53,7 +54,8 @@ from agent.model_names import ModelNames, is_lossy, name_key, quantisation
 PROFILES_FORMAT = 1
 PROFILES_NAME = "profiles.json"
 DEVICE_PROFILES_NAME = "device-profiles.json"
-Source = Literal["setting", "device", "shipped", "prior"]
+FLEET_PROFILES_DIR = "fleet-profiles"  # <data_dir>/fleet-profiles/<encoder_id>.json
+Source = Literal["setting", "device", "fleet", "shipped", "prior"]
 PRIOR_HINT = "run `edgeroute experts calibrate {name}` to fit its own profile"
 QUANT_HINT = ("{model!r} is a {quant} quantisation of {profile}, whose profile was measured at "
               "full precision: quantisation may cost it a little accuracy; run `edgeroute "
@@ -247,18 +249,20 @@ def _shipped_alias(expert: ConfiguredExpert, shipped: ProfileSet,
 
 
 def resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str, Profile],
+            fleet: Mapping[str, Profile] | None = None,
             names: ModelNames | None = None) -> Resolved:
-    """One expert's profile, by the order in the module docstring (``names``: the alias
-    table, default :data:`agent.model_names.ALIASES`), with the length model that prices
-    its answers (the profile's own, else its kind's prior, ``ProfileSet.length_prior``)."""
-    found = _resolve(expert, shipped, device, names)
+    """One expert's profile, by the order in the module docstring (``fleet``: profiles
+    other devices published; ``names``: the alias table, default
+    :data:`agent.model_names.ALIASES`), with the length model that prices its answers (the
+    profile's own, else its kind's prior, ``ProfileSet.length_prior``)."""
+    found = _resolve(expert, shipped, device, fleet, names)
     if found.profile.length is not None:
         return replace(found, length=found.profile.length)
     return replace(found, length=shipped.length_prior(expert.kind))
 
 
 def _resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str, Profile],
-             names: ModelNames | None) -> Resolved:
+             fleet: Mapping[str, Profile] | None, names: ModelNames | None) -> Resolved:
     if expert.profile is not None:
         if expert.profile not in shipped.profiles:
             raise BundleError(
@@ -267,6 +271,8 @@ def _resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str,
         return Resolved(shipped.profiles[expert.profile], "setting")
     if expert.name in device:
         return Resolved(device[expert.name], "device")
+    if fleet and expert.name in fleet:
+        return Resolved(fleet[expert.name], "fleet")
     for key in (expert.model, model_key(expert.model), expert.name):
         if key in shipped.profiles:
             return Resolved(shipped.profiles[key], "shipped")

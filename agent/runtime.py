@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from agent.errors import (
 from agent.expert_stats import ExpertStats
 from agent.experts.base import Expert, Message
 from agent.experts.batching import DecodeThread
-from agent.ledger import BudgetExceededError, Caps, Ledger
+from agent.ledger import BudgetExceededError, Caps, Ledger, SpendLedger
 from agent.metrics import Metrics
 from agent.model_files import resolve_model
 from agent.policy import Decision
@@ -47,7 +47,7 @@ class Runtime:
     settings: Settings
     experts: dict[str, Expert]
     router: Router
-    ledger: Ledger
+    ledger: SpendLedger
     admission: Admission
     metrics: Metrics = field(default_factory=Metrics)
     started_at: float = field(default_factory=time.time)
@@ -55,6 +55,7 @@ class Runtime:
     stats: ExpertStats = field(init=False)
     decisions: DecisionLog = field(default_factory=DecisionLog)
     decider: Decider = field(init=False)
+    on_reload: list[Callable[[], object]] = field(default_factory=list)  # before a swap
     dispatcher: Dispatcher = field(init=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +69,7 @@ class Runtime:
             experts=self.experts, ledger=self.ledger, metrics=self.metrics,
             admission=self.admission, fallback_expert=self.fallback_expert,
             on_exceeded=self.settings.budget.on_exceeded, stats=self.stats)
+        self.metrics.ledger.watch(self.ledger.gauges)
         for name, expert in self.experts.items():
             stats = getattr(expert, "batch_stats", None)
             if stats is not None:
@@ -217,7 +219,10 @@ class Runtime:
 
     def reload_router(self) -> dict[str, Any]:
         """Re-read the router bundle from its path (after an operator replaced it). The
-        swap is atomic; a bad bundle raises BundleError and the old router keeps serving."""
+        swap is atomic; a bad bundle raises BundleError and the old router keeps serving.
+        ``on_reload`` runs first (a fleet's published profiles are fetched)."""
+        for hook in self.on_reload:
+            hook()
         self.router.swap()
         return self.router.describe()
 
@@ -229,10 +234,21 @@ class Runtime:
         self.ledger.close()
 
 
-def open_ledger(settings: Settings) -> Ledger:
+def open_ledger(settings: Settings, *, holds_leases: bool = False) -> SpendLedger:
+    """The device's own SQLite ledger, or with ``ledger.url`` the fleet's (PostgreSQL);
+    ``holds_leases``: this process (the daemon) takes and renews the device's leases."""
     b = settings.budget
-    caps = Caps(b.daily_usd, b.monthly_usd, b.expert_daily_usd, b.expert_monthly_usd)
-    return Ledger(settings.paths.data_dir / "ledger.sqlite3", caps)
+    caps = Caps(b.daily_usd, b.monthly_usd, b.expert_daily_usd, b.expert_monthly_usd,
+                b.device_daily_usd, b.device_monthly_usd)
+    from agent.fleet_db import FleetConfig
+
+    fleet = FleetConfig.from_settings(settings)
+    if fleet is None:
+        return Ledger(settings.paths.data_dir / "ledger.sqlite3", caps)
+    from agent.fleet_ledger import FleetLedger
+
+    return FleetLedger(fleet, caps, [e.name for e in settings.cloud_experts],
+                       settings.paths.data_dir, holds_leases=holds_leases)
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -248,12 +264,18 @@ def build_runtime(settings: Settings) -> Runtime:
         from agent.experts.cloud import CloudExpert  # built by the cloud_bridge issue
 
         experts[cloud.name] = CloudExpert.from_settings(cloud, settings)
+    from agent.fleet_profiles import profile_sync
+
+    sync = profile_sync(settings)  # a fleet's published profiles, before the router loads
+    if sync is not None:
+        sync()
     return Runtime(settings=settings, experts=experts, router=build_router(settings, experts),
-                   ledger=open_ledger(settings), admission=build_admission(settings, experts),
-                   decode=decode)
+                   ledger=open_ledger(settings, holds_leases=True),
+                   admission=build_admission(settings, experts), decode=decode,
+                   on_reload=[sync] if sync is not None else [])
 
 
-def build_decider(settings: Settings) -> tuple[Decider, Ledger]:
+def build_decider(settings: Settings) -> tuple[Decider, SpendLedger]:
     """The daemon's decisions without its models (``edgeroute route``, ``doctor``): experts
     described from their settings, the same router and policy, the ledger's budgets left
     (read, never reserved); a local expert's own prompt count from its vocabulary alone,

@@ -415,6 +415,12 @@ class BudgetSettings(_Section):
     expert_monthly_usd: dict[str, float] = Field(
         default_factory=dict, description="Per-expert monthly caps, JSON: {\"gpt-4o\": 20}."
     )
+    device_daily_usd: float | None = Field(
+        None, ge=0,
+        description="Cap on this device's cloud spend per UTC day; with a fleet ledger "
+                    "(ledger.url) the other caps are the fleet's, this one the device's own.")
+    device_monthly_usd: float | None = Field(
+        None, ge=0, description="Cap on this device's cloud spend per UTC calendar month.")
     on_exceeded: Literal["local", "refuse"] = Field(
         "local",
         description=(
@@ -422,6 +428,74 @@ class BudgetSettings(_Section):
             "expert that fits; 'refuse' answers HTTP 429 with the reason."
         ),
     )
+
+
+class LedgerSettings(_Section):
+    """Where spend is kept: this device's SQLite file, or a fleet's PostgreSQL database."""
+
+    url: SecretStr | None = Field(
+        None,
+        description=(
+            "PostgreSQL URL of the fleet's spend ledger (postgresql://USER:PASSWORD@HOST/DB): "
+            "the budget caps become the fleet's, shared by every device that names it. "
+            "Unset: this device's own SQLite ledger. Prefer url_file."
+        ),
+    )
+    url_file: Path | None = Field(
+        None,
+        description=(
+            "File holding the ledger URL; a relative name is looked up in "
+            "$CREDENTIALS_DIRECTORY (systemd LoadCredential=) first."
+        ),
+    )
+    device_id: str | None = Field(
+        None, min_length=1, max_length=128,
+        description=(
+            "This device's name in the fleet ledger (its rows, leases and device caps); "
+            "unique per device. Default: the machine id (/etc/machine-id)."
+        ),
+    )
+    lease_usd: float | None = Field(
+        None, gt=0,
+        description=(
+            "Offline lease per cloud expert: budget this device reserves from the fleet's "
+            "ahead of time and may spend while the database is unreachable. Default: 1% of "
+            "the tightest cap that applies to the expert. Every lease counts against the "
+            "fleet's caps; a device that never comes back strands at most this much."
+        ),
+    )
+    lease_ttl_s: float = Field(
+        3600.0, gt=0,
+        description=(
+            "How long a lease may be spent offline (it also ends with its UTC day); "
+            "renewed while the database is reachable."
+        ),
+    )
+    renew_s: float = Field(
+        10.0, gt=0,
+        description=(
+            "Seconds between syncs with the database: renew leases (and return their "
+            "unspent part), upload offline spend, refresh the fleet budget left."
+        ),
+    )
+    connect_timeout_s: int = Field(
+        2, ge=2, le=60, description="Longest wait to connect to the database (libpq's least is 2)."
+    )
+    statement_timeout_s: float = Field(
+        2.0, gt=0, le=60,
+        description=(
+            "Longest wait for one database call; a reservation on the request path is cut "
+            "there and falls back to the lease, so an unreachable database never hangs "
+            "a request."
+        ),
+    )
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_ok(cls, v: str | None) -> str | None:
+        if v is not None and (v != v.strip() or any(c.isspace() for c in v)):
+            raise ValueError(f"device_id {v!r} must have no spaces")
+        return v
 
 
 class PolicySettings(_Section):
@@ -517,6 +591,7 @@ class Settings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings, description="Router.")
     budget: BudgetSettings = Field(default_factory=BudgetSettings, description="Budgets.")
     policy: PolicySettings = Field(default_factory=PolicySettings, description="Policy.")
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="Spend ledger.")
 
     @model_validator(mode="after")
     def _experts_consistent(self) -> Settings:

@@ -212,9 +212,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     length_fit.add_arguments(sub.add_parser(
         "lengths", help="fit experts' answer-length models (what prices their answers)"))
+    pub = sub.add_parser("publish", help="publish profiles fitted on this device "
+                         "(experts calibrate) to the fleet ledger; other devices use them "
+                         "on their next reload")
+    pub.add_argument("names", nargs="*", help="experts to publish (default: every profile "
+                     "in <data_dir>/device-profiles.json)")
+
+
+def publish(args: argparse.Namespace) -> int:
+    """``edgeroute profile publish``: the daemon's own code does the work (agent side)."""
+    from agent.fleet_db import FleetConfig
+    from agent.fleet_profiles import publish as publish_profiles
+    from agent.settings import load_settings
+
+    settings = load_settings()
+    cfg = FleetConfig.from_settings(settings)
+    if cfg is None:
+        raise PipelineError("profile publish needs a fleet ledger: set EDGEROUTE_LEDGER__URL "
+                            "(or __URL_FILE)")
+    done = publish_profiles(cfg, settings.paths.data_dir, args.names)
+    print(f"published {', '.join(done)} to the fleet ledger as device {cfg.device_id}; "
+          "devices use them after a reload (SIGHUP or POST /admin/router/reload)",
+          file=sys.stderr)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.profile_command == "publish":
+        return publish(args)
     from export.labels import build_matrix, split_indices
     from export.table import read_table
 

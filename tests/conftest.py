@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.postgres import PgServer
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 MODEL_CACHE = Path(os.environ.get("EDGEROUTE_TEST_MODEL_CACHE", REPO / ".venv" / "model-cache"))
@@ -117,3 +119,21 @@ def logprobs_server(smollm_gguf: Path) -> Iterator[str]:
     with llama_server(smollm_gguf, "--n_ctx", "1024", "--model_alias", "smollm2-logprobs",
                       "--logits_all", "true", "--interrupt_requests", "false") as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A real PostgreSQL server for the session (tests/postgres.py): the machine's server
+    binaries in a temp dir, on a free loopback port."""
+    server = PgServer(free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def fleet_url(postgres: PgServer) -> str:
+    """A fresh database on the session's server, for one test's fleet ledger."""
+    return postgres.create_database()
