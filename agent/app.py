@@ -222,12 +222,13 @@ def _openai_deltas(calls: tuple[dict[str, Any], ...], seen: set[int]) -> list[di
 
 async def _events(rt: Runtime, stream: AsyncIterator[tuple[StreamPiece, Decision]],
                   req: ChatRequest) -> AsyncIterator[bytes]:
-    cid, created = new_id(), int(time.time())
+    cid, created = "", int(time.time())
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     first = True
     seen_calls: set[int] = set()
     try:
         async for delta, dec in stream:
+            cid = cid or dec.id or new_id()  # the decision's id: feedback names it
             chunk = partial(chunk_body, cid=cid, created=created, expert=dec.expert,
                             fingerprint=rt.experts[dec.expert].info.fingerprint)
             if first:
@@ -342,7 +343,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         return completion_body(
-            cid=new_id(),
+            cid=decision.id or new_id(),
             expert=decision.expert,
             content=completion.content,
             finish_reason=completion.finish_reason,

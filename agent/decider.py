@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.decision_log import DecisionLog
+from agent.decision_log import DecisionLog, new_completion_id
 from agent.errors import ExpertUnavailableError, RequestError, UnknownExpertError
 from agent.expert_stats import ExpertStats
 from agent.experts.base import ExpertInfo, Message
@@ -103,7 +103,7 @@ class Decider:
         states = self._states(True, messages, req, size, scoring, params.max_tokens)
         decision = decide(scoring.scores, states, req, **kw)
         decision = replace(decision, prompt_bound=size.upper_bound, query=scoring.features,
-                           lengths=dict(scoring.lengths))
+                           lengths=dict(scoring.lengths), id=new_completion_id())
         if not decision.refused and self.settings.budget.on_exceeded == "refuse":
             free = decide(scoring.scores, self._states(False, messages, req, size, scoring,
                                                        params.max_tokens), req, **kw)

@@ -13,12 +13,18 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.policy import Decision
+
+
+def new_completion_id() -> str:
+    """The id one decision, its reply (``chatcmpl-...``) and any later feedback share."""
+    return "chatcmpl-" + uuid.uuid4().hex[:24]
 
 
 @dataclass
@@ -34,12 +40,14 @@ class DecisionRecord:
     expected_cost_usd: float
     utilities: Mapping[str, float]
     costs: Mapping[str, float]  # every expert's expected cost of this request
+    completion_id: str = ""
     answered_by: str | None = None  # after a fallback, who answered
     latency_s: float | None = None  # the answer's wall time
     cost_usd: float | None = None  # what the ledger settled
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "at": round(self.at, 3), "expert": self.expert or None,
+        return {"id": self.id, "completion_id": self.completion_id, "at": round(self.at, 3),
+                "expert": self.expert or None,
                 "served": self.served, "auto": self.auto, "mode": self.mode,
                 "reason": self.reason, "p_correct": self.p_correct,
                 "expected_cost_usd": round(self.expected_cost_usd, 8),
@@ -67,9 +75,23 @@ class DecisionLog:
             rec = DecisionRecord(self._next, time.time() if now is None else now,
                                  decision.expert, served, auto, decision.mode, decision.reason,
                                  decision.expected_quality, decision.expected_cost_usd,
-                                 utilities, costs)
+                                 utilities, costs, decision.id)
             self._records.append(rec)
         return rec
+
+    def finish(self, completion_id: str, answered_by: str, latency_s: float,
+               cost_usd: float) -> DecisionRecord | None:
+        """What the decision's answer turned out to be (its record, if still kept)."""
+        if not completion_id:
+            return None
+        with self._lock:
+            for rec in reversed(self._records):
+                if rec.completion_id == completion_id:
+                    rec.answered_by = answered_by
+                    rec.latency_s = round(latency_s, 4)
+                    rec.cost_usd = round(cost_usd, 8)
+                    return rec
+        return None
 
     def records(self, *, served: bool | None = None, auto: bool | None = None,
                 last: int | None = None) -> list[DecisionRecord]:

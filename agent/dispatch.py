@@ -22,6 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from agent.admission import Admission, Slot
+from agent.decision_log import DecisionLog
 from agent.errors import ExpertCallError, ExpertUnavailableError
 from agent.expert_stats import ExpertStats
 from agent.experts.base import Expert, Message
@@ -60,6 +61,7 @@ class Dispatcher:
     fallback_expert: str  # offline-first: the first local expert
     on_exceeded: str  # budget.on_exceeded: "local" or "refuse"
     stats: ExpertStats  # what each answer teaches the policy (latency, answer length)
+    log: DecisionLog | None = None  # each answer's outcome joins its decision's record
 
     async def run(
         self, decision: Decision, messages: list[Message], params: SamplingParams, *,
@@ -156,7 +158,7 @@ class Dispatcher:
                           tool_calls=answer.tool_calls, confidence=answer.confidence,
                           logprobs=answer.logprobs)
 
-    def _bill(self, turn: _Turn, usage: TokenUsage) -> None:
+    def _bill(self, turn: _Turn, usage: TokenUsage) -> float:
         """Settle the row. A usage the bridge counted (the peer sent none) guesses the
         prompt from its characters; the ledger bills the prompt's upper bound instead."""
         assert turn.row is not None
@@ -168,6 +170,7 @@ class Dispatcher:
                            usage.estimated)
         turn.row = None
         self.metrics.spend.labels(turn.decision.expert).inc(cost)
+        return cost
 
     def _settle(self, turn: _Turn, last: StreamPiece, max_tokens: int) -> None:
         """The answer is whole: bill it, and let its latency and length teach the policy
@@ -175,8 +178,9 @@ class Dispatcher:
         assert last.usage is not None
         d = turn.decision
         info = self.experts[d.expert].info
+        cost = 0.0
         if turn.row is not None:
-            self._bill(turn, last.usage)
+            cost = self._bill(turn, last.usage)
             left = self.ledger.remaining(info.name)
             if left is not None:
                 self.metrics.budget_left.labels(info.name).set(left)
@@ -188,6 +192,8 @@ class Dispatcher:
                            u=d.query.u if d.query is not None else None)
         self.metrics.requests.labels(info.name).inc()
         self.metrics.latency.labels(info.name).observe(elapsed)
+        if self.log is not None:
+            self.log.finish(d.id, info.name, elapsed, cost)
 
     def _close_failed(self, turn: _Turn, exc: ExpertCallError) -> None:
         """A failed call's row: billed for what it consumed after bytes flowed, else

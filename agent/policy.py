@@ -158,6 +158,7 @@ class Decision:
     # (billed when a peer reports no usage), the query's features and the length models
     # that priced it (an answer's real length corrects them), from the router that scored.
     prompt_bound: int = field(default=0, compare=False)
+    id: str = field(default="", compare=False)  # the completion id the reply carries
     query: QueryFeatures | None = field(default=None, compare=False)
     lengths: Mapping[str, LengthModel | None] = field(default_factory=dict, compare=False)
 

@@ -68,7 +68,8 @@ class Runtime:
         self.dispatcher = Dispatcher(
             experts=self.experts, ledger=self.ledger, metrics=self.metrics,
             admission=self.admission, fallback_expert=self.fallback_expert,
-            on_exceeded=self.settings.budget.on_exceeded, stats=self.stats)
+            on_exceeded=self.settings.budget.on_exceeded, stats=self.stats,
+            log=self.decisions)
         self.metrics.ledger.watch(self.ledger.gauges)
         for name, expert in self.experts.items():
             stats = getattr(expert, "batch_stats", None)

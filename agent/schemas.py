@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -16,6 +15,7 @@ from pydantic import (
     field_validator,
 )
 
+from agent.decision_log import new_completion_id
 from agent.errors import RequestError
 from agent.settings import ServerSettings
 from cloud_bridge.messages import MEDIA_PARTS, Message, join_text
@@ -310,7 +310,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def new_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex[:24]
+    """A completion id for a reply no decision named (``agent.decision_log``)."""
+    return new_completion_id()
 
 
 def usage_dict(usage: TokenUsage) -> dict[str, Any]:

@@ -180,3 +180,25 @@ def test_doctor_warns_when_a_cloud_expert_is_never_chosen(tmp_path: Path, proxy:
     cheap = dict((c, s) for c, s, _ in routing_rows(settings, {"local": "local",
                                                                "gpt4": "cloud"}))
     assert cheap["routing gpt4"] == "ok"
+
+
+def test_a_served_reply_carries_its_decisions_id_and_the_record_gets_its_outcome(
+        tmp_path: Path, proxy: FaultProxy, smollm_gguf: Path) -> None:
+    """One id from the decision to the reply (``chatcmpl-...``) to feedback: the record of
+    the decision learns who answered, how long it took and what it cost; no text kept."""
+    from agent.runtime import build_runtime
+
+    settings = _settings(tmp_path, proxy, smollm_gguf)
+    runtime = build_runtime(settings)
+    with running_daemon(settings, runtime) as url, httpx.Client(base_url=url, timeout=60) as c:
+        plain = c.post("/v1/chat/completions", json=_ask(QUERIES[0], max_tokens=8)).json()
+        with c.stream("POST", "/v1/chat/completions",
+                      json=_ask(QUERIES[4], max_tokens=8, stream=True)) as r:
+            ids = {json.loads(line[6:])["id"] for line in r.iter_lines()
+                   if line.startswith("data: {")}
+    recs = {rec.completion_id: rec for rec in runtime.decisions.records()}
+    assert plain["id"] in recs and len(ids) == 1 and ids <= set(recs)
+    rec = recs[plain["id"]]
+    assert rec.answered_by == plain["expert"] and rec.latency_s and rec.latency_s > 0
+    assert (rec.cost_usd > 0) == (plain["expert"] == "gpt4")
+    assert QUERIES[0] not in json.dumps([r.as_dict() for r in recs.values()])
