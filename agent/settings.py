@@ -34,9 +34,11 @@ APP_NAME = "edgeroute"
 ENV_PREFIX = "EDGEROUTE_"
 ENV_FILES_VAR = "EDGEROUTE_ENV_FILES"
 DEFAULT_PORT = 2345
-# Chosen on the validation split of the committed table (README): the largest value at which
-# fewer than half of the queries go to GPT-4 when it is the one cloud expert, no budget set.
-DEFAULT_USD_PER_CORRECT = 0.01
+# Chosen on the validation split of the committed table (README, artifacts/report/route/):
+# the largest value at which at most half of the queries go to GPT-4-1106 ($10 / $30) when it
+# is the one cloud expert beside the two default local experts, every answer priced as the
+# daemon prices it (its expected length); calibrate's sweep gave 0.00501.
+DEFAULT_USD_PER_CORRECT = 0.005
 # The cascade's band and threshold, chosen on the validation split of the committed table
 # (`edgeroute calibrate --policy cascade`; artifacts/report/cascade/summary.md).
 DEFAULT_CASCADE_BAND = 0.1

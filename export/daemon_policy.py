@@ -136,10 +136,10 @@ def build(router: Any, experts: list[str], prices: Mapping[str, Prices], *,
                       if profiles is not None else None)
     local = [e for e in experts if kinds[e] == "local"]
     if default_expert is None:
-        if not local:
-            raise PipelineError("the daemon's policy needs a local (free) expert: give the "
-                                "cloud experts prices with --price, or name --experts")
-        default_expert = max(local, key=lambda e: train_mean.get(e, -1.0))
+        # A device always has a local expert; a table may not (every row priced): then the
+        # cheapest expert stands in as the default (it only breaks ties there).
+        pool = local or sorted(experts, key=lambda e: prices.get(e, Prices()).usd(1, 1))[:1]
+        default_expert = max(pool, key=lambda e: train_mean.get(e, -1.0))
     return DaemonPolicy(experts, kinds, dict(prices), lengths,
                         Weights(1.0, usd_per_correct, 0.0, local_margin), default_expert,
                         max_tokens)

@@ -157,7 +157,12 @@ def figures(mt: Any, q: np.ndarray, routed: list[dict[str, Any]], rows_of: dict[
     got_a, real_a, cap_a = np.array(got), np.array(real), np.array(capped)
     expected = np.array([r["expected_cost_usd"] for r in routed])
     priced = np.isfinite(real_a)
+    common = np.isfinite(q).all(axis=1)  # every expert has an outcome: paired with always-X
     return {
+        "quality_common": float(got_a[common].mean()) if common.any() else None,
+        "cost_common_usd": float(cap_a[common].mean()) if common.any() else None,
+        "expected_common_usd": float(expected[common].mean()) if common.any() else None,
+        "common_queries": int(common.sum()),
         "queries": len(chosen),
         "share": {n: chosen.count(n) / len(chosen) for n in names},
         "quality": float(np.nanmean(got_a)) if np.isfinite(got_a).any() else None,
@@ -170,6 +175,30 @@ def figures(mt: Any, q: np.ndarray, routed: list[dict[str, Any]], rows_of: dict[
         "priced_queries": int(priced.sum()),
         "choices": chosen,
     }
+
+
+def always(mt: Any, q: np.ndarray, prices: dict[str, Any], max_tokens: int
+           ) -> dict[str, Any]:
+    """Each expert alone: quality on the queries it has an outcome for, and its mean cost
+    there at the configured prices, answers cut at max_tokens (local: free)."""
+    v = mt.values
+    out = {}
+    for j, e in enumerate(mt.experts):
+        have = np.isfinite(q[:, j])
+        p = prices.get(e)
+        cost = [0.0 if p is None else p.usd(a, min(b, max_tokens))
+                for a, b in zip(v["input_tokens"][have, j], v["output_tokens"][have, j],
+                                strict=True) if p is None or (np.isfinite(a) and np.isfinite(b))]
+        common = np.isfinite(q).all(axis=1)
+        cc = [0.0 if p is None else p.usd(a, min(b, max_tokens))
+              for a, b in zip(v["input_tokens"][common, j], v["output_tokens"][common, j],
+                              strict=True)]
+        out[e] = {"quality": float(q[have, j].mean()) if have.any() else None,
+                  "queries": int(have.sum()),
+                  "cost_usd": float(np.mean(cost)) if cost else None,
+                  "quality_common": float(q[common, j].mean()) if common.any() else None,
+                  "cost_common_usd": float(np.nanmean(cc)) if cc else None}
+    return out
 
 
 def replay(cfg: ReplayConfig) -> dict[str, Any]:
@@ -195,16 +224,17 @@ def replay(cfg: ReplayConfig) -> dict[str, Any]:
         else:
             routed = route_all(cfg.url, mt.queries, cfg.max_tokens)
     prices = {c.name: Prices(c.input_usd_per_mtok, c.output_usd_per_mtok) for c in clouds}
+    from agent.settings import DEFAULT_USD_PER_CORRECT
+
     out: dict[str, Any] = {
         "table": str(cfg.table), "router": str(cfg.router), "max_tokens": cfg.max_tokens,
+        "usd_per_correct": (DEFAULT_USD_PER_CORRECT if cfg.usd_per_correct is None
+                            else cfg.usd_per_correct),
         "cloud": [c.__dict__ for c in clouds], "daemon": figures(mt, q, routed, rows_of,
                                                                  prices, cfg.max_tokens)}
-    out["always"] = {e: {"quality": float(np.nanmean(q[:, j])) if np.isfinite(
-        q[:, j]).any() else None, "queries": int(np.isfinite(q[:, j]).sum())}
-        for j, e in enumerate(mt.experts)}
+    out["always"] = always(mt, q, {c.table_expert: prices[c.name] for c in clouds},
+                           cfg.max_tokens)
     if cfg.compare and all(c.name == c.table_expert for c in clouds):
-        from agent.settings import DEFAULT_USD_PER_CORRECT
-
         ev = evaluate(EvaluateConfig(
             table=cfg.table, router=(cfg.router,), experts=",".join(table_experts),
             price=tuple(f"{c.name}={c.input_usd_per_mtok},{c.output_usd_per_mtok}"
