@@ -197,10 +197,9 @@ async def _open_stream(rt: Runtime, req: ChatRequest, messages: list[Message],
 
 async def _replay(answer: ChatResult,
                   decision: Decision) -> AsyncIterator[tuple[StreamPiece, Decision]]:
-    """A whole answer as the pieces of a stream (a cascaded, buffered reply)."""
-    yield StreamPiece(answer.content, tool_calls=answer.tool_calls,
-                      logprobs=answer.logprobs), decision
-    yield StreamPiece(finish_reason=answer.finish_reason, usage=answer.usage), decision
+    """A whole answer as a stream (a cascaded, buffered reply): one piece, as a plain
+    call's answer travels (``ChatResult.as_piece``: its tool calls keep their index)."""
+    yield answer.as_piece(), decision
 
 
 def _openai_deltas(calls: tuple[dict[str, Any], ...], seen: set[int]) -> list[dict[str, Any]]:

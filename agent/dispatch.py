@@ -153,10 +153,7 @@ class Dispatcher:
             async for piece in expert.stream(messages, params):
                 yield piece
             return
-        answer = await expert.complete(messages, params)
-        yield StreamPiece(answer.content, answer.finish_reason, answer.usage,
-                          tool_calls=answer.tool_calls, confidence=answer.confidence,
-                          logprobs=answer.logprobs)
+        yield (await expert.complete(messages, params)).as_piece()
 
     def _bill(self, turn: _Turn, usage: TokenUsage) -> float:
         """Settle the row. A usage the bridge counted (the peer sent none) guesses the

@@ -35,7 +35,7 @@ from agent.model_files import resolve_model
 from agent.policy import Decision
 from agent.routing import FixedRouter, Router
 from agent.settings import Settings
-from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, merge_logprobs
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, fold
 
 log = logging.getLogger("edgeroute.runtime")
 
@@ -172,21 +172,14 @@ class Runtime:
         ``cascade_first``: a local expert to try first (:meth:`cascade_first`)."""
         if cascade_first is not None:
             return await self._cascade(decision, cascade_first, messages, params)
-        parts: list[str] = []
-        calls: list[dict[str, Any]] = []
         pieces: list[StreamPiece] = []
         answered = decision
         async for piece, by in self.dispatcher.run(decision, messages, params, stream=False,
                                                    fallback=fallback):
-            parts.append(piece.content)
-            calls.extend(piece.tool_calls)
             pieces.append(piece)
             answered = by
-        last = pieces[-1] if pieces else StreamPiece()
-        assert last.usage is not None  # every expert ends with its usage
-        return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
-                          tool_calls=tuple(calls), confidence=last.confidence,
-                          logprobs=merge_logprobs(p.logprobs for p in pieces)), answered
+        assert pieces and pieces[-1].usage is not None  # every expert ends with its usage
+        return fold(pieces), answered
 
     def stream(
         self, decision: Decision, messages: list[Message], params: SamplingParams

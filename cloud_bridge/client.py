@@ -51,8 +51,7 @@ from cloud_bridge.wire import (
     SamplingParams,
     StreamPiece,
     error_detail,
-    merge_logprobs,
-    merge_tool_calls,
+    fold,
     parse_chunk_piece,
     parse_completion,
     parse_completion_message,
@@ -192,20 +191,12 @@ class BridgeClient:
         call = self._new_call()
         if not self.endpoint.streams:
             return await self._complete_whole(messages, params, call)
-        parts: list[str] = []
-        calls: list[dict[str, Any]] = []
         got: list[StreamPiece] = []
         async with aclosing(self._streamed(messages, params, call, buffered=True)) as pieces:
             async for piece in pieces:
-                parts.append(piece.content)
-                calls.extend(piece.tool_calls)
                 got.append(piece)
-        last = got[-1]
-        assert last.usage is not None  # the final piece always carries usage
-        return ChatResult("".join(parts), last.finish_reason or "stop", last.usage,
-                          last.cost_usd or 0.0, attempts=call.attempts,
-                          tool_calls=merge_tool_calls(calls),
-                          logprobs=merge_logprobs(p.logprobs for p in got))
+        assert got[-1].usage is not None  # the final piece always carries usage
+        return fold(got, attempts=call.attempts)
 
     async def stream(
         self, messages: list[Message], params: SamplingParams

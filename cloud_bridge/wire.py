@@ -95,6 +95,13 @@ class ChatResult:
     confidence: AnswerConfidence | None = None  # local experts' token log-probabilities
     logprobs: Logprobs | None = None  # a cloud expert's, when the request asked for them
 
+    def as_piece(self) -> StreamPiece:
+        """The whole answer as one final piece; its tool calls become deltas with their
+        index, so :func:`fold` gives the same calls back."""
+        return StreamPiece(self.content, self.finish_reason, self.usage, self.cost_usd,
+                           tuple({"index": i, **c} for i, c in enumerate(self.tool_calls)),
+                           self.confidence, self.logprobs)
+
 
 @dataclass(frozen=True)
 class StreamPiece:
@@ -108,6 +115,32 @@ class StreamPiece:
     tool_calls: tuple[dict[str, Any], ...] = ()  # deltas as streamed: index, id, fragments
     confidence: AnswerConfidence | None = None  # on the last piece, where the expert has it
     logprobs: Logprobs | None = None  # this piece's tokens' (a cloud chunk's), if asked for
+
+
+def fold(pieces: Iterable[StreamPiece], *, attempts: int = 1) -> ChatResult:
+    """One answer from its pieces: the only place streamed pieces are joined (the bridge's
+    plain call, a local expert's gathered answer, the daemon's plain reply). Content is
+    concatenated, tool-call deltas merged by index (OpenAI's own accumulation), logprobs
+    concatenated; finish reason, usage, cost and confidence come from the last piece that
+    has them."""
+    parts: list[str] = []
+    deltas: list[dict[str, Any]] = []
+    logprobs: list[Logprobs | None] = []
+    finish: str | None = None
+    usage: TokenUsage | None = None
+    cost: float | None = None
+    confidence: AnswerConfidence | None = None
+    for p in pieces:
+        parts.append(p.content)
+        deltas.extend(p.tool_calls)
+        logprobs.append(p.logprobs)
+        finish = p.finish_reason or finish
+        usage = p.usage or usage
+        cost = p.cost_usd if p.cost_usd is not None else cost
+        confidence = p.confidence or confidence
+    return ChatResult("".join(parts), finish or "stop", usage or TokenUsage(0, 0), cost or 0.0,
+                      attempts=attempts, tool_calls=merge_tool_calls(deltas),
+                      confidence=confidence, logprobs=merge_logprobs(logprobs))
 
 
 def merge_logprobs(parts: Iterable[Logprobs | None]) -> Logprobs | None:

@@ -33,7 +33,7 @@ from agent.experts.chat_template import ChatTemplate
 from agent.settings import LocalExpertSettings
 from cloud_bridge.messages import message_text
 from cloud_bridge.usage import TokenUsage
-from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
+from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, fold
 
 _END = object()
 MESSAGE_MARGIN = 16  # role markers of one message (ChatML: about 5 tokens)
@@ -221,7 +221,7 @@ class LocalExpert:
     # -- sync API (CLI, pipeline) -------------------------------------------------------
     def complete_sync(self, messages: list[Message], params: SamplingParams) -> ChatResult:
         if self._batched(params):
-            return _gathered(self.stream_sync(messages, params, threading.Event()))
+            return fold(self.stream_sync(messages, params, threading.Event()))
 
         def answer() -> Any:
             self._check_open()
@@ -384,7 +384,7 @@ class LocalExpert:
                 return
             parts.append(item)
             if item.finish_reason is not None:
-                loop.call_soon_threadsafe(settle, _gathered(iter(parts)))
+                loop.call_soon_threadsafe(settle, fold(parts))
 
         handle = self.engine.submit(spec, sink)
         try:
@@ -438,14 +438,3 @@ class LocalExpert:
         self.decode.run(free)
         if self._owns_decode:
             self.decode.close()
-
-
-def _gathered(pieces: Iterator[StreamPiece]) -> ChatResult:
-    """One answer from its pieces (the last has finish_reason, usage and confidence)."""
-    parts: list[str] = []
-    last = StreamPiece()
-    for piece in pieces:
-        parts.append(piece.content)
-        last = piece
-    return ChatResult("".join(parts), last.finish_reason or "stop",
-                      last.usage or TokenUsage(0, 0), confidence=last.confidence)

@@ -88,3 +88,33 @@ def test_tool_call_deltas_merge_like_the_sdk() -> None:
     calls = merge_tool_calls([d for p in pieces for d in p.tool_calls])
     assert calls == ({"id": "c1", "type": "function",
                       "function": {"name": "get_weather", "arguments": '{"city": 1}'}},)
+
+
+def test_one_fold_joins_streamed_pieces_and_whole_answers_alike() -> None:
+    """fold is the one place pieces are joined: streamed tool-call deltas merge by index as
+    OpenAI's SDK does; a whole answer passed as one piece (ChatResult.as_piece) comes back
+    equal, two calls staying two; usage, finish and logprobs come from the pieces."""
+    from cloud_bridge.usage import TokenUsage
+    from cloud_bridge.wire import ChatResult, StreamPiece, fold
+
+    streamed = [
+        StreamPiece("Let me ", logprobs={"content": [{"token": "Let"}], "refusal": None}),
+        StreamPiece(tool_calls=({"index": 0, "id": "a", "type": "function",
+                                 "function": {"name": "f", "arguments": '{"x"'}},)),
+        StreamPiece(tool_calls=({"index": 1, "id": "b", "function": {"name": "g",
+                                                                    "arguments": "{}"}},
+                                {"index": 0, "function": {"arguments": ": 1}"}})),
+        StreamPiece("check.", logprobs={"content": [{"token": "check"}]}),
+        StreamPiece(finish_reason="tool_calls", usage=TokenUsage(10, 5), cost_usd=0.002),
+    ]
+    got = fold(streamed)
+    assert got.content == "Let me check." and got.finish_reason == "tool_calls"
+    assert [c["function"] for c in got.tool_calls] == [
+        {"name": "f", "arguments": '{"x": 1}'}, {"name": "g", "arguments": "{}"}]
+    assert [c["id"] for c in got.tool_calls] == ["a", "b"]
+    assert got.usage == TokenUsage(10, 5) and got.cost_usd == 0.002
+    assert got.logprobs == {"content": [{"token": "Let"}, {"token": "check"}],
+                            "refusal": None}
+    whole = ChatResult("x", "tool_calls", TokenUsage(1, 2), tool_calls=got.tool_calls)
+    assert fold([whole.as_piece()]).tool_calls == whole.tool_calls
+    assert fold([]).usage == TokenUsage(0, 0)
