@@ -242,9 +242,12 @@ from agent.fleet_db import FleetConfig
 from agent.fleet_ledger import FleetLedger
 from agent.ledger import Caps
 cfg = FleetConfig(dsn=sys.argv[1], device_id="dev", lease_usd=0.01, renew_s=0.2,
-                  lease_ttl_s=600, statement_timeout_s=1.0)
+                  lease_ttl_s=600, statement_timeout_s=5.0)
 led = FleetLedger(cfg, Caps(daily_usd=1.0), ["cloud"], Path(sys.argv[2]), holds_leases=True)
-while led.gauges().lease_usd.get("cloud", 0) <= 0:
+# Online and holding a lease: the lease is recorded inside the first sync, before that
+# sync marks the ledger online, so a lease alone does not mean the next call goes to the
+# database.
+while not (led.gauges().online and led.gauges().lease_usd.get("cloud", 0) > 0):
     time.sleep(0.05)
 print(led.reserve("cloud", 0.004), flush=True)       # fleet-funded
 sys.stdin.readline()                                 # the parent cuts the database off
