@@ -34,7 +34,7 @@ from agent.errors import (
     openai_error_body,
 )
 from agent.http_limits import BodySizeLimit
-from agent.http_security import BearerToken, HostAllowList, read_token
+from agent.http_security import BearerToken, HostAllowList, OriginGuard, read_token
 from agent.policy import Decision, tighter
 from agent.runtime import Runtime
 from agent.schemas import (
@@ -276,8 +276,9 @@ def install_sighup_reload(reload_router: Callable[[], object]) -> Callable[[], N
 
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:
-    """Outermost first: Host allow-list, CORS (only if origins are listed), bearer token,
-    body size. Starlette runs the last-added middleware first."""
+    """Outermost first: Host allow-list, Origin of state-changing requests, CORS (only if
+    origins are listed), bearer token, body size. Starlette runs the last-added middleware
+    first."""
     srv = settings.server
     app.add_middleware(BodySizeLimit, max_bytes=srv.max_body_bytes)
     if srv.api_token_file is not None:
@@ -285,6 +286,7 @@ def _install_guards(app: FastAPI, settings: Settings) -> None:
     if srv.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=srv.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(OriginGuard, allowed_origins=srv.cors_origins)
     app.add_middleware(HostAllowList, allowed=srv.allowed_hosts)
 
 
