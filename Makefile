@@ -21,8 +21,12 @@ FULL_STAMP := $(VENV)/.full-installed
 # the machine's server binaries; a fresh Debian/Ubuntu machine (CI: root, clean clone) gets
 # them from the distribution. Elsewhere set EDGEROUTE_TEST_PG_BIN to a folder with pg_ctl.
 PG_BIN ?= /usr/lib/postgresql/15/bin
+# The dashboard's browser tests (tests/agent/test_dashboard.py) drive the distribution's
+# Chromium through Playwright (its own browser download is not used). Elsewhere set
+# EDGEROUTE_TEST_CHROMIUM to a Chromium binary.
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup setup-runtime serve test bench router lint clean wheel-check pg-server
+.PHONY: setup setup-runtime serve test bench router lint clean wheel-check pg-server browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +60,12 @@ pg-server:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql-15; \
 	fi
 
-test: $(FULL_STAMP) pg-server
+browser:
+	@if [ -z "$$EDGEROUTE_TEST_CHROMIUM" ] && [ ! -x $(CHROMIUM) ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; \
+	fi
+
+test: $(FULL_STAMP) pg-server browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(FULL_STAMP)

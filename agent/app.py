@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from agent.dashboard import PAGE_PATHS, dashboard_routes
 from agent.decider import Hints
 from agent.errors import (
     BundleError,
@@ -34,7 +35,7 @@ from agent.errors import (
     openai_error_body,
 )
 from agent.http_limits import BodySizeLimit
-from agent.http_security import BearerToken, HostAllowList, read_token
+from agent.http_security import BearerToken, HostAllowList, OriginGuard, read_token
 from agent.policy import Decision, tighter
 from agent.runtime import Runtime
 from agent.schemas import (
@@ -275,15 +276,18 @@ def install_sighup_reload(reload_router: Callable[[], object]) -> Callable[[], N
 
 
 def _install_guards(app: FastAPI, settings: Settings) -> None:
-    """Outermost first: Host allow-list, CORS (only if origins are listed), bearer token,
-    body size. Starlette runs the last-added middleware first."""
+    """Outermost first: Host allow-list, Origin of state-changing requests, CORS (only if
+    origins are listed), bearer token (not for the dashboard's static page), body size.
+    Starlette runs the last-added middleware first."""
     srv = settings.server
     app.add_middleware(BodySizeLimit, max_bytes=srv.max_body_bytes)
     if srv.api_token_file is not None:
-        app.add_middleware(BearerToken, token=read_token(srv.api_token_file))
+        app.add_middleware(BearerToken, token=read_token(srv.api_token_file),
+                           open_paths=PAGE_PATHS)
     if srv.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=srv.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(OriginGuard, allowed_origins=srv.cors_origins)
     app.add_middleware(HostAllowList, allowed=srv.allowed_hosts)
 
 
@@ -408,4 +412,5 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
     async def health() -> dict[str, Any]:
         return runtime.health()
 
+    app.include_router(dashboard_routes(runtime))  # GET /, /ui, /v1/dashboard
     return app

@@ -88,9 +88,10 @@ class Decider:
         if requested is not None and requested not in self.infos:
             raise UnknownExpertError(requested, ["auto", *self.infos])
         scoring = Scoring({})
+        text = query_text(messages) if requested is None or self.log.text_chars else None
         if requested is None:
             t = time.perf_counter()
-            scoring = self.router.score(query_text(messages))
+            scoring = self.router.score(text or "")
             self.metrics.router_latency.observe(time.perf_counter() - t)
         size = prompt_size(messages, params.tools)
         req = self._request(requested, size, params, hints, needs_tools(messages, params),
@@ -116,7 +117,7 @@ class Decider:
                 decision_kind(decision, requested, self.settings.default_expert())).inc()
         else:
             self.metrics.route_calls.inc()
-        self.log.record(decision, served=served, auto=requested is None)
+        self.log.record(decision, served=served, auto=requested is None, text=text)
         return decision
 
     def _request(self, requested: str | None, size: PromptSize, params: SamplingParams,

@@ -1,7 +1,9 @@
 """The daemon's recent routing decisions, in memory: what ``/health``, ``edgeroute doctor``
 and the dashboard show of how traffic splits, and why an expert is never chosen.
 
-A bounded ring (no prompt text is kept, only names and numbers). Each record says whether
+A bounded ring of names and numbers; no prompt text unless ``text_chars`` is set (the
+``server.dashboard_prompts`` setting: the head of each routed query, in memory only, for
+the dashboard's recent decisions). Each record says whether
 the decision served an answer or only answered ``/v1/route``, whether the router chose
 (``model: auto``) or the client named the expert, and the utility of every feasible expert,
 so "gpt-4 took none of the last 200" comes with what it lacked: the P(correct) points its
@@ -44,6 +46,7 @@ class DecisionRecord:
     answered_by: str | None = None  # after a fallback, who answered
     latency_s: float | None = None  # the answer's wall time
     cost_usd: float | None = None  # what the ledger settled
+    query: str | None = None  # the routed text's head, only when the log keeps text
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "completion_id": self.completion_id, "at": round(self.at, 3),
@@ -58,6 +61,7 @@ class DecisionRecord:
 @dataclass
 class DecisionLog:
     capacity: int = 1000
+    text_chars: int = 0  # how much of each routed query to keep (0: none)
     _records: deque[DecisionRecord] = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     _next: int = 0
@@ -66,7 +70,8 @@ class DecisionLog:
         self._records = deque(maxlen=self.capacity)
 
     def record(self, decision: Decision, *, served: bool, auto: bool,
-               now: float | None = None) -> DecisionRecord:
+               now: float | None = None, text: str | None = None) -> DecisionRecord:
+        """``text``: the routed query, kept (its first ``text_chars``) only if set."""
         utilities = {n: a.utility for n, a in decision.assessed.items()
                      if a.utility is not None}
         costs = {n: a.expected_cost_usd for n, a in decision.assessed.items()}
@@ -75,7 +80,9 @@ class DecisionLog:
             rec = DecisionRecord(self._next, time.time() if now is None else now,
                                  decision.expert, served, auto, decision.mode, decision.reason,
                                  decision.expected_quality, decision.expected_cost_usd,
-                                 utilities, costs, decision.id)
+                                 utilities, costs, decision.id,
+                                 query=text[:self.text_chars] if text and self.text_chars
+                                 else None)
             self._records.append(rec)
         return rec
 

@@ -22,9 +22,15 @@ RECENT = 200  # decisions /health summarises
 MIN_DECISIONS = 20  # fewer from a daemon: the sample says more
 
 
-def sample_queries() -> list[str]:
+def sample_rows() -> list[tuple[str, str]]:
+    """(dataset family, prompt) of each shipped sample query (the dashboard's accuracy)."""
     text = (resources.files("agent") / "assets" / "route_sample.jsonl").read_text("utf-8")
-    return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return [(str(r["dataset"]), str(r["prompt"])) for r in rows]
+
+
+def sample_queries() -> list[str]:
+    return [prompt for _, prompt in sample_rows()]
 
 
 def from_daemon(settings: Settings, timeout: float = 1.0) -> dict[str, Any] | None:

@@ -34,7 +34,7 @@ from agent.metrics import Metrics
 from agent.model_files import resolve_model
 from agent.policy import Decision
 from agent.routing import FixedRouter, Router
-from agent.settings import Settings
+from agent.settings import DASHBOARD_PROMPT_CHARS, Settings
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, fold
 
 log = logging.getLogger("edgeroute.runtime")
@@ -60,6 +60,8 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.stats = ExpertStats.for_policy(self.settings.policy)
+        if self.settings.server.dashboard_prompts:  # the dashboard may show query text
+            self.decisions.text_chars = DASHBOARD_PROMPT_CHARS
         self.decider = Decider(
             settings=self.settings, router=self.router,
             infos={n: e.info for n, e in self.experts.items()}, stats=self.stats,

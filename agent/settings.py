@@ -47,6 +47,8 @@ DEFAULT_CASCADE_THRESHOLD = -0.0994
 # table): no margin beat staying on Qwen there, ties go to the largest candidate
 # (artifacts/report/irt/summary.md, local_margin.json).
 DEFAULT_LOCAL_MARGIN = 0.1
+# How much of each routed query the decision log keeps with server.dashboard_prompts on.
+DASHBOARD_PROMPT_CHARS = 500
 
 QWEN_DEFAULT = "builtin:qwen2.5-coder-0.5b-instruct"
 SMOLLM2_DEFAULT = "builtin:smollm2-135m-instruct"
@@ -145,6 +147,14 @@ class ServerSettings(_Section):
     )
     max_inflight_cloud: int = Field(
         8, ge=1, description="Concurrent calls per cloud expert (a local model runs one)."
+    )
+    dashboard_prompts: bool = Field(
+        False,
+        description=(
+            f"Keep the first {DASHBOARD_PROMPT_CHARS} characters of each routed query (its "
+            "last user message) with the recent decisions, in memory only, and show them on "
+            "the dashboard (GET /, GET /v1/dashboard). Off: no prompt text is kept anywhere."
+        ),
     )
 
 

@@ -30,14 +30,17 @@ def daemon_settings(qwen_gguf: Path, smollm_gguf: Path, tmp_path_factory: pytest
 
 
 @contextmanager
-def running_daemon(settings, runtime=None) -> Iterator[str]:
-    """Serve ``settings`` with uvicorn on its port in a thread; yields the base URL."""
+def running_daemon(settings, runtime=None, wrap=None) -> Iterator[str]:
+    """Serve ``settings`` with uvicorn on its port in a thread; yields the base URL.
+    ``wrap``: an ASGI app around the daemon's (a test's recorder of what reached it)."""
     import uvicorn
 
     from agent.app import create_app
     from agent.runtime import build_runtime
 
     app = create_app(settings, runtime or build_runtime(settings))
+    if wrap is not None:
+        app = wrap(app)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=settings.server.port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

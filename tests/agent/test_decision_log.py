@@ -57,3 +57,12 @@ def test_the_ring_keeps_the_newest() -> None:
     recs = log.records()
     assert [r.at for r in recs] == [7.0, 8.0, 9.0, 10.0, 11.0]
     assert [r.id for r in recs] == [8, 9, 10, 11, 12]
+
+
+def test_query_text_is_kept_only_when_the_log_keeps_text() -> None:
+    """server.dashboard_prompts sets ``text_chars``; off, no prompt text is ever stored."""
+    off, on = DecisionLog(), DecisionLog(text_chars=5)
+    assert off.record(_decision(0.5, 0.6), served=True, auto=True,
+                      text="secret prompt").query is None
+    assert on.record(_decision(0.5, 0.6), served=True, auto=True,
+                     text="secret prompt").query == "secre"
