@@ -151,7 +151,8 @@ def _hub_path(expert: LocalExpertSettings, cache_dir: Path) -> Path | Finding:
     from huggingface_hub import constants
 
     from agent.errors import ModelFileError, NotInHubCacheError
-    from agent.hub_models import fetch, parse_ref
+    from agent.hub_models import fetch
+    from agent.model_refs import parse_ref
 
     try:
         return fetch(parse_ref(expert.model), cache_dir, local_only=True)
@@ -164,8 +165,9 @@ def _hub_path(expert: LocalExpertSettings, cache_dir: Path) -> Path | Finding:
 
 def check_model(expert: LocalExpertSettings, cache_dir: Path, rehash: bool) -> Finding:
     from agent.errors import ModelFileError
-    from agent.hub_models import is_hub_ref, verified_stamp
+    from agent.hub_models import verified_stamp
     from agent.model_files import sha256_file, verify_file
+    from agent.model_refs import is_hub_ref
 
     name = f"model {expert.name}"
     stamp = None

@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.errors import ModelFileError
+from agent.model_refs import QWEN_DEFAULT, SMOLLM2_DEFAULT, is_hub_ref, parse_ref
 from cloud_bridge.messages import Modality
 
 APP_NAME = "edgeroute"
@@ -46,8 +48,6 @@ DEFAULT_CASCADE_THRESHOLD = -0.0994
 # (artifacts/report/irt/summary.md, local_margin.json).
 DEFAULT_LOCAL_MARGIN = 0.1
 
-QWEN_DEFAULT = "builtin:qwen2.5-coder-0.5b-instruct"
-SMOLLM2_DEFAULT = "builtin:smollm2-135m-instruct"
 
 
 def default_env_files() -> list[Path]:
@@ -234,10 +234,7 @@ class LocalExpertSettings(_Section):
     @field_validator("model")
     @classmethod
     def _model_ok(cls, v: str) -> str:
-        if v.startswith("hf:"):
-            from agent.errors import ModelFileError
-            from agent.hub_models import parse_ref
-
+        if is_hub_ref(v):
             try:
                 parse_ref(v)
             except ModelFileError as exc:
