@@ -76,7 +76,8 @@ def load_eval_set(cfg: ExportConfig, meta: RouterMeta) -> EvalSet:
 
 def _table_eval_set(table: Path, meta: RouterMeta) -> EvalSet:
     """The router's own test split (``held_out``, as evaluate and calibrate use it)."""
-    from export.labels import held_out, table_sha256
+    from export.held_out import held_out
+    from export.labels import table_sha256
 
     split = held_out(table, meta)
     note = ""

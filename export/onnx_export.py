@@ -12,7 +12,7 @@ Steps, each checked before the next:
 4. dynamic int8 quantization (``export.quantize``, one config per ``--target``);
 5. score the evaluation queries with the plain fp32 graph and the bundle's model through
    the daemon's own scorer (``agent.router_bundle.OnnxScorer``): the router's test split
-   of ``--table`` (``export.labels.held_out``, as evaluate and calibrate), or the
+   of ``--table`` (``export.held_out.held_out``, as evaluate and calibrate), or the
    ``--queries`` list. Gates: top-1 agreement >=
    ``--min-agreement`` and a relative loss in mean quality of the chosen experts <=
    ``--max-quality-loss``; a failed gate writes nothing and exits non-zero;

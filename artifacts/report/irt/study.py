@@ -48,9 +48,9 @@ from study_common import (
     train_irt_on,
 )
 
-from export.scoring import paired_ci
 from export.labels import build_matrix, labelled_rows, split_indices
 from export.routers.irt import IrtConfig, p_matrix, train_on_matrix
+from export.scoring import paired_ci
 from export.table import read_table
 
 # -- select: shape on validation ----------------------------------------------------------
@@ -141,7 +141,7 @@ def tables() -> dict[str, Any]:
 # -- RouterBench: quality vs cost against GPT-4 ---------------------------------------------------
 def budget() -> dict[str, Any]:
     from agent.policy import utility
-    from export.labels import held_out
+    from export.held_out import held_out
     from export.routers.base import load_router
 
     table = table_files()["routerbench"]
@@ -179,7 +179,7 @@ def pooled(router_dir: Path = REPO / "build" / "router-irt") -> dict[str, Any]:
     """The shipped settings trained on the pooled train split (``build/router-irt``), on the
     pooled test split: per source, and on the committed queries with only the two local
     experts (what a device without a cloud expert gets) against always-Qwen."""
-    from export.labels import held_out
+    from export.held_out import held_out
     from export.routers.base import load_router
 
     rows = read_table(POOLED)
