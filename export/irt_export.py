@@ -123,9 +123,9 @@ def export_irt(cfg: ExportConfig, ev: EvalSet) -> dict[str, Any]:
     ``cfg.target`` None is the portable int8 config (an irt bundle ships to any device)."""
     from export.fusion import fuse_bert
     from export.quantize import TARGETS, quantize_model
-    from export.routers.base import load_router
     from export.routers.encoder import minilm_dir
     from export.routers.irt import IrtRouter
+    from export.routers.kinds import load_router
 
     router = load_router(cfg.router)
     if not isinstance(router, IrtRouter):

@@ -2,7 +2,7 @@
 
 Steps, each checked before the next:
 
-1. read ``DIR/router.json`` (``RouterMeta.read``, the contract with ``edgeroute train``)
+1. read ``DIR/router.json`` (``read_meta``, the contract with ``edgeroute train``)
    and ``DIR/hf``;
 2. export fp32 ONNX with optimum's exporter (``--exporter torch`` or a failing optimum
    falls back to plain ``torch.onnx.export``; the manifest says which ran), and check its
@@ -51,6 +51,7 @@ from export.errors import ExportError
 from export.fusion import bert_shape, fuse_bert
 from export.quantize import TARGETS, QuantConfig, machine_target, quantize_model
 from export.routers.base import RouterMeta
+from export.routers.kinds import read_meta
 
 log = logging.getLogger("edgeroute.export")
 
@@ -125,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
 def export_bundle(cfg: ExportConfig) -> dict[str, Any]:
     """The stage: write the bundle ``cfg.out`` (or raise, writing nothing); returns its
     manifest as written. An ``irt`` router goes through ``export.irt_export``."""
-    meta = RouterMeta.read(cfg.router)
+    meta = read_meta(cfg.router)
     if meta.kind == "irt":
         from export.irt_export import export_irt
 
@@ -166,11 +167,11 @@ def export_bundle(cfg: ExportConfig) -> dict[str, Any]:
 
 def read_router(folder: Path) -> ExportSource:
     """A trained router folder that ``edgeroute export`` can bundle: its router.json (the
-    one reader, ``RouterMeta.read``) of an exportable kind, and the files ``hf/`` needs."""
+    one reader, ``read_meta``) of an exportable kind, and the files ``hf/`` needs."""
     from export.routers.kinds import exportable
 
     folder = Path(folder)
-    meta = RouterMeta.read(folder)
+    meta = read_meta(folder)
     path = folder / "router.json"
     if meta.kind not in exportable():
         only = " or ".join(repr(k) for k in exportable())

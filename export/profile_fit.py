@@ -119,8 +119,8 @@ class FeatureSource:
 
     @classmethod
     def open(cls, path: Path) -> FeatureSource:
-        from export.routers.base import load_router
         from export.routers.irt import IrtRouter
+        from export.routers.kinds import load_router
 
         r = load_router(Path(path))
         if not isinstance(r, IrtRouter):

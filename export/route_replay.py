@@ -177,7 +177,7 @@ def replay(cfg: ReplayConfig) -> dict[str, Any]:
     from cloud_bridge.usage import Prices
     from export.evaluate import EvaluateConfig, evaluate
     from export.held_out import check_held_out, held_out
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
     from export.scoring import only_experts, profiled_in
 
     clouds = [CloudSpec.parse(s) for s in cfg.cloud]

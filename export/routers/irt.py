@@ -26,13 +26,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from agent.profiles import Profile, ProfileSet
 from export.errors import PipelineError
 from export.routers.base import RouterMeta, TrainedRouter
+
+if TYPE_CHECKING:
+    from export.routers.training import TrainingSet
 
 log = logging.getLogger("edgeroute.irt")
 
@@ -348,21 +351,21 @@ def train_irt(meta: RouterMeta, queries: list[str], y: np.ndarray, tr: np.ndarra
     return IrtRouter(meta, tower, pset), log_
 
 
-def fit(data: Any) -> tuple[IrtRouter, dict[str, Any]]:
+def fit(data: TrainingSet) -> tuple[IrtRouter, dict[str, Any]]:
     """The kind registry's entry point (``edgeroute train --router irt --metric correct``)."""
-    meta, c = data.meta, data.config
+    meta = data.meta
     if meta.metric != "correct":
         raise PipelineError(f"--router irt learns P(correct), not {meta.metric!r}: train it "
                             "with --metric correct")
-    cfg = IrtConfig(layers=c.layers or IrtConfig.layers, max_length=c.max_length,
+    cfg = IrtConfig(layers=data.fit.layers or IrtConfig.layers, max_length=meta.max_length,
                     epochs=data.fit.epochs,
                     batch_size=data.fit.batch_size, lr=data.fit.lr,
                     patience=data.fit.patience, seed=data.fit.seed, threads=data.fit.threads)
     used = np.union1d(data.train_idx, data.val_idx)
     pos = {int(q): k for k, q in enumerate(used)}
     m = data.matrix
-    split = "all rows" if getattr(c, "all_rows", False) else "train split"
-    fitted_on = f"{Path(str(c.table)).name} {split} ({len(data.train_idx)} queries)"
+    split = "all rows" if data.all_rows else "train split"
+    fitted_on = f"{data.table.name} {split} ({len(data.train_idx)} queries)"
     return train_irt(meta, [m.queries[i] for i in used], m.values["correct"][used],
                      np.array([pos[int(i)] for i in data.train_idx], dtype=int),
                      np.array([pos[int(i)] for i in data.val_idx], dtype=int), cfg,

@@ -91,7 +91,7 @@ def test_local_margin_is_chosen_on_validation_and_replayed_on_test(two_local) ->
 
     from export.calibrate import MARGINS
     from export.held_out import held_out
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
 
     table, router = two_local
     res = calibrate(CalibrateConfig(table, router, policy="local"))

@@ -10,8 +10,8 @@ import pytest
 
 from export.labels import LabelSpec, build_matrix, metric_values, soft_labels, split_indices
 from export.routers import baselines
-from export.routers.base import RouterMeta, load_router
-from export.routers.kinds import KINDS
+from export.routers.base import RouterMeta
+from export.routers.kinds import KINDS, load_router, read_meta
 from export.routers.training import FitConfig
 from tests.export.test_labels import synthetic_rows
 
@@ -206,7 +206,7 @@ def test_router_json_of_an_unknown_kind_is_refused_by_name(tmp_path: Path, kind:
 
     (tmp_path / "router.json").write_text(json.dumps(_complete_meta(kind)))
     with pytest.raises(PipelineError, match=f"kind {kind!r}") as err:
-        RouterMeta.read(tmp_path)
+        read_meta(tmp_path)
     assert "mlp" in str(err.value) and "bert" in str(err.value)  # says what it knows
 
 

@@ -142,7 +142,7 @@ def tables() -> dict[str, Any]:
 def budget() -> dict[str, Any]:
     from agent.policy import utility
     from export.held_out import held_out
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
 
     table = table_files()["routerbench"]
     out: dict[str, Any] = {"table": "routerbench", "seeds": []}
@@ -180,7 +180,7 @@ def pooled(router_dir: Path = REPO / "build" / "router-irt") -> dict[str, Any]:
     pooled test split: per source, and on the committed queries with only the two local
     experts (what a device without a cloud expert gets) against always-Qwen."""
     from export.held_out import held_out
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
 
     rows = read_table(POOLED)
     src = sources_of(rows)
@@ -242,7 +242,7 @@ def calib_check(profiles: Path = REPO / "runs" / "calib-data" / "device-profiles
     queries, through the embedded bundle's own graph, against the table's accuracy."""
     from agent.profiles import ProfileSet
     from agent.router_bundle import embedded_bundle
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
 
     bundle = load_router(embedded_bundle())
     fitted = ProfileSet.read(profiles).profiles[expert]

@@ -101,7 +101,7 @@ def train_irt_on(table: Path, seed: int, out: Path, cfg: IrtConfig,
 def test_outcomes(table: Path, router_dir: Path) -> tuple[Any, np.ndarray, np.ndarray]:
     """(test matrix, test outcomes y, router scores on them) by evaluate's own split."""
     from export.held_out import held_out
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
 
     r = load_router(router_dir)
     _, mt, q, _ = held_out(table, r.meta)
