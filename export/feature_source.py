@@ -26,7 +26,7 @@ class FeatureSource:
     exported irt bundle (the daemon's own ONNX graph), both through ``load_router``."""
 
     path: Path
-    router: Any  # export.routers.irt.IrtRouter or IrtBundleRouter
+    router: Any  # export.routers.irt.IrtRouter or irt_bundle.IrtBundleRouter
 
     @property
     def profiles(self) -> ProfileSet:

@@ -37,7 +37,7 @@ HEADS, HIDDEN = 12, 384  # MiniLM-L6's attention shape
 def _module(router: Any) -> Any:
     import torch
 
-    from export.routers.irt import pooler_module
+    from export.routers.irt_embeddings import pooler_module
 
     pooler = pooler_module(router.layers)
     t = router.tower
@@ -88,7 +88,7 @@ def trace(router: Any, out: Path, opset: int = 18) -> Path:
 def _bundle_p(model: Path, tokenizer: Path, router: Any, queries: list[str],
               threads: int) -> np.ndarray:
     from agent.router_bundle import OnnxScorer
-    from export.routers.irt import p_matrix
+    from export.routers.irt_tower import p_matrix
 
     scorer = OnnxScorer(model, tokenizer, router.meta.max_length, threads)
     outs = [scorer.session.run(None, scorer.feeds(q)) for q in queries]

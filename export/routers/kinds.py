@@ -132,7 +132,7 @@ def load_router(folder: Path) -> TrainedRouter:
     exported ``irt`` bundle (the embedded one too): profiles make it a router of its own."""
     folder = Path(folder)
     if (folder / "manifest.json").is_file() and not (folder / "router.json").is_file():
-        from export.routers.irt import IrtBundleRouter
+        from export.routers.irt_bundle import IrtBundleRouter
 
         return IrtBundleRouter.open(folder)
     meta = read_meta(folder)

@@ -49,7 +49,9 @@ from study_common import (
 )
 
 from export.labels import build_matrix, labelled_rows, split_indices
-from export.routers.irt import IrtConfig, p_matrix, train_on_matrix
+from export.routers.irt import train_on_matrix
+from export.routers.irt_tower import p_matrix
+from export.routers.irt_training import IrtConfig
 from export.scoring import paired_ci
 from export.table import read_table
 

@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO))
 
 from export.labels import build_matrix, labelled_rows, split_indices  # noqa: E402
 from export.routers.base import RouterMeta  # noqa: E402
-from export.routers.irt import IrtConfig, IrtRouter, train_on_matrix  # noqa: E402
+from export.routers.irt import IrtRouter, train_on_matrix  # noqa: E402
+from export.routers.irt_training import IrtConfig  # noqa: E402
 from export.table import read_table, write_table  # noqa: E402
 
 POOLED = REPO / "runs" / "pooled.jsonl.gz"

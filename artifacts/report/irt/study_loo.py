@@ -22,7 +22,7 @@ from study_common import (
 )
 
 from export.labels import build_matrix, labelled_rows, split_indices
-from export.routers.irt import p_matrix
+from export.routers.irt_tower import p_matrix
 from export.table import read_table
 
 
