@@ -255,7 +255,7 @@ AGENT_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("route", "agent.route_command", "decide who would answer a query, without answering"),
     ("doctor", "agent.doctor", "check this device's set-up and print a table"),
     ("usage", "agent.usage", "print cloud spend per expert and period"),
-    ("pull", "agent.hub_models", "download a GGUF (hf:OWNER/REPO/FILE.gguf) into the cache"),
+    ("pull", "agent.pull_command", "download a GGUF (hf:OWNER/REPO/FILE.gguf) into the cache"),
 )
 
 

@@ -13,7 +13,6 @@ import, and the doctor must report that rather than die of it.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.settings import CloudExpertSettings, LocalExpertSettings, Settings
+from cloud_bridge.credentials import key_file_path, resolve_api_key
+from cloud_bridge.errors import BridgeConfigError
 
 Status = Literal["ok", "warn", "error"]
 
@@ -126,22 +127,21 @@ def check_llama(settings: Settings | None, timeout: float = 60.0) -> Finding:
 
 
 def _builtin_path(expert: LocalExpertSettings, cache_dir: Path) -> tuple[Path | None, str, str]:
-    """(file if present, pinned sha256, why absent) for a builtin model."""
-    from agent.model_files import BUILTINS
+    """(file if present, pinned sha256, why absent) for a builtin model: the file the
+    daemon would load (``agent.model_files``), never assembled here."""
+    from agent.errors import ModelFileError
+    from agent.model_files import builtin_file, builtin_model
 
-    builtin = BUILTINS.get(expert.model)
-    if builtin is None:
-        return None, "", f"unknown builtin {expert.model!r}; use one of {sorted(BUILTINS)}"
-    if len(builtin.parts) == 1:
-        dist, inner = builtin.parts[0]
-        try:
-            located = Path(str(importlib.metadata.distribution(dist).locate_file(inner)))
-        except importlib.metadata.PackageNotFoundError:
-            return None, builtin.sha256, f"package {dist} is not installed; run make setup"
-        return located, builtin.sha256, ""
-    target = cache_dir / "models" / builtin.filename
-    if target.is_file():
-        return target, builtin.sha256, ""
+    try:
+        builtin = builtin_model(expert.model)
+    except ModelFileError as exc:
+        return None, "", str(exc)
+    try:
+        path = builtin_file(builtin, cache_dir)
+    except ModelFileError as exc:  # a package missing or incomplete
+        return None, builtin.sha256, str(exc)
+    if path.is_file():
+        return path, builtin.sha256, ""
     return None, builtin.sha256, "not assembled yet: `edgeroute serve` assembles it on first start"
 
 
@@ -151,7 +151,8 @@ def _hub_path(expert: LocalExpertSettings, cache_dir: Path) -> Path | Finding:
     from huggingface_hub import constants
 
     from agent.errors import ModelFileError, NotInHubCacheError
-    from agent.hub_models import fetch, parse_ref
+    from agent.hub_models import fetch
+    from agent.model_refs import parse_ref
 
     try:
         return fetch(parse_ref(expert.model), cache_dir, local_only=True)
@@ -164,12 +165,13 @@ def _hub_path(expert: LocalExpertSettings, cache_dir: Path) -> Path | Finding:
 
 def check_model(expert: LocalExpertSettings, cache_dir: Path, rehash: bool) -> Finding:
     from agent.errors import ModelFileError
-    from agent.hub_models import is_hub_ref, verified_stamp
+    from agent.hub_models import verified_stamp
     from agent.model_files import sha256_file, verify_file
+    from agent.model_refs import is_builtin, is_hub_ref
 
     name = f"model {expert.name}"
     stamp = None
-    if expert.model.startswith("builtin:"):
+    if is_builtin(expert.model):
         path, pinned, why = _builtin_path(expert, cache_dir)
         if path is None:
             return Finding(name, "warn" if pinned and "assembles" in why else "error", why)
@@ -249,14 +251,6 @@ def check_bundle(settings: Settings) -> Finding:
                    f"{path}: profiles {'; '.join(parts)}{hint}")
 
 
-def credential_path(name: Path) -> Path:
-    """A relative secret file name is looked up in ``$CREDENTIALS_DIRECTORY`` first."""
-    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not name.is_absolute() and cred_dir and (Path(cred_dir) / name).is_file():
-        return Path(cred_dir) / name
-    return name
-
-
 def check_secret(label: str, path: Path) -> Finding:
     """A key or token file must exist and be readable by its owner only."""
     try:
@@ -274,19 +268,18 @@ def secret_checks(settings: Settings) -> list[Finding]:
     """Every secret file the settings name: cloud API keys and the server's token."""
     named = [(f"secret {e.name}", e.api_key_file) for e in settings.cloud_experts]
     named.append(("secret server token", getattr(settings.server, "api_token_file", None)))
-    return [check_secret(label, credential_path(p)) for label, p in named if p is not None]
+    return [check_secret(label, key_file_path(p, os.environ)) for label, p in named
+            if p is not None]
 
 
 def _api_key(expert: CloudExpertSettings) -> str | None:
-    if expert.api_key is not None:
-        return expert.api_key.get_secret_value()
-    if expert.api_key_file is None:
-        return None
-    path = credential_path(expert.api_key_file)
+    """The key the bridge would send (``cloud_bridge.credentials``); None when it has none
+    or cannot read it (the secret rows say why)."""
     try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except OSError:
+        key = resolve_api_key(expert.api_key, expert.api_key_file, expert=expert.name)
+    except BridgeConfigError:
         return None
+    return None if key is None else key.get_secret_value()
 
 
 def check_cloud(expert: CloudExpertSettings, timeout: float) -> Finding:

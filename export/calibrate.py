@@ -160,8 +160,9 @@ def _splits(cfg: CalibrateConfig) -> _Splits:
 
     from export import daemon_policy
     from export.errors import PipelineError
-    from export.labels import check_held_out, held_out, metric_values
-    from export.routers.base import load_router
+    from export.held_out import check_held_out, held_out
+    from export.labels import metric_values
+    from export.routers.kinds import load_router
     from export.scoring import only_experts, profiled_in, scored
 
     r = load_router(cfg.router)

@@ -35,10 +35,12 @@ import numpy as np
 
 from agent.settings import DEFAULT_LOCAL_MARGIN, DEFAULT_USD_PER_CORRECT
 from export.errors import PipelineError
-from export.labels import OutcomeMatrix, check_held_out, finite_mean, held_out, table_sha256
+from export.held_out import check_held_out, held_out
+from export.labels import OutcomeMatrix, finite_mean, table_sha256
 from export.report import COLUMNS, format_ci
 from export.routers import baselines
-from export.routers.base import TrainedRouter, load_router
+from export.routers.base import TrainedRouter
+from export.routers.kinds import load_router
 from export.scoring import (
     VALUES,
     only_experts,

@@ -201,7 +201,7 @@ def _report(rows: list[dict[str, Any]], u: np.ndarray, d: np.ndarray, before: An
             after: Any, wall_s: float, l2: float, l2_bias: float | None,
             set_size: int) -> None:
     from export.profile_fit import accuracy_spread
-    from export.routers.irt import p_matrix
+    from export.routers.irt_tower import p_matrix
 
     pb = p_matrix(u, d, [before.profile])[:, 0]
     pa = p_matrix(u, d, [after])[:, 0]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from export.bundle_writer import EvalSet, ExportConfig, versions, write_bundle
 from export.errors import ExportError
 
 log = logging.getLogger("edgeroute.export")
@@ -36,7 +37,7 @@ HEADS, HIDDEN = 12, 384  # MiniLM-L6's attention shape
 def _module(router: Any) -> Any:
     import torch
 
-    from export.routers.irt import pooler_module
+    from export.routers.irt_embeddings import pooler_module
 
     pooler = pooler_module(router.layers)
     t = router.tower
@@ -87,7 +88,7 @@ def trace(router: Any, out: Path, opset: int = 18) -> Path:
 def _bundle_p(model: Path, tokenizer: Path, router: Any, queries: list[str],
               threads: int) -> np.ndarray:
     from agent.router_bundle import OnnxScorer
-    from export.routers.irt import p_matrix
+    from export.routers.irt_tower import p_matrix
 
     scorer = OnnxScorer(model, tokenizer, router.meta.max_length, threads)
     outs = [scorer.session.run(None, scorer.feeds(q)) for q in queries]
@@ -116,30 +117,27 @@ def _figures(p32: np.ndarray, p8: np.ndarray, outcomes: np.ndarray | None, sourc
     return out
 
 
-def export_irt(router_dir: Path, out: Path, queries: list[str], target: str = "portable",
-               precision: str = "int8", fuse: bool = True, threads: int = 2,
-               min_agreement: float = 0.99, keep_fp32: tuple[str, ...] = (),
-               source: str = "queries", outcomes: np.ndarray | None = None,
-               max_quality_loss: float = 0.01) -> dict[str, Any]:
-    """Export ``router_dir`` (an ``irt`` folder) to a bundle at ``out``; returns the manifest.
-    Raises ExportError when a gate fails (nothing is written)."""
+def export_irt(cfg: ExportConfig, ev: EvalSet) -> dict[str, Any]:
+    """Export ``cfg.router`` (an ``irt`` folder) to a bundle at ``cfg.out``, gated on
+    ``ev``; returns the manifest. Raises ExportError when a gate fails (nothing is written).
+    ``cfg.target`` None is the portable int8 config (an irt bundle ships to any device)."""
     from export.fusion import fuse_bert
-    from export.onnx_export import _versions, write_bundle
     from export.quantize import TARGETS, quantize_model
-    from export.routers.base import load_router
     from export.routers.encoder import minilm_dir
     from export.routers.irt import IrtRouter
+    from export.routers.kinds import load_router
 
-    router = load_router(router_dir)
+    router = load_router(cfg.router)
     if not isinstance(router, IrtRouter):
-        raise ExportError(f"{router_dir} is not an irt router")
+        raise ExportError(f"{cfg.router} is not an irt router")
+    queries, threads = ev.queries, cfg.threads
     if not queries:
         raise ExportError("no evaluation queries: the int8 gates need some")
-    out = Path(out)
+    out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = minilm_dir() / "tokenizer.json"
-    quant = dataclasses.replace(TARGETS[target], keep_fp32=keep_fp32) if precision == "int8" \
-        else None
+    quant = dataclasses.replace(TARGETS[cfg.target or "portable"],
+                                keep_fp32=tuple(cfg.keep_fp32)) if cfg.precision == "int8" else None
     with tempfile.TemporaryDirectory(prefix=".export-", dir=out.parent) as tmp:
         work = Path(tmp)
         fp32 = trace(router, work)
@@ -149,7 +147,7 @@ def export_irt(router_dir: Path, out: Path, queries: list[str], target: str = "p
         if parity > PARITY_ATOL:
             raise ExportError(f"fp32 ONNX P(correct) differs from the router by {parity:.2e}")
         model, fusion = fp32, None
-        if fuse:
+        if cfg.fuse:
             model = work / "model.fused.onnx"
             # torch.onnx's graph of the pooled encoder fuses attention but leaves the
             # residual Add beside its LayerNorm; attention is what the check needs.
@@ -159,15 +157,15 @@ def export_irt(router_dir: Path, out: Path, queries: list[str], target: str = "p
             model = work / "model.int8.onnx"
         p32 = _bundle_p(fp32, tokenizer, router, queries, threads)
         p8 = p32 if model == fp32 else _bundle_p(model, tokenizer, router, queries, threads)
-        figures = _figures(p32, p8, outcomes, source, parity)
+        figures = _figures(p32, p8, ev.quality, ev.source, parity)
         agree, loss = figures["top1_agreement"], figures.get("quality", {}).get(
             "relative_loss", 0.0)
-        if agree < min_agreement or figures["mean_abs_p_diff"] > MAX_MEAN_P_DIFF or \
-                loss > max_quality_loss:
+        if agree < cfg.min_agreement or figures["mean_abs_p_diff"] > MAX_MEAN_P_DIFF or \
+                loss > cfg.max_quality_loss:
             raise ExportError(f"int8 vs fp32: top-1 agreement {agree:.4f} (gate "
-                              f"{min_agreement}), mean |dP| {figures['mean_abs_p_diff']:.4f} "
+                              f"{cfg.min_agreement}), mean |dP| {figures['mean_abs_p_diff']:.4f} "
                               f"(gate {MAX_MEAN_P_DIFF}), quality loss {loss:.2%} (gate "
-                              f"{max_quality_loss:.0%}); try another --target, --keep-fp32 "
+                              f"{cfg.max_quality_loss:.0%}); try another --target, --keep-fp32 "
                               "REGEX, or --precision fp32")
         stage = work / "bundle"
         stage.mkdir()
@@ -180,13 +178,13 @@ def export_irt(router_dir: Path, out: Path, queries: list[str], target: str = "p
             "encoder_id": router.profiles.encoder_id,
             "encoder": f"all-MiniLM-L6-v2, first {router.layers} layer(s), mean pooled",
             "scores": "P(correct) = sigmoid(u . theta + bias - d), profiles.json",
-            "precision": precision, "quantization": quant.as_dict() if quant else None,
+            "precision": cfg.precision, "quantization": quant.as_dict() if quant else None,
             "exporter": {"name": "torch.onnx.export", "fusion": fusion},
             "router": {"seed": meta.seed, "table_sha256": meta.table_sha256,
                        "train_queries": meta.train_queries, "datasets": meta.datasets,
                        "test_fraction": meta.test_fraction, "layers": router.layers,
                        "irt": meta.extra.get("irt")},
-            "evaluation": figures, "versions": _versions(),
+            "evaluation": figures, "versions": versions(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         meta.experts = list(router.experts)

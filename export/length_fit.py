@@ -150,8 +150,8 @@ def length_rows(m: Any) -> _Rows:
 
 def fit_lengths(cfg: LengthFitConfig) -> dict[str, Any]:
     """The stage: choose on validation, report on test, write the profiles."""
+    from export.feature_source import FeatureSource
     from export.labels import build_matrix, split_indices
-    from export.profile_fit import FeatureSource
     from export.routers.training import validation_split
     from export.table import read_table
 

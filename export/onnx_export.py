@@ -2,7 +2,7 @@
 
 Steps, each checked before the next:
 
-1. read ``DIR/router.json`` (``RouterMeta.read``, the contract with ``edgeroute train``)
+1. read ``DIR/router.json`` (``read_meta``, the contract with ``edgeroute train``)
    and ``DIR/hf``;
 2. export fp32 ONNX with optimum's exporter (``--exporter torch`` or a failing optimum
    falls back to plain ``torch.onnx.export``; the manifest says which ran), and check its
@@ -12,7 +12,7 @@ Steps, each checked before the next:
 4. dynamic int8 quantization (``export.quantize``, one config per ``--target``);
 5. score the evaluation queries with the plain fp32 graph and the bundle's model through
    the daemon's own scorer (``agent.router_bundle.OnnxScorer``): the router's test split
-   of ``--table`` (``export.labels.held_out``, as evaluate and calibrate), or the
+   of ``--table`` (``export.held_out.held_out``, as evaluate and calibrate), or the
    ``--queries`` list. Gates: top-1 agreement >=
    ``--min-agreement`` and a relative loss in mean quality of the chosen experts <=
    ``--max-quality-loss``; a failed gate writes nothing and exits non-zero;
@@ -21,56 +21,43 @@ Steps, each checked before the next:
    type the daemon reads: experts in label order, metric, max length, sha256 of every
    file; provenance: temperature, versions, quantization config, the figures).
 
-The stage is :func:`export_bundle` on an :class:`ExportConfig`.
+The stage is :func:`export_bundle` on an ``ExportConfig``; the config, the evaluation set
+and the bundle writer are ``export.bundle_writer``'s, shared with ``export.irt_export``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from export.bundle_writer import (
+    EvalSet,
+    ExportConfig,
+    load_eval_set,
+    versions,
+    write_bundle,
+)
 from export.errors import ExportError
 from export.fusion import bert_shape, fuse_bert
 from export.quantize import TARGETS, QuantConfig, machine_target, quantize_model
 from export.routers.base import RouterMeta
+from export.routers.kinds import read_meta
 
 log = logging.getLogger("edgeroute.export")
 
 PARITY_QUERIES = 8
 PARITY_ATOL = 1e-3  # max |logit| difference, torch vs ONNX fp32
 GATE_HINT = "try another --target, --keep-fp32 REGEX, or --precision fp32"
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """One export: a trained router folder in, a bundle folder out (see ``--help``)."""
-
-    router: Path
-    out: Path
-    table: Path | None = None  # gates on the router's test split of this table ...
-    queries: Path | None = None  # ... or on these queries (agreement only)
-    target: str | None = None  # int8 config; None: this machine's
-    keep_fp32: tuple[str, ...] = ()
-    precision: str = "int8"
-    exporter: str = "auto"
-    opset: int = 18
-    fuse: bool = True
-    min_agreement: float = 0.99
-    max_quality_loss: float = 0.01
-    max_eval: int = 0  # 0: all
-    threads: int = 2
 
 
 @dataclass(frozen=True)
@@ -139,14 +126,11 @@ def run(args: argparse.Namespace) -> int:
 def export_bundle(cfg: ExportConfig) -> dict[str, Any]:
     """The stage: write the bundle ``cfg.out`` (or raise, writing nothing); returns its
     manifest as written. An ``irt`` router goes through ``export.irt_export``."""
-    meta = RouterMeta.read(cfg.router)
+    meta = read_meta(cfg.router)
     if meta.kind == "irt":
         from export.irt_export import export_irt
 
-        ev = load_eval_set(cfg, meta)
-        return export_irt(cfg.router, cfg.out, ev.queries, cfg.target or "portable",
-                          cfg.precision, cfg.fuse, cfg.threads, cfg.min_agreement,
-                          tuple(cfg.keep_fp32), ev.source, ev.quality, cfg.max_quality_loss)
+        return export_irt(cfg, load_eval_set(cfg, meta))
     src = read_router(cfg.router)
     quant = None
     if cfg.precision == "int8":
@@ -183,11 +167,11 @@ def export_bundle(cfg: ExportConfig) -> dict[str, Any]:
 
 def read_router(folder: Path) -> ExportSource:
     """A trained router folder that ``edgeroute export`` can bundle: its router.json (the
-    one reader, ``RouterMeta.read``) of an exportable kind, and the files ``hf/`` needs."""
+    one reader, ``read_meta``) of an exportable kind, and the files ``hf/`` needs."""
     from export.routers.kinds import exportable
 
     folder = Path(folder)
-    meta = RouterMeta.read(folder)
+    meta = read_meta(folder)
     path = folder / "router.json"
     if meta.kind not in exportable():
         only = " or ".join(repr(k) for k in exportable())
@@ -201,63 +185,6 @@ def read_router(folder: Path) -> ExportSource:
                               "incomplete (tokenizer.json needs a fast tokenizer); retrain it")
     heads, hidden, layers = bert_shape(folder / "hf")
     return ExportSource(folder, meta, layers, hidden, heads)
-
-
-class EvalSet:
-    """Queries to compare fp32 and int8 on; ``quality`` (queries x experts, higher is
-    better, NaN where unknown) when they come from an expert table."""
-
-    def __init__(self, queries: list[str], source: str,
-                 quality: np.ndarray | None = None, note: str = "") -> None:
-        if not queries:
-            raise ExportError(f"no evaluation queries in {source}; the gates need some")
-        self.queries = queries
-        self.source = source
-        self.quality = quality
-        self.note = note
-
-
-def load_eval_set(cfg: ExportConfig, meta: RouterMeta) -> EvalSet:
-    limit = cfg.max_eval if cfg.max_eval and cfg.max_eval > 0 else None
-    if cfg.table is not None:
-        ev = _table_eval_set(Path(cfg.table), meta)
-    elif cfg.queries is not None:
-        ev = EvalSet(_read_queries(Path(cfg.queries)), "query-list")
-    else:
-        raise ExportError("give --table (the router's expert table: gates on its test "
-                          "split) or --queries (a query list) to check the int8 model")
-    if limit is not None and len(ev.queries) > limit:
-        q = ev.quality[:limit] if ev.quality is not None else None
-        ev = EvalSet(ev.queries[:limit], ev.source, q, ev.note + f" first {limit} only")
-    return ev
-
-
-def _table_eval_set(table: Path, meta: RouterMeta) -> EvalSet:
-    """The router's own test split (``held_out``, as evaluate and calibrate use it)."""
-    from export.labels import held_out, table_sha256
-
-    split = held_out(table, meta)
-    note = ""
-    if meta.table_sha256 and table_sha256(table) != meta.table_sha256:
-        note = "table differs from the router's training table (sha256); split may differ"
-        log.warning("%s: %s", table, note)
-    return EvalSet(split.test.queries, "table-test-split", split.values, note)
-
-
-def _read_queries(path: Path) -> list[str]:
-    try:
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as exc:
-        raise ExportError(f"cannot read query list {path} ({exc})") from exc
-    if path.suffix != ".jsonl":
-        return lines
-    out = []
-    for n, line in enumerate(lines, 1):
-        try:
-            out.append(str(json.loads(line)["query"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ExportError(f"{path}:{n}: expected a JSON object with 'query'") from exc
-    return out
 
 
 def export_fp32(hf: Path, out: Path, cfg: ExportConfig) -> tuple[Path, dict[str, Any]]:
@@ -390,17 +317,6 @@ def check_gates(figures: dict[str, Any], cfg: ExportConfig) -> None:
     gates["passed"] = True
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in ("onnxruntime", "tokenizers", "transformers", "optimum", "optimum-onnx",
-                 "torch", "onnx", "edgeroute"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
 def bundle_provenance(src: ExportSource, cfg: ExportConfig, quant: QuantConfig | None,
                       exporter: dict[str, Any], figures: dict[str, Any]) -> dict[str, Any]:
     """What the manifest records beside what the daemon checks (see ``BundleManifest``)."""
@@ -419,30 +335,6 @@ def bundle_provenance(src: ExportSource, cfg: ExportConfig, quant: QuantConfig |
         "exporter": exporter,
         "router": router,
         "evaluation": figures,
-        "versions": _versions(),
+        "versions": versions(),
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-
-
-def write_bundle(stage: Path, meta: RouterMeta, provenance: dict[str, Any],
-                 out: Path) -> dict[str, Any]:
-    """Write the staged files' manifest (``BundleManifest``), then move the folder into
-    place; returns the manifest as written.
-
-    An existing ``out`` is replaced only if it is a bundle (has a manifest.json), so a
-    typo cannot wipe an unrelated folder."""
-    from agent.router_bundle import MANIFEST_NAME, BundleManifest
-
-    manifest = BundleManifest.create(stage, experts=meta.experts, metric=meta.metric,
-                                     max_length=meta.max_length, provenance=provenance)
-    manifest.write()
-    if out.exists():
-        if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
-            raise ExportError(f"{out} exists and is not a router bundle; choose another --out")
-        old = stage.parent / "previous"
-        out.rename(old)
-        stage.rename(out)
-        shutil.rmtree(old)
-    else:
-        stage.rename(out)
-    return manifest.raw

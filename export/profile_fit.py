@@ -17,18 +17,15 @@ which ``edgeroute evaluate --router DIR2`` scores like any router.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from agent.profiles import Profile, ProfileSet
 from export.errors import PipelineError
+from export.feature_source import FeatureSource
 
 # Pulls toward the prior, chosen by leave-one-expert-out on validation: theta (where an
 # expert is strong) firmly, the bias (how often it is right) loosely, since 50 answers say
@@ -99,67 +96,6 @@ def accuracy_spread(u: np.ndarray, d: np.ndarray, profile: Profile,
 
 def prior_for(profiles: ProfileSet, name: str, kind: str) -> Profile:
     return profiles.profiles.get(name) or profiles.prior(kind)
-
-
-@dataclass(frozen=True)
-class FeatureSource:
-    """Where u(q), d(q) come from: a trained irt router folder (torch encoder, cached) or an
-    exported irt bundle (the daemon's own ONNX graph), both through ``load_router``."""
-
-    path: Path
-    router: Any  # export.routers.irt.IrtRouter or IrtBundleRouter
-
-    @property
-    def profiles(self) -> ProfileSet:
-        return self.router.profiles  # type: ignore[no-any-return]
-
-    @property
-    def is_bundle(self) -> bool:
-        return (self.path / "manifest.json").is_file()
-
-    @classmethod
-    def open(cls, path: Path) -> FeatureSource:
-        from export.routers.base import load_router
-        from export.routers.irt import IrtRouter
-
-        r = load_router(Path(path))
-        if not isinstance(r, IrtRouter):
-            raise PipelineError(f"{path} is a {r.kind!r} router; profiles need an irt router "
-                                "(`edgeroute train --router irt`) or an irt bundle")
-        return cls(Path(path), r)
-
-    def features(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        return self.router.features(texts)  # type: ignore[no-any-return]
-
-    def write(self, profiles: ProfileSet, out: Path) -> None:
-        """A copy of the router or bundle with ``profiles`` in place of its own."""
-        out = Path(out)
-        if out.resolve() != self.path.resolve():
-            if out.exists():
-                shutil.rmtree(out)
-            shutil.copytree(self.path, out)
-        profiles.write(out / "profiles.json")
-        if self.is_bundle:
-            _rehash_manifest(out)
-        else:
-            meta_path = out / "router.json"
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            meta["experts"] = list(profiles.profiles)
-            meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
-                                 encoding="utf-8")
-
-
-def _rehash_manifest(bundle: Path) -> None:
-    """The bundle's manifest again, through the daemon's own type: new profiles.json hash,
-    the profiled experts; provenance kept."""
-    from agent.router_bundle import BundleManifest
-
-    old = BundleManifest.read(bundle)
-    names = list(ProfileSet.read(bundle / "profiles.json").profiles)
-    kept = {k: v for k, v in old.raw.items()
-            if k not in ("files", "experts", "format", "metric", "max_length")}
-    BundleManifest.create(bundle, experts=names, metric=old.metric, max_length=old.max_length,
-                          provenance=kept).write()
 
 
 def fit_from_matrix(src: FeatureSource, queries: Sequence[str], y: np.ndarray,

@@ -205,8 +205,8 @@ def replay(cfg: ReplayConfig) -> dict[str, Any]:
     """The stage: the daemon's route calls on the test split, beside evaluate's figures."""
     from cloud_bridge.usage import Prices
     from export.evaluate import EvaluateConfig, evaluate
-    from export.labels import check_held_out, held_out
-    from export.routers.base import load_router
+    from export.held_out import check_held_out, held_out
+    from export.routers.kinds import load_router
     from export.scoring import only_experts, profiled_in
 
     clouds = [CloudSpec.parse(s) for s in cfg.cloud]

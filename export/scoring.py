@@ -82,7 +82,7 @@ def scored(r: TrainedRouter, queries: list[str], experts: list[str]
     them (an irt router or bundle: what prices answer lengths per query)."""
     profiles = getattr(r, "profiles", None)
     if profiles is not None and hasattr(r, "features"):
-        from export.routers.irt import p_matrix
+        from export.routers.irt_tower import p_matrix
 
         u, d = r.features(queries)
         return p_matrix(u, d, [profiles.profiles[e] for e in experts]), u

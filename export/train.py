@@ -36,8 +36,8 @@ from export.labels import (
     table_sha256,
 )
 from export.routers.base import RouterMeta, TrainedRouter
-from export.routers.kinds import KINDS, TrainingSet, router_kind
-from export.routers.training import FitConfig, validation_split
+from export.routers.kinds import KINDS, router_kind
+from export.routers.training import FitConfig, TrainingSet, validation_split
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,8 @@ def train(cfg: TrainConfig) -> tuple[TrainedRouter, dict[str, Any]]:
     if kind.validation:
         inner, val = validation_split(len(train_idx), cfg.val_fraction, fit.seed)
         train_idx, val_idx = train_idx[inner], train_idx[val]
-    data = TrainingSet(meta, m, values, labels, mask, train_idx, val_idx, fit, cfg)
+    data = TrainingSet(meta, m, values, labels, mask, train_idx, val_idx, fit, Path(cfg.table),
+                       cfg.all_rows)
     router, log = kind.fit(data)
     router.meta.extra = {**router.meta.extra,
                          "train_wall_s": round(time.monotonic() - t0, 2)}

@@ -9,8 +9,9 @@ exporter and the daemon)::
 
 plus kind-specific files (``hf/`` for BERT, ``mlp.npz`` + ``vocab.json`` for MLP,
 ``knn.npz`` for 1NN). :meth:`RouterMeta.read` is the one reader of router.json (train,
-evaluate, calibrate and export all use it); :func:`load_router` loads a folder through the
-kind registry (``export.routers.kinds``).
+evaluate, calibrate and export all use it); the kind registry (``export.routers.kinds``)
+checks its kind (``read_meta``) and loads a folder (``load_router``). This module imports
+neither the registry nor any kind: they import it.
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from export.errors import PipelineError
-
-if TYPE_CHECKING:
-    from export.labels import LabelSpec
+from export.labels import LabelSpec
 
 FORMAT = 1
 
@@ -56,9 +55,8 @@ class RouterMeta:
 
     @classmethod
     def read(cls, folder: Path) -> RouterMeta:
-        """router.json of ``folder``, its format and kind checked against this version."""
-        from export.routers.kinds import KINDS
-
+        """router.json of ``folder``, its format checked against this version (its kind is
+        the registry's to check: ``export.routers.kinds.read_meta``)."""
         path = Path(folder) / "router.json"
         if not path.is_file():
             raise PipelineError(f"{folder} is not a trained router: {path} is missing; "
@@ -68,18 +66,15 @@ class RouterMeta:
             meta = cls(**data)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
             raise PipelineError(f"{path} is not a valid router.json ({exc})") from exc
-        if meta.format != FORMAT or meta.kind not in KINDS:
+        if meta.format != FORMAT:
             raise PipelineError(
-                f"{path}: unsupported format {meta.format} or kind {meta.kind!r} "
-                f"(this version reads format {FORMAT}, kinds {list(KINDS)})"
+                f"{path}: unsupported format {meta.format} (this version reads format {FORMAT})"
             )
         return meta
 
     def labels(self) -> LabelSpec:
         """How the router's labels were made (a router.json without ``label_spec``: its
         metric and temperature), so every stage scores the router on the same values."""
-        from export.labels import LabelSpec
-
         spec = self.label_spec or {"metric": self.metric, "temperature": self.temperature}
         return LabelSpec(**spec)
 
@@ -110,19 +105,6 @@ class TrainedRouter(ABC):
         """The daemon-facing form of :meth:`score_batch` for one query."""
         row = self.score_batch([text])[0]
         return {e: float(s) for e, s in zip(self.experts, row, strict=True)}
-
-
-def load_router(folder: Path) -> TrainedRouter:
-    """Load any trained router folder (imports torch only for kinds that need it), or an
-    exported ``irt`` bundle (the embedded one too): profiles make it a router of its own."""
-    from export.routers.kinds import router_kind
-
-    if (Path(folder) / "manifest.json").is_file() and not (Path(folder) / "router.json").is_file():
-        from export.routers.irt import IrtBundleRouter
-
-        return IrtBundleRouter.open(Path(folder))
-    meta = RouterMeta.read(folder)
-    return router_kind(meta.kind).load(Path(folder), meta)
 
 
 def softmax_rows(logits: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from export.routers.encoder import length_batches, minilm_dir, offline
 from export.routers.training import FitConfig
 
 if TYPE_CHECKING:
-    from export.routers.kinds import TrainingSet
+    from export.routers.training import TrainingSet
 
 
 class BertRouter(TrainedRouter):

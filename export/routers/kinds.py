@@ -1,23 +1,26 @@
 """The router-kind registry: per kind, how it trains, how it loads, its training defaults
-and what it supports. ``edgeroute train --router``, :func:`export.routers.base.load_router`,
-``RouterMeta.read`` and ``edgeroute export`` read this one table and nothing else.
+and what it supports. ``edgeroute train --router``, :func:`load_router`, :func:`read_meta`
+and ``edgeroute export`` read this one table and nothing else.
 
 Adding a kind is one entry in :data:`KINDS`, plus its module:
 
 1. ``export/routers/<kind>.py`` (torch imported inside functions only) with
    - a :class:`~export.routers.base.TrainedRouter` subclass with ``save(folder)`` and a
      classmethod ``load(folder, meta)``;
-   - ``fit(data: TrainingSet) -> (router, log_dict)``: train on ``data.train_idx`` (and
-     ``data.val_idx`` for early stopping; empty when the entry says ``validation=False``).
-     ``data`` carries the soft labels and mask, the metric values, the whole pivoted
-     table (``data.matrix``, for kinds that learn from raw outcomes) and the stage's
-     :class:`~export.train.TrainConfig`. Put kind-specific provenance in
-     ``data.meta.extra`` (written to router.json).
+   - ``fit(data: TrainingSet) -> (router, log_dict)`` (``export.routers.training``):
+     train on ``data.train_idx`` (and ``data.val_idx`` for early stopping; empty when the
+     entry says ``validation=False``). ``data`` carries the soft labels and mask, the metric
+     values, the whole pivoted table (``data.matrix``, for kinds that learn from raw
+     outcomes), the loop's :class:`~export.routers.training.FitConfig` and the table's
+     path. Put kind-specific provenance in ``data.meta.extra`` (written to router.json).
 2. ``KINDS["<kind>"] = RouterKind("<kind>", "export.routers.<kind>:<RouterClass>",
    FitDefaults(...), ...)``.
 
 Then ``edgeroute train --router <kind>`` trains it, and evaluate, calibrate and the report
-load it through :func:`~export.routers.base.load_router`.
+load it through :func:`load_router`.
+
+The registry sits above ``export.routers.base`` (router.json and the router interface):
+the kind modules import base, and base imports neither them nor this table.
 """
 
 from __future__ import annotations
@@ -27,15 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from export.errors import PipelineError
+from export.routers.base import RouterMeta, TrainedRouter
 
 if TYPE_CHECKING:
-    from export.labels import OutcomeMatrix
-    from export.routers.base import RouterMeta, TrainedRouter
-    from export.routers.training import FitConfig
-    from export.train import TrainConfig
+    from export.routers.training import TrainingSet
 
 
 @dataclass(frozen=True)
@@ -46,25 +45,6 @@ class FitDefaults:
     batch_size: int
     lr: float
     patience: int
-
-
-@dataclass(frozen=True)
-class TrainingSet:
-    """Everything a kind's ``fit`` may use; rows of every array are the table's queries."""
-
-    meta: RouterMeta
-    matrix: OutcomeMatrix  # the whole table, queries x experts, raw outcomes
-    values: np.ndarray  # the label metric (higher is better), NaN where unknown
-    labels: np.ndarray  # soft labels
-    mask: np.ndarray  # experts with a value per query
-    train_idx: np.ndarray
-    val_idx: np.ndarray  # empty for kinds without a validation split
-    fit: FitConfig
-    config: TrainConfig
-
-    @property
-    def queries(self) -> list[str]:
-        return self.matrix.queries
 
 
 @dataclass(frozen=True)
@@ -133,3 +113,27 @@ def router_kind(name: str) -> RouterKind:
 def exportable() -> list[str]:
     """Kinds ``edgeroute export`` can bundle for the daemon."""
     return [k for k, v in KINDS.items() if v.onnx]
+
+
+def read_meta(folder: Path) -> RouterMeta:
+    """router.json of ``folder`` (``RouterMeta.read``), its kind checked against this
+    registry: what every stage reads a trained router's metadata with."""
+    meta = RouterMeta.read(folder)
+    if meta.kind not in KINDS:
+        raise PipelineError(
+            f"{Path(folder) / 'router.json'}: unsupported kind {meta.kind!r} "
+            f"(this version reads kinds {list(KINDS)})"
+        )
+    return meta
+
+
+def load_router(folder: Path) -> TrainedRouter:
+    """Load any trained router folder (imports torch only for kinds that need it), or an
+    exported ``irt`` bundle (the embedded one too): profiles make it a router of its own."""
+    folder = Path(folder)
+    if (folder / "manifest.json").is_file() and not (folder / "router.json").is_file():
+        from export.routers.irt_bundle import IrtBundleRouter
+
+        return IrtBundleRouter.open(folder)
+    meta = read_meta(folder)
+    return router_kind(meta.kind).load(folder, meta)

@@ -18,7 +18,7 @@ from export.routers.base import RouterMeta, TrainedRouter
 from export.routers.encoder import embed
 
 if TYPE_CHECKING:
-    from export.routers.kinds import TrainingSet
+    from export.routers.training import TrainingSet
 
 
 TIE_WEIGHT = 1e-6  # far below any two distinct labels' difference

@@ -21,7 +21,7 @@ from export.routers.base import RouterMeta, TrainedRouter, softmax_rows
 from export.routers.training import FitConfig
 
 if TYPE_CHECKING:
-    from export.routers.kinds import TrainingSet
+    from export.routers.training import TrainingSet
 
 _TOKEN = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 

@@ -13,9 +13,14 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from export.labels import OutcomeMatrix
+    from export.routers.base import RouterMeta
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,29 @@ class FitConfig:
     threads: int = 2
     progress: bool = True
     layers: int | None = None  # bert: encoder layers kept (None: all)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Everything a kind's ``fit`` may use; rows of every array are the table's queries.
+
+    Built by ``edgeroute train`` (``export.train``); it names the table and the rows it
+    trains on rather than carrying the stage's config, so the kinds need not import it."""
+
+    meta: RouterMeta
+    matrix: OutcomeMatrix  # the whole table, queries x experts, raw outcomes
+    values: np.ndarray  # the label metric (higher is better), NaN where unknown
+    labels: np.ndarray  # soft labels
+    mask: np.ndarray  # experts with a value per query
+    train_idx: np.ndarray
+    val_idx: np.ndarray  # empty for kinds without a validation split
+    fit: FitConfig
+    table: Path  # the expert table the rows come from
+    all_rows: bool = False  # train_idx holds the test split too (``train --all-rows``)
+
+    @property
+    def queries(self) -> list[str]:
+        return self.matrix.queries
 
 
 def seed_everything(seed: int, threads: int) -> None:

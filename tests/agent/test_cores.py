@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cores import generation_threads, physical_cores
+from agent.cores import CoreCount, generation_threads, physical_cores
 
 
 def _sysfs(root: Path, cores: list[tuple[int, int]]) -> None:
@@ -50,9 +50,15 @@ def test_logical_cpus_as_last_resort(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert got.threads == 3 and "logical" in got.how
 
 
-def test_explicit_setting_wins() -> None:
-    assert generation_threads(3).threads == 3
-    assert generation_threads(None) == physical_cores()
+def test_explicit_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A setting is taken as given, even above the core count (doctor warns about that);
+    unset, the count follows this process's CPUs: one allowed CPU is one thread."""
+    more = (os.cpu_count() or 1) + 7  # never the machine's own count
+    assert generation_threads(more) == CoreCount(more, "set by n_threads")
+    assert generation_threads(1) == CoreCount(1, "set by n_threads")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    default = generation_threads(None)
+    assert default.threads == 1 and "n_threads" not in default.how
 
 
 def test_this_machine_has_at_least_one_core() -> None:

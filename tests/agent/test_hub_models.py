@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from agent.errors import ModelFileError
-from agent.hub_models import HubRef, parse_ref
+from agent.model_refs import HubRef, parse_ref
 from tests.agent.test_cli import run_cli
 from tests.conftest import free_port
 

@@ -56,7 +56,7 @@ def test_target_cloud_share_is_met_with_least_quality_lost(table_and_router) -> 
 
 def test_validation_and_test_queries_are_disjoint(table_and_router) -> None:
     from export.calibrate import validation_rows
-    from export.labels import held_out
+    from export.held_out import held_out
     from export.routers.base import RouterMeta
 
     table, router = table_and_router
@@ -90,8 +90,8 @@ def test_local_margin_is_chosen_on_validation_and_replayed_on_test(two_local) ->
     import numpy as np
 
     from export.calibrate import MARGINS
-    from export.labels import held_out
-    from export.routers.base import load_router
+    from export.held_out import held_out
+    from export.routers.kinds import load_router
 
     table, router = two_local
     res = calibrate(CalibrateConfig(table, router, policy="local"))

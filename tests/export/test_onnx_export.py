@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from agent.router_bundle import OnnxRouter, file_sha256
+from export.bundle_writer import ExportConfig, load_eval_set
 from export.errors import ExportError, PipelineError
-from export.onnx_export import ExportConfig, check_gates, load_eval_set, read_router
+from export.onnx_export import check_gates, read_router
 from export.routers.base import RouterMeta
 from tests.export.tiny_router import CODE, EXPERTS, HARD, MAX_LENGTH, export, session_artifacts
 

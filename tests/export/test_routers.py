@@ -10,8 +10,8 @@ import pytest
 
 from export.labels import LabelSpec, build_matrix, metric_values, soft_labels, split_indices
 from export.routers import baselines
-from export.routers.base import RouterMeta, load_router
-from export.routers.kinds import KINDS
+from export.routers.base import RouterMeta
+from export.routers.kinds import KINDS, load_router, read_meta
 from export.routers.training import FitConfig
 from tests.export.test_labels import synthetic_rows
 
@@ -206,24 +206,73 @@ def test_router_json_of_an_unknown_kind_is_refused_by_name(tmp_path: Path, kind:
 
     (tmp_path / "router.json").write_text(json.dumps(_complete_meta(kind)))
     with pytest.raises(PipelineError, match=f"kind {kind!r}") as err:
-        RouterMeta.read(tmp_path)
+        read_meta(tmp_path)
     assert "mlp" in str(err.value) and "bert" in str(err.value)  # says what it knows
 
 
-@pytest.mark.parametrize("kind", sorted(KINDS))
-def test_every_registered_kind_reads_and_resolves(tmp_path: Path, kind: str) -> None:
-    """The kind check passes for known kinds; each entry names a router class with
-    ``load`` and a module with ``fit`` (what adding a kind must provide)."""
+# What router.json files in the wild name, written out here rather than read from the
+# registry: (router class, accepts --layers, exportable to a daemon bundle).
+EXPECTED_KINDS = {
+    "mlp": ("MlpRouter", False, False),
+    "bert": ("BertRouter", True, True),
+    "knn": ("KnnRouter", False, False),
+    "irt": ("IrtRouter", True, True),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXPECTED_KINDS))
+def test_every_kind_a_router_json_names_reads_and_resolves(tmp_path: Path, kind: str) -> None:
+    """A router.json of each kind the pipeline has written passes the kind check, and its
+    entry names the router class it was saved by, which saves and loads itself, and a
+    module whose ``fit`` takes the one TrainingSet (what adding a kind must provide).
+    Removing or renaming a kind, or pointing it at another class, fails here."""
     import importlib
+    import inspect
 
     from export.routers.base import TrainedRouter
 
     (tmp_path / "router.json").write_text(json.dumps(_complete_meta(kind)))
-    assert RouterMeta.read(tmp_path).kind == kind
+    assert read_meta(tmp_path).kind == kind
+    cls_name, layers, onnx = EXPECTED_KINDS[kind]
     entry = KINDS[kind]
-    assert entry.name == kind
-    assert issubclass(entry.router_class(), TrainedRouter)
-    assert callable(importlib.import_module(entry.module).fit)
+    cls = entry.router_class()
+    assert (cls.__name__, entry.layers, entry.onnx) == (cls_name, layers, onnx)
+    assert issubclass(cls, TrainedRouter) and not inspect.isabstract(cls)
+    assert isinstance(inspect.getattr_static(cls, "load"), classmethod)
+    params = list(inspect.signature(importlib.import_module(entry.module).fit).parameters)
+    assert params == ["data"]
+
+
+def test_the_registry_holds_exactly_the_known_kinds() -> None:
+    from export.routers.kinds import exportable
+
+    assert sorted(KINDS) == sorted(EXPECTED_KINDS)
+    assert exportable() == [k for k in KINDS if EXPECTED_KINDS[k][2]] == ["bert", "irt"]
+
+
+def test_an_irt_router_comes_back_through_load_router(tmp_path: Path) -> None:
+    """save -> router.json -> the registry's load: the same tower and profiles, so the same
+    P(correct) for the same embeddings (no encoder needed to check it)."""
+    from agent.profiles import Profile, ProfileSet
+    from export.routers.irt import IrtRouter
+    from export.routers.irt_tower import Tower, p_matrix
+
+    rng = np.random.default_rng(0)
+    tower = Tower(rng.normal(size=(3, 8)), rng.normal(size=3), rng.normal(size=8), 0.25,
+                  rng.normal(size=(8, 8)), rng.normal(size=8))
+    profiles = ProfileSet("enc", 3, {n: Profile(n, tuple(rng.normal(size=3)), float(b))
+                                     for n, b in (("a", 0.5), ("b", -1.0))})
+    meta = RouterMeta(**{**_complete_meta("irt"), "metric": "correct"},
+                      extra={"layers": 1})
+    IrtRouter(meta, tower, profiles).save(tmp_path / "irt")
+    again = load_router(tmp_path / "irt")
+    assert type(again) is IrtRouter and again.experts == ("a", "b") and again.layers == 1
+    x = rng.normal(size=(5, 8))
+    u, d = tower(x)
+    u2, d2 = again.tower(x)
+    want = p_matrix(u, d, list(profiles.profiles.values()))
+    assert np.allclose(want, p_matrix(u2, d2, list(again.profiles.profiles.values())))
+    assert np.allclose(u, u2) and np.allclose(d, d2)
 
 
 def test_format_mismatch_is_refused(tmp_path: Path) -> None:

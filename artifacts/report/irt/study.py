@@ -48,9 +48,11 @@ from study_common import (
     train_irt_on,
 )
 
-from export.scoring import paired_ci
 from export.labels import build_matrix, labelled_rows, split_indices
-from export.routers.irt import IrtConfig, p_matrix, train_on_matrix
+from export.routers.irt import train_on_matrix
+from export.routers.irt_tower import p_matrix
+from export.routers.irt_training import IrtConfig
+from export.scoring import paired_ci
 from export.table import read_table
 
 # -- select: shape on validation ----------------------------------------------------------
@@ -141,8 +143,8 @@ def tables() -> dict[str, Any]:
 # -- RouterBench: quality vs cost against GPT-4 ---------------------------------------------------
 def budget() -> dict[str, Any]:
     from agent.policy import utility
-    from export.labels import held_out
-    from export.routers.base import load_router
+    from export.held_out import held_out
+    from export.routers.kinds import load_router
 
     table = table_files()["routerbench"]
     out: dict[str, Any] = {"table": "routerbench", "seeds": []}
@@ -179,8 +181,8 @@ def pooled(router_dir: Path = REPO / "build" / "router-irt") -> dict[str, Any]:
     """The shipped settings trained on the pooled train split (``build/router-irt``), on the
     pooled test split: per source, and on the committed queries with only the two local
     experts (what a device without a cloud expert gets) against always-Qwen."""
-    from export.labels import held_out
-    from export.routers.base import load_router
+    from export.held_out import held_out
+    from export.routers.kinds import load_router
 
     rows = read_table(POOLED)
     src = sources_of(rows)
@@ -242,7 +244,7 @@ def calib_check(profiles: Path = REPO / "runs" / "calib-data" / "device-profiles
     queries, through the embedded bundle's own graph, against the table's accuracy."""
     from agent.profiles import ProfileSet
     from agent.router_bundle import embedded_bundle
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
 
     bundle = load_router(embedded_bundle())
     fitted = ProfileSet.read(profiles).profiles[expert]

@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO))
 
 from export.labels import build_matrix, labelled_rows, split_indices  # noqa: E402
 from export.routers.base import RouterMeta  # noqa: E402
-from export.routers.irt import IrtConfig, IrtRouter, train_on_matrix  # noqa: E402
+from export.routers.irt import IrtRouter, train_on_matrix  # noqa: E402
+from export.routers.irt_training import IrtConfig  # noqa: E402
 from export.table import read_table, write_table  # noqa: E402
 
 POOLED = REPO / "runs" / "pooled.jsonl.gz"
@@ -100,8 +101,8 @@ def train_irt_on(table: Path, seed: int, out: Path, cfg: IrtConfig,
 
 def test_outcomes(table: Path, router_dir: Path) -> tuple[Any, np.ndarray, np.ndarray]:
     """(test matrix, test outcomes y, router scores on them) by evaluate's own split."""
-    from export.labels import held_out
-    from export.routers.base import load_router
+    from export.held_out import held_out
+    from export.routers.kinds import load_router
 
     r = load_router(router_dir)
     _, mt, q, _ = held_out(table, r.meta)

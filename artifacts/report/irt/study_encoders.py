@@ -73,7 +73,8 @@ def encoders() -> dict[str, Any]:
     at 18 and 128 tokens, the static encoder against the shipped ONNX bundle in the same
     run (2 threads, this machine)."""
     from agent.profile_router import IrtBundle
-    from export.routers.irt import embed, fit_tower
+    from export.routers.irt_embeddings import embed
+    from export.routers.irt_training import fit_tower
     from export.routers.training import validation_split
 
     rows = read_table(POOLED)

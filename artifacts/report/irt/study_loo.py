@@ -22,7 +22,7 @@ from study_common import (
 )
 
 from export.labels import build_matrix, labelled_rows, split_indices
-from export.routers.irt import p_matrix
+from export.routers.irt_tower import p_matrix
 from export.table import read_table
 
 
@@ -95,8 +95,8 @@ def _loo_grid(grid: list[tuple[float, float | None]], out_name: str,
               shots: int) -> dict[str, Any]:
     from agent.profiles import ProfileSet
     from export.profile_fit import fit_profile
-    from export.routers.base import load_router
     from export.routers.irt import expert_kind
+    from export.routers.kinds import load_router
     from export.routers.training import validation_split
 
     files = table_files()
@@ -172,7 +172,7 @@ def _loo_cases() -> list[dict[str, Any]]:
     the RouterBench slice alone) and ``pooled`` (trained on the pooled tables without the
     expert's outcomes, the shipped router's setting; compared with the same training with
     them, on the pooled queries the expert answered)."""
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
     from export.routers.training import validation_split
 
     def split(m: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -256,7 +256,7 @@ class _LooExpert:
 def _loo_experts() -> Iterator[tuple[str, _LooExpert]]:
     """(case, left-out expert) over ``_loo_cases``; a pooled case's router trained without
     the expert is trained here when missing."""
-    from export.routers.base import load_router
+    from export.routers.kinds import load_router
 
     for c in _loo_cases():
         m, full = c["m"], c["full"]
