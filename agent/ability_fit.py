@@ -45,13 +45,24 @@ def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, nam
     beta0 = np.array([*prior.theta, prior.bias], dtype=np.float64)
     beta = beta0.copy()
     pull = pulls(len(beta), l2, l2_bias)
+
+    def objective(b: np.ndarray) -> float:
+        z = a @ b - d
+        return float((w * (np.logaddexp(0.0, z) - y * z)).sum()
+                     + 0.5 * (pull * (b - beta0) ** 2).sum())
+
     for _ in range(iterations):
         p = sigmoid(a @ beta - d)
         grad = a.T @ (w * (p - y)) + pull * (beta - beta0)
         hess = (a * (w * p * (1 - p))[:, None]).T @ a + np.diag(pull)
         step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-8:
+        # Newton's full step where it descends; halved until it does (from far off, with
+        # outcomes far from the prior's predictions, the full step overshoots and cycles).
+        now, t = objective(beta), 1.0
+        while objective(beta - t * step) > now and t > 1e-6:
+            t /= 2
+        beta -= t * step
+        if np.abs(t * step).max() < 1e-8:
             break
     return Profile(name=name, theta=tuple(float(t) for t in beta[:-1]), bias=float(beta[-1]),
                    kind=kind, fitted_on=fitted_on, observations=len(y),

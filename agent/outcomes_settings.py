@@ -11,6 +11,8 @@ needs a cap of its own when it reaches a cloud expert; the refit schedule is opt
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -71,6 +73,13 @@ class OutcomesSettings(BaseModel):
         None, description="The expert whose answer the judge compares with (a configured name).")
     shadow_judge: str | None = Field(
         None, description="The expert that grades both answers with the fixed rubric.")
+    shadow_judge_format: Literal["json_schema", "json_object", "none"] = Field(
+        "json_schema",
+        description=(
+            "How the judge is asked for its grades: json_schema (OpenAI structured outputs), "
+            "json_object with the schema attached (llama.cpp's server: a grammar), or none "
+            "(the rubric's instruction alone; the reply is parsed either way)."),
+    )
     shadow_weight: float = Field(
         0.7, gt=0, le=10, description="How much one shadow grade counts in a refit.")
     shadow_max_tokens: int = Field(

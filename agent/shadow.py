@@ -55,6 +55,9 @@ RUBRIC = (
     "position.")
 JUDGE_MAX_TOKENS = 64
 MAX_QUESTION_CHARS = 8000
+# What the judge's reservation assumes of the reference's answer before it exists: bytes per
+# token (English BPE text runs ~4); a longer answer is reserved again, exactly, once known.
+ANSWER_BYTES_PER_TOKEN = 8
 _SCORE_LINE = re.compile(r"answer\s*(\d)\s*[:=]\s*(\d+(?:\.\d+)?)", re.I)
 
 
@@ -67,12 +70,21 @@ def judge_messages(question: str, answers: list[str]) -> list[Message]:
     return [{"role": "system", "content": RUBRIC}, {"role": "user", "content": "\n\n".join(body)}]
 
 
-def judge_format(n: int) -> dict[str, Any]:
-    """A JSON schema for the grades (servers that constrain sampling always answer it)."""
-    return {"type": "json_schema", "json_schema": {"name": "grades", "strict": True, "schema": {
-        "type": "object", "additionalProperties": False, "required": ["scores"],
-        "properties": {"scores": {"type": "array", "minItems": n, "maxItems": n,
-                                  "items": {"type": "integer", "minimum": 0, "maximum": 10}}}}}}
+def judge_format(n: int, kind: str = "json_schema") -> dict[str, Any] | None:
+    """The judge's ``response_format``: a JSON schema of the grades (a server that
+    constrains sampling by it always answers it), as OpenAI's structured outputs take it
+    (``json_schema``) or as llama.cpp's server does (``json_object`` with a ``schema``);
+    ``none``: no response_format."""
+    schema = {"type": "object", "additionalProperties": False, "required": ["scores"],
+              "properties": {"scores": {"type": "array", "minItems": n, "maxItems": n,
+                                        "items": {"type": "integer", "minimum": 0,
+                                                  "maximum": 10}}}}
+    if kind == "none":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object", "schema": schema}
+    return {"type": "json_schema", "json_schema": {"name": "grades", "strict": True,
+                                                   "schema": schema}}
 
 
 def parse_grades(text: str, n: int) -> list[float] | None:
@@ -163,67 +175,100 @@ class ShadowGrader:
     async def _grade(self, cid: str, answered_by: str, messages: list[Message], question: str,
                      answer: str) -> None:
         await asyncio.sleep(0)  # the reply goes out first
-        ref, judge = str(self.settings.shadow_reference), str(self.settings.shadow_judge)
+        rows: dict[str, tuple[int, int] | None] = {}
         try:
-            answers = [answer]
-            graded = [answered_by]
-            if answered_by != ref:
-                params = SamplingParams(max_tokens=self.settings.shadow_max_tokens,
-                                        temperature=0.0)
-                reply = await self._call("reference", ref, messages, params)
-                answers.append(reply.content)
-                graded.append(ref)
-            order = list(range(len(answers)))
-            if len(order) == 2 and int(hashlib.sha256(cid.encode()).hexdigest()[-1], 16) % 2:
-                order.reverse()  # the user's answer first on half the queries: no position bias
-            shown = [answers[i] for i in order]
-            params = SamplingParams(max_tokens=JUDGE_MAX_TOKENS, temperature=0.0,
-                                    response_format=(judge_format(len(shown))
-                                                     if self.experts[judge].info.json_mode
-                                                     else None))
-            verdict = await self._call("judge", judge, judge_messages(question, shown), params)
-            grades = parse_grades(verdict.content, len(shown))
-            if grades is None:
-                raise _Skip("unparsed")
-            for pos, i in enumerate(order):
-                self.store.add_outcome(cid, "shadow", grades[pos], self.settings.shadow_weight,
-                                       expert=graded[i])
-                self.metrics.outcomes.labels("shadow").inc()
+            await self._grade_reserved(cid, answered_by, messages, question, answer, rows)
         except _Skip as skip:
             self.metrics.shadow_skipped.labels(skip.reason).inc()
         except Exception:  # noqa: BLE001 - a background grading never takes the daemon down
             log.exception("shadow grading of %s failed", cid)
             self.metrics.shadow_skipped.labels("failed").inc()
+        finally:
+            for held in rows.values():  # reserved, never called: nothing was billed
+                if held is not None:
+                    self.budget.release(held[0])
+                    self.ledger.release(held[1])
+
+    async def _grade_reserved(self, cid: str, answered_by: str, messages: list[Message],
+                              question: str, answer: str,
+                              rows: dict[str, tuple[int, int] | None]) -> None:
+        """Both calls are reserved before the first is made (the judge's from a bound of
+        the reference's answer), so a grading the cap cannot finish spends nothing."""
+        ref, judge = str(self.settings.shadow_reference), str(self.settings.shadow_judge)
+        ref_params = SamplingParams(max_tokens=self.settings.shadow_max_tokens, temperature=0.0)
+        shown = [answer] if answered_by == ref else [answer, "x" * ANSWER_BYTES_PER_TOKEN
+                                                     * self.settings.shadow_max_tokens]
+        fmt = self.settings.shadow_judge_format if self.experts[judge].info.json_mode else "none"
+        judge_params = SamplingParams(max_tokens=JUDGE_MAX_TOKENS, temperature=0.0,
+                                      response_format=judge_format(len(shown), fmt))
+        bounds = {"judge": self._worst(judge, judge_messages(question, shown), judge_params)}
+        if answered_by != ref:
+            bounds["reference"] = self._worst(ref, messages, ref_params)
+        for role, (name, worst) in bounds.items():
+            rows[role] = self._reserve(role, name, worst)
+        answers, graded = [answer], [answered_by]
+        if answered_by != ref:
+            reply = await self._call("reference", ref, messages, ref_params, rows)
+            answers.append(reply.content)
+            graded.append(ref)
+        order = list(range(len(answers)))
+        if len(order) == 2 and int(hashlib.sha256(cid.encode()).hexdigest()[-1], 16) % 2:
+            order.reverse()  # the user's answer first on half the queries: no position bias
+        asked = judge_messages(question, [answers[i] for i in order])
+        if self._worst(judge, asked, judge_params)[1] > bounds["judge"][1]:  # a long answer
+            held = rows.pop("judge")
+            if held is not None:
+                self.budget.release(held[0])
+                self.ledger.release(held[1])
+            rows["judge"] = self._reserve("judge", judge, self._worst(judge, asked,
+                                                                      judge_params)[1])
+        verdict = await self._call("judge", judge, asked, judge_params, rows)
+        grades = parse_grades(verdict.content, len(order))
+        if grades is None:
+            raise _Skip("unparsed")
+        for pos, i in enumerate(order):
+            self.store.add_outcome(cid, "shadow", grades[pos], self.settings.shadow_weight,
+                                   expert=graded[i])
+            self.metrics.outcomes.labels("shadow").inc()
+
+    def _worst(self, name: str, messages: list[Message],
+               params: SamplingParams) -> tuple[str, float]:
+        """(expert, the most this call can cost): its prompt's upper bound plus max_tokens."""
+        info = self.experts[name].info
+        return name, info.prices.usd(prompt_size(messages).upper_bound, params.max_tokens)
 
     async def _call(self, role: str, name: str, messages: list[Message],
-                    params: SamplingParams) -> ChatResult:
-        """One shadow call, reserved in both ledgers first when it costs anything."""
+                    params: SamplingParams,
+                    rows: dict[str, tuple[int, int] | None]) -> ChatResult:
+        """One shadow call on its reservation (``rows[role]``), settled or released."""
         expert = self.experts[name]
         bound = prompt_size(messages).upper_bound
-        worst = expert.info.prices.usd(bound, params.max_tokens)
-        rows = self._reserve(role, name, worst) if expert.info.kind == "cloud" else None
+        held = rows.pop(role)
         try:
             result = await expert.complete(messages, params)
         except ExpertCallError as exc:
             self.metrics.shadow_calls.labels(role, "failed").inc()
-            if rows is not None:
+            if held is not None:
                 if exc.partial and exc.usage is not None:
-                    self._settle(rows, name, billed(exc.usage, bound))
+                    self._settle(held, name, billed(exc.usage, bound))
                 else:
-                    self.budget.release(rows[0])
-                    self.ledger.release(rows[1])
+                    self.budget.release(held[0])
+                    self.ledger.release(held[1])
             raise _Skip("failed") from exc
         except BaseException:
-            if rows is not None:  # cancelled mid-call: whether it billed is unknowable
-                self.budget.settle_worst_case(rows[0])
-                self.ledger.settle_worst_case(rows[1])
+            if held is not None:  # cancelled mid-call: whether it billed is unknowable
+                self.budget.settle_worst_case(held[0])
+                self.ledger.settle_worst_case(held[1])
             raise
-        if rows is not None:
-            self._settle(rows, name, billed(result.usage, bound))
+        if held is not None:
+            self._settle(held, name, billed(result.usage, bound))
         self.metrics.shadow_calls.labels(role, "ok").inc()
         return result
 
-    def _reserve(self, role: str, name: str, worst: float) -> tuple[int, int]:
+    def _reserve(self, role: str, name: str, worst: float) -> tuple[int, int] | None:
+        """Rows in the shadow ledger and the spend ledger (None: a local expert, free)."""
+        if self.experts[name].info.kind != "cloud":
+            return None
         try:
             own = self.budget.reserve(name, worst)
         except BudgetExceededError as exc:
