@@ -97,10 +97,23 @@ def posterior_cov(u: np.ndarray, d: np.ndarray, profile: Profile, l2: float = DE
     return np.asarray(np.linalg.inv(hess))
 
 
+def log_losses(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each outcome's negative log-likelihood under ``p`` (nats; soft outcomes too)."""
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.asarray(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
 def log_loss(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
     """Weighted mean negative log-likelihood of soft outcomes ``y`` under ``p`` (nats)."""
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return float(-(w * (y * np.log(p) + (1 - y) * np.log(1 - p))).sum() / w.sum())
+    return float((w * log_losses(p, y)).sum() / w.sum())
+
+
+def mean_and_se(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted mean of ``x`` and its standard error (Kish's effective sample size)."""
+    m = float((w * x).sum() / w.sum())
+    n_eff = float(w.sum() ** 2 / (w**2).sum())
+    var = float((w * (x - m) ** 2).sum() / w.sum())
+    return m, (var / max(n_eff - 1, 1.0)) ** 0.5
 
 
 def brier(p: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:

@@ -109,6 +109,12 @@ class OutcomesSettings(BaseModel):
             "Share of outcomes held back from the fit: the refit is applied only when it "
             "predicts them better (log-likelihood and Brier score) than the current profile."),
     )
+    refit_min_z: float = Field(
+        2.0, ge=0,
+        description=(
+            "How sure the held-back improvement must be: the refit's mean log-loss gain per "
+            "held-back outcome must exceed this many standard errors of it (0: any gain)."),
+    )
     refit_l2: float = Field(
         10.0, gt=0, description="Pull of theta toward the prior profile in a refit.")
     refit_l2_bias: float = Field(

@@ -8,8 +8,10 @@ One expert's refit (``refit_expert``): its outcomes (``agent.outcomes``, on quer
 the current router's encoder) are split by a hash of the completion id into a fitting part
 and a held-back part (``outcomes.refit_holdout``); a profile is fitted on the first
 (``agent.ability_fit``, weighted by source) starting from its prior, and replaces the
-current profile only when it predicts the held-back part better: a lower log-loss and a
-Brier score no worse. So an update can never make the held-back outcomes less likely.
+current profile only when it predicts the held-back part better: a lower log-loss, by a
+mean gain per held-back outcome larger than ``outcomes.refit_min_z`` standard errors of it,
+and a Brier score no worse. So an update never makes the held-back
+outcomes less likely, and a few outcomes a refit fits by chance change nothing.
 
 The prior is the profile the expert had before it learned from outcomes (shipped, fleet,
 calibrated or the prior of its kind), found through the history when the current one is
@@ -113,8 +115,17 @@ def figures(obs: Observations, profile: Profile) -> dict[str, float]:
             "brier": round(ability_fit.brier(p, obs.y, obs.w), 6)}
 
 
+def held_back_gain(test: Observations, current: Profile, fitted: Profile
+                   ) -> tuple[float, float]:
+    """How much less surprised the refit is by the held-back outcomes than the current
+    profile (mean log-loss difference per outcome, nats), and that mean's standard error."""
+    before = ability_fit.log_losses(ability_fit.predict(test.u, test.d, current), test.y)
+    after = ability_fit.log_losses(ability_fit.predict(test.u, test.d, fitted), test.y)
+    return ability_fit.mean_and_se(before - after, test.w)
+
+
 def refit_expert(name: str, kind: str, obs: Observations, current: Profile, prior: Profile,
-                 holdout: float, l2: float, l2_bias: float) -> Fit | str:
+                 holdout: float, l2: float, l2_bias: float, min_z: float = 2.0) -> Fit | str:
     """The guarded refit of one expert, or why it was not tried."""
     mask = np.array([held_back(i, holdout) for i in obs.ids], dtype=bool)
     train, test = obs.take(~mask), obs.take(mask)
@@ -128,7 +139,11 @@ def refit_expert(name: str, kind: str, obs: Observations, current: Profile, prio
         l2_bias=l2_bias, weights=train.w)
     fitted = replace(fitted, length=current.length)
     before, after = figures(test, current), figures(test, fitted)
-    better = after["log_loss"] < before["log_loss"] and after["brier"] <= before["brier"]
+    gain, se = held_back_gain(test, current, fitted)
+    after |= {"gain": round(gain, 6), "gain_se": round(se, 6)}
+    # Better by more than its noise: a few held-back outcomes that a refit happens to fit
+    # a little better (or a refit of the same outcomes, equal to its rounding) change nothing.
+    better = gain > 0 and gain > min_z * se and after["brier"] <= before["brier"]
     return Fit(name, len(obs.ids), len(train.ids), len(test.ids), before, after, better,
                prior, fitted)
 
@@ -254,7 +269,7 @@ def _fit_all(experts: list[ConfiguredExpert], only: list[str] | None, shipped: P
             continue
         current = resolve(e, shipped, device, fleet, names).profile
         got = refit_expert(e.name, e.kind, obs, current, base_prior(current, history),
-                           o.refit_holdout, o.refit_l2, o.refit_l2_bias)
+                           o.refit_holdout, o.refit_l2, o.refit_l2_bias, o.refit_min_z)
         if isinstance(got, str):
             skipped[e.name] = got
         else:

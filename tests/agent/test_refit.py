@@ -172,3 +172,44 @@ def test_the_fit_converges_from_a_prior_far_from_the_outcomes(features: Any) -> 
     heavy = fit_profile(u, d, y, prior, "local", "local", weights=np.full(len(y), 4.0))
     light = fit_profile(u, d, y, prior, "local", "local", weights=np.full(len(y), 0.05))
     assert abs(heavy.mean_p - y.mean()) < abs(light.mean_p - y.mean())  # weights count
+
+
+def _observations(features: Any, y: np.ndarray) -> Any:
+    from agent.outcomes import Observations
+
+    u, d, _ = features
+    n = len(y)
+    return Observations([f"chatcmpl-{i:06d}" for i in range(n)], u[:n], d[:n], y,
+                        np.ones(n), ["feedback"] * n)
+
+
+def test_outcomes_the_profile_already_explains_change_nothing(features: Any) -> None:
+    """Outcomes drawn from the current profile's own P(correct): whatever a refit fits of
+    them is noise, and the guard's margin (outcomes.refit_min_z standard errors of the
+    held-back gain, 2 by default) keeps the profile but in about 2% of draws. Outcomes of a much weaker expert get through."""
+    from agent import ability_fit
+    from agent.profiles import Profile
+    from agent.refit import refit_expert
+
+    u, d, _ = features
+    current = Profile("local", tuple(float(x) for x in np.linspace(-0.3, 0.3, u.shape[1])),
+                      0.5, kind="local")
+    p = ability_fit.predict(u, d, current)
+    applied = {}
+    for min_z in (0.0, 2.0):
+        fits = []
+        for seed in range(20):
+            y = (np.random.default_rng(seed).random(len(p)) < p).astype(float)
+            fit = refit_expert("local", "local", _observations(features, y), current,
+                               current, 0.25, 10.0, 1.0, min_z=min_z)
+            assert not isinstance(fit, str)
+            fits.append(fit.applied)
+        applied[min_z] = sum(fits)
+    # One-sided z > 2 by chance: about 2% of refits of pure noise; any gain: far more.
+    assert applied[2.0] <= 2 and applied[0.0] > applied[2.0], applied
+    weaker = Profile("local", current.theta, current.bias - 3.0, kind="local")
+    y = (np.random.default_rng(9).random(len(p)) < ability_fit.predict(u, d, weaker)).astype(float)
+    fit = refit_expert("local", "local", _observations(features, y), current, current,
+                       0.25, 10.0, 1.0, min_z=2.0)
+    assert not isinstance(fit, str) and fit.applied
+    assert fit.after["gain"] > 2 * fit.after["gain_se"] > 0
