@@ -36,6 +36,7 @@ from agent.errors import (
 )
 from agent.http_limits import BodySizeLimit
 from agent.http_security import BearerToken, HostAllowList, OriginGuard, read_token
+from agent.outcome_recorder import FeedbackRequest, feedback_score
 from agent.policy import Decision, tighter
 from agent.runtime import Runtime
 from agent.schemas import (
@@ -318,6 +319,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         app.state.runtime = runtime
         app.state.settings = settings
         hup = install_sighup_reload(runtime.reload_router)
+        runtime.start_background()
         try:
             yield
         finally:
@@ -381,8 +383,27 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         params = sampling_params(req, settings.server)
         decision = runtime.decide(req.model, messages, params, _hints(req, request),
                                   served=False)
-        return {"object": "edgeroute.route", "created": int(time.time()),
+        if runtime.outcomes is not None:
+            runtime.outcomes.routed(decision)
+        return {"object": "edgeroute.route", "id": decision.id, "created": int(time.time()),
                 "model": decision.expert, "routing": decision.as_dict()}
+
+    @app.post("/v1/feedback", summary="Score an answer by its id (0-1, or thumbs up/down).",
+              responses=ERROR_RESPONSES)
+    async def feedback(req: FeedbackRequest) -> dict[str, Any]:
+        """The outcome of one answer (a reply's ``id``, or a route call's): stored for
+        the profile refit (``edgeroute profile update``); a second score replaces the
+        first. An id this device has no answer for is a 404 naming ``id``."""
+        recorder = runtime.outcomes
+        if recorder is None or not settings.outcomes.feedback:
+            raise RequestError("feedback is off on this device (outcomes.enabled, "
+                               "outcomes.feedback)", param="id", code="feedback_disabled",
+                               status_code=403)
+        try:
+            score = feedback_score(req.score, req.thumbs)
+        except ValueError as exc:
+            raise RequestError(str(exc), param="score", code="invalid_value") from exc
+        return recorder.feedback(req.id, score)
 
     @app.get("/v1/models", summary="The experts, plus 'auto'.", responses=ERROR_RESPONSES)
     async def models() -> dict[str, Any]:

@@ -256,6 +256,8 @@ AGENT_COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("doctor", "agent.doctor", "check this device's set-up and print a table"),
     ("usage", "agent.usage", "print cloud spend per expert and period"),
     ("pull", "agent.pull_command", "download a GGUF (hf:OWNER/REPO/FILE.gguf) into the cache"),
+    ("outcomes", "agent.outcomes_command", "export or purge the stored outcomes of answers"),
+    ("feedback", "agent.feedback_command", "score an answer by its id (0-1, or up/down)"),
 )
 
 

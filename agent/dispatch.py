@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from agent.admission import Admission, Slot
 from agent.decision_log import DecisionLog
@@ -42,6 +43,22 @@ def routable(expert: Expert) -> bool:
     return expert.available() or not expert.info.fallback_to_local
 
 
+def billed(usage: TokenUsage, prompt_bound: int) -> TokenUsage:
+    """The usage a ledger settles: one the bridge counted (the peer sent none) guesses the
+    prompt from its characters, so the prompt's upper bound is billed instead."""
+    if usage.estimated:
+        return TokenUsage(max(usage.prompt_tokens, prompt_bound), usage.completion_tokens,
+                          estimated=True)
+    return usage
+
+
+class AnswerSink(Protocol):
+    """Told of every whole answer, once (``agent.outcome_recorder``: the outcomes store)."""
+
+    def answered(self, decision: Decision, messages: list[Message], content: str,
+                 finish_reason: str | None) -> None: ...
+
+
 @dataclass
 class _Turn:
     """One expert's turn at a request: its admission slot and its ledger row."""
@@ -62,6 +79,7 @@ class Dispatcher:
     on_exceeded: str  # budget.on_exceeded: "local" or "refuse"
     stats: ExpertStats  # what each answer teaches the policy (latency, answer length)
     log: DecisionLog | None = None  # each answer's outcome joins its decision's record
+    sink: AnswerSink | None = None  # each whole answer, for the outcomes store
 
     async def run(
         self, decision: Decision, messages: list[Message], params: SamplingParams, *,
@@ -75,10 +93,15 @@ class Dispatcher:
             turn = await self._begin(decision, fallback)
             decision = turn.decision
             sent = False
+            parts: list[str] = []
             try:
                 async for piece in self._call(decision.expert, messages, params, stream):
+                    parts.append(piece.content)
                     if piece.usage is not None:
                         self._settle(turn, piece, params.max_tokens)
+                        if self.sink is not None:
+                            self.sink.answered(decision, messages, "".join(parts),
+                                               piece.finish_reason)
                     sent = True
                     yield piece, decision
                 return
@@ -156,12 +179,9 @@ class Dispatcher:
         yield (await expert.complete(messages, params)).as_piece()
 
     def _bill(self, turn: _Turn, usage: TokenUsage) -> float:
-        """Settle the row. A usage the bridge counted (the peer sent none) guesses the
-        prompt from its characters; the ledger bills the prompt's upper bound instead."""
+        """Settle the row at the usage :func:`billed` says."""
         assert turn.row is not None
-        if usage.estimated:
-            usage = TokenUsage(max(usage.prompt_tokens, turn.decision.prompt_bound),
-                               usage.completion_tokens, estimated=True)
+        usage = billed(usage, turn.decision.prompt_bound)
         cost = self.experts[turn.decision.expert].info.prices.cost_usd(usage)
         self.ledger.settle(turn.row, cost, usage.prompt_tokens, usage.completion_tokens,
                            usage.estimated)

@@ -372,6 +372,9 @@ def settings_checks(settings: Settings, rehash: bool, timeout: float) -> list[Fi
         kinds = {e.name: "local" for e in settings.local_experts}
         kinds |= {e.name: "cloud" for e in settings.cloud_experts}
         findings += [Finding(c, s, d) for c, s, d in routing_rows(settings, kinds)]  # type: ignore[arg-type]
+    from agent.outcomes import doctor_rows
+
+    findings += [Finding(c, s, d) for c, s, d in doctor_rows(settings)]  # type: ignore[arg-type]
     return findings
 
 

@@ -44,6 +44,24 @@ class Metrics:
             "edgeroute_cascade", "Local-first cascade attempts by outcome: kept, escalated, "
             "kept_over_budget (the escalation would break a cap), kept_cloud_failed",
             ["outcome"], registry=r)
+        # What the device learns from its answers (agent.outcome_recorder, agent.shadow,
+        # agent.refit).
+        self.outcomes = Counter("edgeroute_outcomes", "Outcomes stored, by source: feedback, "
+                                "check, shadow", ["source"], registry=r)
+        self.feedback = Counter("edgeroute_feedback", "Feedback scores accepted (POST "
+                                "/v1/feedback), by whether they replaced an earlier one",
+                                ["replaced"], registry=r)
+        self.shadow_calls = Counter("edgeroute_shadow_calls", "Shadow grading calls by role "
+                                    "(reference, judge) and result (ok, failed, over_budget)",
+                                    ["role", "result"], registry=r)
+        self.shadow_skipped = Counter("edgeroute_shadow_skipped", "Sampled queries not "
+                                      "shadow-graded, by reason (busy, over_budget, failed, "
+                                      "unparsed)", ["reason"], registry=r)
+        self.shadow_spend = Counter("edgeroute_shadow_spend_usd", "Settled shadow grading "
+                                    "spend in USD", ["expert"], registry=r)
+        self.refits = Counter("edgeroute_refits", "Scheduled profile refits by result: "
+                              "applied, kept (the guard kept the old profiles), nothing",
+                              ["result"], registry=r)
 
         self.batches = BatchCollector()
         r.register(self.batches)

@@ -146,7 +146,8 @@ class ProfileRouter:
         z = self._theta @ u + self._bias - d
         scores = {e: 1.0 / (1.0 + math.exp(-max(min(v, 40.0), -40.0)))
                   for e, v in zip(self.experts, z.tolist(), strict=True)}
-        return Scoring(scores, QueryFeatures(tuple(u.tolist()), d), self.lengths)
+        features = QueryFeatures(tuple(u.tolist()), d, self.bundle.shipped.encoder_id)
+        return Scoring(scores, features, self.lengths)
 
     def describe(self) -> dict[str, Any]:
         m = self.bundle.manifest

@@ -25,6 +25,7 @@ class QueryFeatures:
 
     u: tuple[float, ...]
     d: float
+    encoder: str = ""  # the query tower's id (a bundle's encoder_id): the space u lives in
 
 
 @dataclass(frozen=True)

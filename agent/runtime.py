@@ -32,7 +32,9 @@ from agent.experts.batching import DecodeThread
 from agent.ledger import BudgetExceededError, Caps, Ledger, SpendLedger
 from agent.metrics import Metrics
 from agent.model_files import resolve_model
+from agent.outcome_recorder import OutcomeRecorder
 from agent.policy import Decision
+from agent.refit import RefitSchedule
 from agent.routing import FixedRouter, Router
 from agent.settings import DASHBOARD_PROMPT_CHARS, Settings
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, fold
@@ -57,6 +59,8 @@ class Runtime:
     decider: Decider = field(init=False)
     on_reload: list[Callable[[], object]] = field(default_factory=list)  # before a swap
     dispatcher: Dispatcher = field(init=False)
+    outcomes: OutcomeRecorder | None = None  # what answers teach the profiles (outcomes.*)
+    refits: RefitSchedule | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.stats = ExpertStats.for_policy(self.settings.policy)
@@ -71,7 +75,10 @@ class Runtime:
             experts=self.experts, ledger=self.ledger, metrics=self.metrics,
             admission=self.admission, fallback_expert=self.fallback_expert,
             on_exceeded=self.settings.budget.on_exceeded, stats=self.stats,
-            log=self.decisions)
+            log=self.decisions, sink=self.outcomes)
+        if self.outcomes is not None:
+            self.refits = RefitSchedule(self.settings, self.outcomes.store, self.metrics,
+                                        self.reload_router)
         self.metrics.ledger.watch(self.ledger.gauges)
         for name, expert in self.experts.items():
             stats = getattr(expert, "batch_stats", None)
@@ -211,7 +218,14 @@ class Runtime:
             "router": self.router.describe(),
             "default_expert": self.settings.default_expert(),
             "fallback_expert": self.fallback_expert,
+            "outcomes": (self.outcomes.describe() if self.outcomes is not None
+                         else {"enabled": False}),
         }
+
+    def start_background(self) -> None:
+        """What runs beside the requests once the event loop does: the refit schedule."""
+        if self.refits is not None:
+            self.refits.start()
 
     def reload_router(self) -> dict[str, Any]:
         """Re-read the router bundle from its path (after an operator replaced it). The
@@ -223,6 +237,10 @@ class Runtime:
         return self.router.describe()
 
     async def aclose(self) -> None:
+        if self.refits is not None:
+            await self.refits.aclose()
+        if self.outcomes is not None:
+            await self.outcomes.aclose()  # shadow gradings first: they hold ledger rows
         for expert in self.experts.values():
             await expert.aclose()
         if self.decode is not None:
@@ -265,10 +283,12 @@ def build_runtime(settings: Settings) -> Runtime:
     sync = profile_sync(settings)  # a fleet's published profiles, before the router loads
     if sync is not None:
         sync()
+    ledger = open_ledger(settings, holds_leases=True)
+    metrics = Metrics()
     return Runtime(settings=settings, experts=experts, router=build_router(settings, experts),
-                   ledger=open_ledger(settings, holds_leases=True),
-                   admission=build_admission(settings, experts), decode=decode,
-                   on_reload=[sync] if sync is not None else [])
+                   ledger=ledger, admission=build_admission(settings, experts), decode=decode,
+                   on_reload=[sync] if sync is not None else [], metrics=metrics,
+                   outcomes=OutcomeRecorder.of(settings, experts, ledger, metrics))
 
 
 def build_decider(settings: Settings) -> tuple[Decider, SpendLedger]:

@@ -30,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from agent.errors import ModelFileError
 from agent.model_refs import QWEN_DEFAULT, SMOLLM2_DEFAULT, is_hub_ref, parse_ref
+from agent.outcomes_settings import OutcomesSettings
 from cloud_bridge.messages import Modality
 
 APP_NAME = "edgeroute"
@@ -601,6 +602,8 @@ class Settings(BaseSettings):
     budget: BudgetSettings = Field(default_factory=BudgetSettings, description="Budgets.")
     policy: PolicySettings = Field(default_factory=PolicySettings, description="Policy.")
     ledger: LedgerSettings = Field(default_factory=LedgerSettings, description="Spend ledger.")
+    outcomes: OutcomesSettings = Field(default_factory=OutcomesSettings,
+                                       description="Outcomes, feedback, shadow grading, refits.")
 
     @model_validator(mode="after")
     def _experts_consistent(self) -> Settings:
@@ -615,6 +618,8 @@ class Settings(BaseSettings):
                 f"router.default_expert {self.router.default_expert!r} is not a configured "
                 f"expert; choose one of {names}"
             )
+        self.outcomes.check_experts({e.name: "local" for e in self.local_experts}
+                                    | {e.name: "cloud" for e in self.cloud_experts})
         return self
 
     def expert_names(self) -> list[str]:

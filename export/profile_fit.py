@@ -23,60 +23,27 @@ from pathlib import Path
 
 import numpy as np
 
+from agent import ability_fit
 from agent.profiles import Profile, ProfileSet
 from export.errors import PipelineError
 from export.feature_source import FeatureSource
 
-# Pulls toward the prior, chosen by leave-one-expert-out on validation: theta (where an
-# expert is strong) firmly, the bias (how often it is right) loosely, since 50 answers say
-# more about the second (artifacts/report/irt/loo_bias.json: l2 10/30/100 x bias 0.3-10 or
-# as theta, 50 answers per left-out expert; loo_l2.json had one pull for both, 30).
-DEFAULT_L2 = 10.0
-DEFAULT_L2_BIAS = 3.0
+# The fit itself is the daemon's (``agent.ability_fit``): a device refitting from its own
+# outcomes and this pipeline fit profiles with one function.
+DEFAULT_L2 = ability_fit.DEFAULT_L2
+DEFAULT_L2_BIAS = ability_fit.DEFAULT_L2_BIAS
+posterior_cov = ability_fit.posterior_cov
 
 
 def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, name: str,
                 kind: str, l2: float = DEFAULT_L2, fitted_on: str = "",
                 iterations: int = 50, l2_bias: float | None = DEFAULT_L2_BIAS) -> Profile:
-    """MAP profile of one expert from features (u, d) and outcomes y in [0, 1]: theta
-    pulled toward the prior's with ``l2``, the bias with ``l2_bias`` (None: ``l2``)."""
-    if len(y) == 0:
-        raise PipelineError(f"expert {name!r}: no graded outcomes to fit a profile on")
-    a = np.hstack([u, np.ones((len(u), 1))])
-    beta0 = np.array([*prior.theta, prior.bias], dtype=np.float64)
-    beta = beta0.copy()
-    pull = _pulls(len(beta), l2, l2_bias)
-    for _ in range(iterations):
-        z = np.clip(a @ beta - d, -40, 40)
-        p = 1.0 / (1.0 + np.exp(-z))
-        grad = a.T @ (p - y) + pull * (beta - beta0)
-        hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(pull)
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    z = np.clip(a @ beta - d, -40, 40)
-    return Profile(name=name, theta=tuple(float(t) for t in beta[:-1]), bias=float(beta[-1]),
-                   kind=kind, fitted_on=fitted_on, observations=len(y),
-                   mean_p=float((1.0 / (1.0 + np.exp(-z))).mean()))
-
-
-def _pulls(n: int, l2: float, l2_bias: float | None) -> np.ndarray:
-    """The prior's pull on each of theta's n-1 coordinates and on the bias."""
-    pull = np.full(n, l2, dtype=np.float64)
-    pull[-1] = l2 if l2_bias is None else l2_bias
-    return pull
-
-
-def posterior_cov(u: np.ndarray, d: np.ndarray, profile: Profile, l2: float = DEFAULT_L2,
-                  l2_bias: float | None = DEFAULT_L2_BIAS) -> np.ndarray:
-    """Covariance of (theta, bias) under the fit's Laplace posterior: the inverse Hessian of
-    ``fit_profile``'s penalised likelihood at ``profile``, fitted on these (u, d)."""
-    a = np.hstack([u, np.ones((len(u), 1))])
-    beta = np.array([*profile.theta, profile.bias], dtype=np.float64)
-    p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta - d, -40, 40)))
-    hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(_pulls(len(beta), l2, l2_bias))
-    return np.asarray(np.linalg.inv(hess))
+    """``agent.ability_fit.fit_profile``, its errors as the pipeline's."""
+    try:
+        return ability_fit.fit_profile(u, d, y, prior, name, kind, l2, fitted_on, iterations,
+                                       l2_bias)
+    except ability_fit.FitError as exc:
+        raise PipelineError(str(exc)) from exc
 
 
 def accuracy_spread(u: np.ndarray, d: np.ndarray, profile: Profile,
@@ -153,6 +120,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          "on their next reload")
     pub.add_argument("names", nargs="*", help="experts to publish (default: every profile "
                      "in <data_dir>/device-profiles.json)")
+    from agent import refit_command
+
+    refit_command.add_arguments(sub)  # update, history, revert: the daemon's own code
 
 
 def publish(args: argparse.Namespace) -> int:
@@ -176,6 +146,10 @@ def publish(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.profile_command == "publish":
         return publish(args)
+    if args.profile_command in ("update", "history", "revert"):
+        from agent import refit_command
+
+        return refit_command.run(args)
     from export.labels import build_matrix, split_indices
     from export.table import read_table
 
