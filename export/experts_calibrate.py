@@ -232,7 +232,8 @@ def _ask_adaptive(args: argparse.Namespace, bundle: Any, candidates: list[Any], 
     from export.table import read_table
 
     index = {q.query_id: i for i, q in enumerate(candidates)}
-    stored = [r for r in read_table(store) if r["query_id"] in index]
+    stored = ([r for r in read_table(store) if r["query_id"] in index] if sink.done
+              else [])  # a new store holds only its header
     answered = [(index[r["query_id"]], None if r["correct"] is None else float(r["correct"]))
                 for r in stored]
     u, d = bundle.features_batch([q.prompt for q in candidates])
