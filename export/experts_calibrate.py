@@ -2,6 +2,7 @@
 
     edgeroute experts list
     edgeroute experts calibrate NAME [--queries 100] [--max-usd X] [--yes]
+                                     [--adaptive [--target-sd 0.05]]
 
 ``calibrate`` sends the shipped calibration set (auto-gradable queries spread over the
 datasets, disjoint from every training query) to the live configured expert through the
@@ -10,6 +11,12 @@ expert's profile with the router frozen (``export.profile_fit``, pulled toward i
 profile or the prior of its kind), and writes it atomically to the device's profiles file
 (``<data_dir>/device-profiles.json``), which a running daemon reads on reload (SIGHUP or
 ``POST /admin/router/reload``).
+
+Which queries: by default the first ``--queries`` of the set spread evenly over its datasets.
+``--adaptive`` picks each next query from the whole set where one answer tells most about
+the profile at the current estimate (``export.adaptive_calibration``: Fisher information, as
+computerized adaptive testing does), and stops once every dataset's posterior sd of its
+accuracy is at most ``--target-sd``, or at ``--queries`` answers.
 
 Cloud calls go through the budget ledger like the daemon's (a worst-case reservation per
 call, settled to the real usage), and the worst case of the whole run is shown before the
@@ -53,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="pull of theta toward the prior profile")
     c.add_argument("--l2-bias", type=float, default=None,
                    help="pull of the bias toward the prior profile")
+    c.add_argument("--adaptive", action="store_true",
+                   help="pick each next query where it tells most about the profile at the "
+                        "current estimate; stop at --target-sd or --queries")
+    c.add_argument("--target-sd", type=float, default=None,
+                   help="with --adaptive: stop once every dataset's posterior sd of its "
+                        "accuracy is at most this (e.g. 0.05)")
     c.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -137,20 +150,29 @@ def calibrate(args: argparse.Namespace) -> int:
                             f"{sorted(experts)}")
     if args.queries < 5:
         raise PipelineError(f"--queries {args.queries}: a profile needs at least 5")
+    if args.target_sd is not None and (not args.adaptive or not 0 < args.target_sd < 1):
+        raise PipelineError(f"--target-sd {args.target_sd}: give a value in (0, 1), with "
+                            "--adaptive (it stops an adaptive run)")
     expert: ConfiguredExpert = experts[args.name]
     cfg = next(e for e in [*settings.local_experts, *settings.cloud_experts]
                if e.name == args.name)
     bundle = _bundle(settings)
     calibration_set = load_calibration_set()
-    queries = spread(calibration_set, args.queries)
-    cost = sum(_worst_usd(cfg, q) for q in queries) if expert.kind == "cloud" else 0.0
-    print(f"calibrating {args.name} ({expert.kind}) on {len(queries)} queries over "
-          f"{len({q.dataset for q in queries})} datasets; worst-case cost ${cost:.4f}",
+    l2 = DEFAULT_L2 if args.l2 is None else args.l2
+    l2_bias = DEFAULT_L2_BIAS if args.l2_bias is None else args.l2_bias
+    before = resolve(ConfiguredExpert(expert.name, expert.kind, expert.model, expert.profile),
+                     bundle.shipped, {})
+    queries = calibration_set if args.adaptive else spread(calibration_set, args.queries)
+    worst = sorted((_worst_usd(cfg, q) for q in queries), reverse=True)[:args.queries]
+    cost = sum(worst) if expert.kind == "cloud" else 0.0
+    print(f"calibrating {args.name} ({expert.kind}) on "
+          + (f"up to {args.queries} of {len(queries)} queries chosen adaptively"
+             if args.adaptive else f"{len(queries)} queries")
+          + f" over {len({q.dataset for q in queries})} datasets; worst-case cost ${cost:.4f}",
           file=sys.stderr)
     _confirm(cost, args)
     store = Path(settings.paths.data_dir) / "calibration" / f"{args.name}.jsonl"
     sink = TableSink(store, {"calibration_for": args.name})
-    todo = [q for q in queries if (q.query_id, args.name) not in sink.done]
     ledger = None
     if expert.kind == "cloud":
         from agent.runtime import open_ledger
@@ -161,11 +183,17 @@ def calibrate(args: argparse.Namespace) -> int:
 
     t0 = time.monotonic()
     try:
-        for q in tqdm(todo, desc=f"calibrate {args.name}", unit="query",
-                      disable=not args.progress):
-            sink.add(_answer(runner, q, ledger, cfg))
+        if args.adaptive:
+            wanted = _ask_adaptive(args, bundle, queries, before.profile, expert.kind, store,
+                                   lambda q: _answer(runner, q, ledger, cfg), sink, l2, l2_bias)
+        else:
+            for q in tqdm([q for q in queries if (q.query_id, args.name) not in sink.done],
+                          desc=f"calibrate {args.name}", unit="query",
+                          disable=not args.progress):
+                sink.add(_answer(runner, q, ledger, cfg))
+            wanted = {q.query_id for q in queries}
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {len(sink.done)} of {len(queries)} answers kept in {store}; "
+        print(f"\ninterrupted: {len(sink.done)} answers kept in {store}; "
               "run the same command again to resume", file=sys.stderr)
         return 130
     finally:
@@ -173,7 +201,6 @@ def calibrate(args: argparse.Namespace) -> int:
         runner.close()
         if ledger is not None:
             ledger.close()
-    wanted = {q.query_id for q in queries}
     rows = [r for r in read_table(store) if r["query_id"] in wanted and r["correct"] is not None]
     u, d = bundle.features_batch([r["query"] for r in rows])
     y = np.array([float(r["correct"]) for r in rows])
@@ -182,19 +209,59 @@ def calibrate(args: argparse.Namespace) -> int:
               else ProfileSet(bundle.shipped.encoder_id, bundle.shipped.dim))
     if device.encoder_id != bundle.shipped.encoder_id:
         device = ProfileSet(bundle.shipped.encoder_id, bundle.shipped.dim)
-    before = resolve(ConfiguredExpert(expert.name, expert.kind, expert.model, expert.profile),
-                     bundle.shipped, {})
-    after = fit_profile(u, d, y, before.profile, args.name, expert.kind,
-                        DEFAULT_L2 if args.l2 is None else args.l2,
-                        f"calibration set ({len(rows)} queries)",
-                        l2_bias=DEFAULT_L2_BIAS if args.l2_bias is None else args.l2_bias)
+    after = fit_profile(u, d, y, before.profile, args.name, expert.kind, l2,
+                        f"calibration set ({len(rows)} queries"
+                        + (", adaptive)" if args.adaptive else ")"), l2_bias=l2_bias)
     device.with_profiles([after]).write(device_path)
-    _report(rows, u, d, before, after, time.monotonic() - t0,
-            DEFAULT_L2 if args.l2 is None else args.l2,
-            DEFAULT_L2_BIAS if args.l2_bias is None else args.l2_bias, len(calibration_set))
+    _report(rows, u, d, before, after, time.monotonic() - t0, l2, l2_bias,
+            len(calibration_set))
     print(f"profile of {args.name} -> {device_path}; reload a running daemon (SIGHUP or "
           "POST /admin/router/reload) to use it", file=sys.stderr)
     return 0
+
+
+def _ask_adaptive(args: argparse.Namespace, bundle: Any, candidates: list[Any], prior: Any,
+                  kind: str, store: Path, answer: Any, sink: Any, l2: float,
+                  l2_bias: float | None) -> set[str]:
+    """The adaptive run over the whole set: answers already in ``store`` (an interrupted or
+    earlier run) count first, each new one is appended with fsync before the next is
+    chosen. Returns the query ids it fitted on."""
+    from tqdm import tqdm
+
+    from export.adaptive_calibration import AdaptiveConfig, run_adaptive
+    from export.table import read_table
+
+    index = {q.query_id: i for i, q in enumerate(candidates)}
+    stored = ([r for r in read_table(store) if r["query_id"] in index] if sink.done
+              else [])  # a new store holds only its header
+    answered = [(index[r["query_id"]], None if r["correct"] is None else float(r["correct"]))
+                for r in stored]
+    u, d = bundle.features_batch([q.prompt for q in candidates])
+    datasets = sorted({q.dataset for q in candidates})
+    groups = {ds: np.array([q.dataset == ds for q in candidates]) for ds in datasets}
+    bar = tqdm(total=args.queries, initial=min(len(answered), args.queries),
+               desc=f"calibrate {args.name} (adaptive)", unit="query",
+               disable=not args.progress)
+
+    def ask(i: int) -> float | None:
+        row = answer(candidates[i])
+        sink.add(row)
+        bar.update(1)
+        return None if row["correct"] is None else float(row["correct"])
+
+    try:
+        run = run_adaptive(u, d, groups, prior, ask,
+                           AdaptiveConfig(args.queries, args.target_sd, l2=l2, l2_bias=l2_bias),
+                           answered, name=args.name, kind=kind)
+    finally:
+        bar.close()
+    why = {"target": f"every dataset's sd at most {args.target_sd}",
+           "queries": f"--queries {args.queries} reached",
+           "exhausted": "every calibration query answered"}[run.stopped]
+    print(f"adaptive: {len(run.order)} answers ({why}); posterior sd of each dataset's "
+          "accuracy over the set: " + ", ".join(f"{k} {v:.3f}" for k, v in run.sd.items()),
+          file=sys.stderr)
+    return {candidates[i].query_id for i in run.order}
 
 
 def _report(rows: list[dict[str, Any]], u: np.ndarray, d: np.ndarray, before: Any,

@@ -49,14 +49,18 @@ def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, nam
 def accuracy_spread(u: np.ndarray, d: np.ndarray, profile: Profile,
                     groups: dict[str, np.ndarray], l2: float = DEFAULT_L2,
                     l2_bias: float | None = DEFAULT_L2_BIAS, draws: int = 500,
-                    seed: int = 0) -> dict[str, float]:
+                    seed: int = 0, cov: np.ndarray | None = None) -> dict[str, float]:
     """How sure the fit is, per group of queries (name -> row mask): the standard deviation
     of the group's mean predicted P(correct) over profiles drawn from the Laplace posterior.
-    It narrows as answers grow; a wide one says: send more ``--queries``."""
+    It narrows as answers grow; a wide one says: send more ``--queries``. ``cov``: the
+    posterior covariance when the fit's rows are not (u, d) (adaptive calibration measures
+    the families of the whole calibration set from the answers so far); None: fitted on
+    (u, d)."""
     a = np.hstack([u, np.ones((len(u), 1))])
     beta = np.array([*profile.theta, profile.bias], dtype=np.float64)
-    betas = np.random.default_rng(seed).multivariate_normal(
-        beta, posterior_cov(u, d, profile, l2, l2_bias), size=draws)
+    if cov is None:
+        cov = posterior_cov(u, d, profile, l2, l2_bias)
+    betas = np.random.default_rng(seed).multivariate_normal(beta, cov, size=draws)
     ps = 1.0 / (1.0 + np.exp(-np.clip(a @ betas.T - d[:, None], -40, 40)))  # (n, draws)
     return {name: float(ps[mask].mean(axis=0).std()) for name, mask in groups.items()}
 
