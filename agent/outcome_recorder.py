@@ -22,7 +22,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent.answer_checks import check
 from agent.experts.base import Message
@@ -38,15 +38,34 @@ log = logging.getLogger("edgeroute.outcomes")
 THUMBS = {"up": 1.0, "down": 0.0}
 
 
+def _one_of_schema(schema: dict[str, Any]) -> None:
+    props = schema["properties"]
+    props["score"] = {"type": "number", "minimum": 0, "maximum": 1,
+                      "description": props["score"].get("description", "")}
+    props["thumbs"] = {"type": "string", "enum": ["up", "down"],
+                       "description": props["thumbs"].get("description", "")}
+    schema["oneOf"] = [{"required": ["score"]}, {"required": ["thumbs"]}]
+
+
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: a completion id (a reply's ``id``, or a route call's) and
     either a score in [0, 1] or a thumb."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The schema says what the handler takes: exactly one of score and thumbs, neither null.
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda s: _one_of_schema(s))
 
     id: str = Field(min_length=1, max_length=128, description="The reply's id (chatcmpl-...).")
     score: float | None = Field(None, ge=0, le=1, description="How good the answer was, 0-1.")
     thumbs: Literal["up", "down"] | None = Field(None, description="Or: up (1) or down (0).")
+
+    @field_validator("score", "thumbs", mode="before")
+    @classmethod
+    def _not_null(cls, v: Any) -> Any:
+        # Run only for a value the body gives: leave it out, or give a real one. Which of
+        # the two is given (exactly one) is the handler's check, naming ``score``.
+        if v is None:
+            raise ValueError("leave the field out rather than null")
+        return v
 
 
 @dataclass

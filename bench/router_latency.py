@@ -1,7 +1,8 @@
 """Router decision latency: tokenize + ONNX inference + scoring, as the daemon runs it.
 
     .venv/bin/python -m bench.router_latency [--layers N] [--router DIR] [--iters 300]
-                                             [--shipped-only]
+                                             [--shipped-only] [--in-use-only]
+                                             [--route-only]
 
 Same run, same process, 1 and 2 intra-op threads, an 18-token and a 256-token query (token
 counts include [CLS] and [SEP]):
@@ -239,6 +240,52 @@ def in_use(rounds: int = 20, idle_s: float = 1.0) -> dict[str, float]:
     return figures
 
 
+def route_endpoint(n: int = 200) -> dict[str, float]:
+    """``POST /v1/route`` over HTTP on a daemon built from the default settings plus one
+    cloud expert (GPT-4 at its list price), short queries (12-16 tokens), one client on a
+    kept-alive connection: what a caller of the route-only call waits, beside the router
+    call alone (its histogram in the same daemon) as the baseline. Goal: p50 <= 5 ms."""
+    import httpx
+
+    from agent.settings import Settings
+    from bench.daemon_throughput import _free_port, start_daemon
+
+    settings = Settings(server={"port": _free_port()},
+                        cloud_experts=[{"name": "cloud", "base_url": "http://127.0.0.1:9/v1",
+                                        "model": "gpt-4-1106-preview"}])
+    url, stop = start_daemon(settings)
+    words = TEXT.split()
+    wall = np.zeros(n)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for k in range(-10, n):
+                text = " ".join(words[k % 7: k % 7 + 10])
+                t = time.perf_counter()
+                r = client.post("/v1/route", json={
+                    "model": "auto", "messages": [{"role": "user", "content": text}]})
+                if k >= 0:
+                    wall[k] = time.perf_counter() - t
+                r.raise_for_status()
+            metrics = client.get("/metrics").text
+    finally:
+        stop()
+    count = total = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("edgeroute_router_latency_seconds_count"):
+            count += float(line.split()[-1])
+        elif line.startswith("edgeroute_router_latency_seconds_sum"):
+            total += float(line.split()[-1])
+    router_ms = 1e3 * total / max(count, 1)
+    p50, p90 = (float(np.percentile(wall, q) * 1e3) for q in (50, 90))
+    print(f"\n{'POST /v1/route':>24} {'n':>5} {'p50 ms':>8} {'p90 ms':>8} {'router ms':>9}"
+          f" {'goal':>6}")
+    print(f"{'short query, 1 client':>24} {n:>5} {p50:>8.2f} {p90:>8.2f} {router_ms:>9.3f}"
+          f" {'ok' if p50 <= 5.0 else 'MISS':>6}")
+    print("  (router ms: the mean router call in the same daemon's histogram, the baseline; "
+          "the rest of p50 is HTTP, validation, the policy and the JSON reply)")
+    return {"p50_ms": p50, "p90_ms": p90, "router_mean_ms": router_ms}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--router", type=Path, help="trained BERT router folder for the "
@@ -251,9 +298,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the embedded bundle (no baseline exports)")
     parser.add_argument("--in-use-only", action="store_true",
                         help="only the router between answers (after a generation, idle)")
+    parser.add_argument("--route-only", action="store_true",
+                        help="only POST /v1/route over HTTP")
     args = parser.parse_args(argv)
     if args.in_use_only:
         in_use()
+        return 0
+    if args.route_only:
+        route_endpoint()
         return 0
     from agent.router_bundle import OnnxRouter, embedded_bundle
 
@@ -277,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         _rows(f"shipped irt {shipped_layers()}L", r, tok, size, threads, args.iters, True)
     in_daemon()
     in_use()
+    route_endpoint()
     print(f"(cpu cores: {os.cpu_count()}; 1-min load average {load_before:.2f} before, "
           f"{os.getloadavg()[0]:.2f} after: figures are only comparable on an idle machine; "
           "the shipped rows are judged against the goals)")

@@ -1,5 +1,5 @@
-"""Chaos: 1,000 requests to a daemon whose cloud expert sits behind a fault proxy that
-breaks 30% of calls (silence, reset mid-body, slow drip, 429, 500), with the DEFAULT
+"""Chaos: 400 requests (EDGEROUTE_TEST_CHAOS_REQUESTS; 1,000 for the issue's figure) to a
+daemon whose cloud expert sits behind a fault proxy that breaks 30% of calls (silence, reset mid-body, slow drip, 429, 500), with the DEFAULT
 timeouts and retries. Every reply must still be a non-empty answer: from the cloud, or
 from the local expert after a fallback. Prints the fault-to-fallback latency (request to
 the fallback's whole answer) p50/p99 for BENCHMARKS.md (run with -s)."""
@@ -7,6 +7,7 @@ the fallback's whole answer) p50/p99 for BENCHMARKS.md (run with -s)."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -19,7 +20,7 @@ from tests.agent.conftest import running_daemon
 from tests.cloud_bridge.faultproxy import Fault, FaultProxy, ProxyOptions, read_request
 from tests.conftest import MODEL_CACHE, free_port
 
-N_REQUESTS = 1000
+N_REQUESTS = int(os.environ.get("EDGEROUTE_TEST_CHAOS_REQUESTS", "400"))
 FAULT_SHARE = 0.3
 FAULTS = [Fault.SILENCE, Fault.RESET_MID_BODY, Fault.SLOW_DRIP, Fault.STATUS_429,
           Fault.STATUS_500]
@@ -39,7 +40,7 @@ class OneCallPerConnection(FaultProxy):
         await up_writer.drain()
 
 
-def test_1000_requests_with_30_percent_cloud_faults_all_answered(
+def test_requests_with_30_percent_cloud_faults_all_answered(
     smollm_gguf: Path, cloud_server: str, tmp_path: Path
 ) -> None:
     from agent.settings import Settings

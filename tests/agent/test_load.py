@@ -1,5 +1,6 @@
-"""50 concurrent streaming clients for 60 s against a real daemon: no errors, and /health
-stays fast. Duration via EDGEROUTE_TEST_LOAD_SECONDS (CI uses the issue's 60 s)."""
+"""50 concurrent streaming clients for 20 s against a real daemon: no errors, and /health
+stays fast. Duration via EDGEROUTE_TEST_LOAD_SECONDS (60 for the issue's figure; `make
+bench` runs bench.load for 60 s)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from tests.agent.conftest import running_daemon
 from tests.conftest import MODEL_CACHE, free_port
 
 
-def test_50_streaming_clients_for_60s_without_errors(smollm_gguf: Path, tmp_path: Path,
+def test_50_streaming_clients_without_errors(smollm_gguf: Path, tmp_path: Path,
                                                      capsys) -> None:
     from agent.settings import Settings
 
-    seconds = float(os.environ.get("EDGEROUTE_TEST_LOAD_SECONDS", "60"))
+    seconds = float(os.environ.get("EDGEROUTE_TEST_LOAD_SECONDS", "20"))
     settings = Settings(
         paths={"data_dir": tmp_path / "d", "cache_dir": MODEL_CACHE, "config_dir": tmp_path},
         server={"port": free_port(), "max_queue_per_expert": 64},

@@ -148,11 +148,14 @@ def test_the_refit_schedule_swaps_learned_profiles_in_while_serving(
                 break
             time.sleep(0.2)
         after = c.post("/v1/route", json=_ask(QUERIES[0])).json()["routing"]["scores"]["local"]
+        # The schedule keeps running: the swaps are read after the counter, so a refit
+        # applied between the two reads shows as a swap too (never the other way round).
         metrics = c.get("/metrics").text
+        swaps = c.get("/health").json()["router"]["swaps"]
     assert last["experts"]["local"]["outcomes"] == 80 and last["experts"]["local"]["held"] >= 5
     applied = [line for line in metrics.splitlines()
                if line.startswith('edgeroute_refits_total{result="applied"}')]
-    assert applied and float(applied[0].split()[-1]) == health["router"]["swaps"] >= 1
+    assert applied and 1 <= float(applied[0].split()[-1]) <= swaps
     assert health["router"]["experts"]["local"]["profile_source"] == "device"
     assert after > before + 0.2
     assert 'edgeroute_outcomes_total{source="feedback"} 80.0' in metrics

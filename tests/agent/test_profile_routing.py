@@ -29,7 +29,7 @@ def _mixed_queries(n_per: int) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_100_mixed_queries_go_to_local_and_cloud_experts(
+def test_40_mixed_queries_go_to_local_and_cloud_experts(
         cloud_server: str, qwen_gguf: Path, smollm_gguf: Path, tmp_path: Path) -> None:
     from agent.settings import QWEN_DEFAULT, SMOLLM2_DEFAULT, Settings
 
@@ -48,7 +48,7 @@ def test_100_mixed_queries_go_to_local_and_cloud_experts(
         health = client.get("/health").json()
         assert health["router"]["mode"] == "profile"
         assert health["router"]["experts"]["gpt4"]["profile_source"] == "shipped"
-        for ds, prompt in _mixed_queries(25):
+        for ds, prompt in _mixed_queries(10):
             r = client.post("/predict", json={"messages": [{"role": "user", "content": prompt}],
                                               "max_tokens": 4})
             assert r.status_code == 200, r.text
@@ -58,6 +58,6 @@ def test_100_mixed_queries_go_to_local_and_cloud_experts(
                                                       "gpt4"}
             chosen[ds][body["expert"]] += 1
     total = sum(chosen.values(), collections.Counter())
-    assert sum(total.values()) == 100
+    assert sum(total.values()) == 40
     assert total["gpt4"] > 0, dict(chosen)
     assert total["qwen2.5-coder-0.5b"] + total["smollm2-135m"] > 0, dict(chosen)

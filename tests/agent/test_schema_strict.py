@@ -49,7 +49,13 @@ def test_schemathesis_run_checks_all_finds_nothing(strict_url: str) -> None:
          "--max-examples", "20", "--seed", "1", "--no-color"],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-8000:]
-    assert "No issues found" in out.stdout
+    if "No issues found" not in out.stdout:
+        # One warning is by design: feedback on an id this device never gave out is a 404
+        # (tests/agent/test_outcomes.py), and a fuzzer cannot know a real completion id.
+        warnings = out.stdout.split("WARNINGS ===", 1)[1].split("SUMMARY ===", 1)[0]
+        ops = [ln.strip() for ln in warnings.splitlines() if ln.strip().startswith("- ")]
+        assert ops == ["- POST /v1/feedback"] and "Missing test data" in warnings, warnings
+        assert "failed" not in out.stdout.split("Test cases:", 1)[1], out.stdout[-3000:]
 
 
 def _chat(**over: object) -> dict[str, object]:
