@@ -216,6 +216,7 @@ def _plots(out: Path, fs: dict[str, Any], cost: Any, ad: Any) -> None:
                               (b["optimal"], "Optimal", "g-.")):
             ax.axhline(val, linestyle=st[1:], color=st[0], lw=1, label=name)
         ax.set_xscale("log")
+        ax.minorticks_off()  # only the N's as ticks
         ax.set_xticks(fs["shots"], [str(n) for n in fs["shots"]])
         ax.set_title(h)
         ax.set_xlabel("answers per expert")
