@@ -2,7 +2,7 @@
 process may run on.
 
 llama.cpp's own default is half the logical CPUs, which on a 2-core device without SMT
-is one thread: half the speed it could have (BENCHMARKS.md). One thread per physical core
+is one thread: half the speed it could have (docs/benchmarks.md). One thread per physical core
 is what llama.cpp's authors recommend; SMT siblings share one core's vector units and add
 little. Cores are counted from Linux's CPU topology (distinct ``(package, core)`` pairs
 among the CPUs in this process's affinity mask, so a cgroup/taskset limit is respected),

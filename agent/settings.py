@@ -194,7 +194,7 @@ class LocalExpertSettings(_Section):
         description=(
             "Requests to this model decoded together (continuous batching): each gets its "
             "own sequence in one llama context, one decode step serves them all; admission "
-            "lets this many in at once (bench.local_batching; BENCHMARKS.md)."
+            "lets this many in at once (bench.local_batching; docs/benchmarks.md)."
         ),
     )
     n_ctx_per_seq: int | None = Field(

@@ -15,7 +15,7 @@ have no such overflow, so they keep full 8-bit weights.
 and natively on ARM64, so it keeps full 8-bit weights instead of paying 7-bit rounding.
 Per tensor: on the 3-layer router (600 queries, fp32 vs int8) it flipped 3 near-ties
 where 7-bit per-channel flipped 7 and u8 per-channel 4; U8U8 runs ~1.5x slower than U8S8
-with VNNI, well inside the latency goals (BENCHMARKS.md).
+with VNNI, well inside the latency goals (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ separate sequences.
 Where decoding a small GGUF is bound by reading the weights (a Jetson, a many-core CPU),
 one ``llama_decode`` over a token of each of four sequences reads them once, so aggregate
 tokens/s rises several-fold at little cost to each stream; on a 2-core CPU that is nearly
-compute-bound already it rises about 1.3x, as llama.cpp's own server does (BENCHMARKS.md).
+compute-bound already it rises about 1.3x, as llama.cpp's own server does (docs/benchmarks.md).
 Each step of an engine:
 
 1. waiting requests take free sequence slots: a new request joins at the next step, in the
@@ -22,7 +22,7 @@ Each step of an engine:
 The prompt cache is llama-server's ``cache_prompt``: a chat's next turn, an agent's long
 system prompt, or only the chat template's fixed head are not decoded again (on this 2-core
 CPU a prompt token costs about 8 ms in a batch, so 43 prompt tokens were most of the gap to
-llama-server on 64-token answers; BENCHMARKS.md). With it, a prefix's KV cells may come from
+llama-server on 64-token answers; docs/benchmarks.md). With it, a prefix's KV cells may come from
 a batch of another shape than a fresh decode would use, so with temperature 0 an answer
 can differ from the uncached one where two tokens' logits differ in the last float digits,
 as llama-server documents; ``prompt_cache=False`` frees the cells at once.
@@ -38,7 +38,7 @@ llama-cpp-python's own chat handlers (grammar, tools) run there too, between two
 llama.cpp as pip builds it uses OpenMP, which keeps a team of worker threads for each
 thread that decodes; with more workers than CPUs libgomp stops spinning at the hundreds of
 barriers of a decode and sleeps on a futex at each. A second model's engine thread cost
-Qwen a quarter of its single-stream tokens/s that way (BENCHMARKS.md); one decoding thread
+Qwen a quarter of its single-stream tokens/s that way (docs/benchmarks.md); one decoding thread
 keeps one team, and two models never fight over the cores.
 
 Errors: a request that cannot fit its sequence's share of the context is a
@@ -486,7 +486,7 @@ class BatchEngine:
 
         # In sequence-id order: llama.cpp splits a batch over per-sequence KV streams into
         # one ubatch only while the ids run consecutively (llama_batch_allocr::split_equal,
-        # sequential); out of order, four sequences cost four decodes (BENCHMARKS.md).
+        # sequential); out of order, four sequences cost four decodes (docs/benchmarks.md).
         # Every generating sequence's token has its place; prompts share what is left.
         prompt_room = N_BATCH - sum(not s.reading_prompt for s in self._active)
         for seq in sorted(self._active, key=lambda s: s.seq_id):

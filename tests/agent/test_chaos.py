@@ -3,7 +3,7 @@ daemon whose cloud expert sits behind a fault proxy that breaks 30% of calls (si
 mid-body, slow drip, 429, 500), with the DEFAULT timeouts and retries. Every reply must
 still be a non-empty answer: from the cloud, or from the local expert after a fallback.
 Prints the fault-to-fallback latency (request to the fallback's whole answer) p50/p99 for
-BENCHMARKS.md (run with -s)."""
+docs/benchmarks.md (run with -s)."""
 
 from __future__ import annotations
 
