@@ -15,7 +15,7 @@ Who pays for a cloud call, in order:
 A lease is a row of the database counted against the fleet's caps in full until the calls
 paid from it are uploaded, and a device never charges a lease more than it holds; so the
 fleet's counted spend is never below what was spent, online or not, and never passes a
-cap (the bound and what a lease can strand: README, "Deploying on a fleet").
+cap (the bound and what a lease can strand: docs/fleet.md).
 
 Outcomes of fleet-funded calls (settle, release) go to the local outbox and reach the
 database from the sync thread, which also uploads lease-paid calls, resolves the open rows

@@ -326,7 +326,7 @@ def build_decider(settings: Settings) -> tuple[Decider, SpendLedger]:
 def build_admission(settings: Settings, experts: dict[str, Expert]) -> Admission:
     """One gate per expert: a local model runs as many calls as its batch has slots
     (``n_parallel``), a cloud expert ``max_inflight_cloud``; each has its own bounded,
-    timed queue (README: Backpressure)."""
+    timed queue (docs/configuration.md: Backpressure)."""
     srv = settings.server
     return Admission(
         limits={n: (srv.max_inflight_cloud if e.info.kind == "cloud" else e.info.concurrency)
