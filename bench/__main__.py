@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         ("bench.router_latency", ["--iters", "100"] if quick else []),
         ("bench.daemon_throughput", ["--rounds", "2" if quick else "6"]),
         ("bench.local_batching", ["--rounds", "2" if quick else "3"]),
+        ("bench.local_batching", ["--rounds", "2" if quick else "3", "--case", "distinct"]),
         ("bench.decode_steps", ["--rounds", "2" if quick else "3"]),
         ("bench.bridge_overhead", ["--reps", "10" if quick else "25"]),
         ("bench.startup", ["--runs", "2" if quick else "3"]),

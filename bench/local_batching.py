@@ -7,10 +7,16 @@ that run to ``max_tokens``; sides and client counts interleaved, the order flipp
 round, so machine noise hits every side alike. Prints medians and same-run ratios.
 
     .venv/bin/python -m bench.local_batching [--rounds 3] [--clients 1 4] [--max-tokens 64]
-        [--server same|native|none] [--n-parallel N]
+        [--server same|native|none] [--n-parallel N] [--case long|distinct]
 
 A client sends its requests back to back; aggregate = all completion tokens / wall time
 of the round; per-client = one client's completion tokens / its own time.
+
+``--case distinct`` is the pattern a user produces instead: four short, different requests
+(a merge function, a hash map, a haiku, paperclips; 96 tokens at most, most answers end
+earlier, each at its own length), the same four every round, sent by one client one after
+another or by four clients at once: the same work either way, so aggregate 4 / 1 says
+whether four users at once are served faster than one after another.
 """
 
 from __future__ import annotations
@@ -43,6 +49,15 @@ PROMPTS = [
 ]
 
 
+# --case distinct: short requests a user sends, answered at their own lengths.
+DISTINCT = [
+    "Write a Python function that merges two sorted lists.",
+    "Explain how a hash map works.",
+    "Write a haiku about autumn.",
+    "Give five uses of a paperclip.",
+]
+
+
 @dataclass
 class Round:
     aggregate: float  # tokens/s of all clients together
@@ -62,12 +77,15 @@ async def _client(http: httpx.AsyncClient, url: str, model: str, prompts: list[s
 
 
 async def run_round(url: str, model: str, clients: int, requests: int,
-                    max_tokens: int, offset: int) -> Round:
+                    max_tokens: int, offset: int, case: str = "long") -> Round:
     async with httpx.AsyncClient(timeout=600) as http:
         jobs = []
         for c in range(clients):
-            prompts = [PROMPTS[(offset + c + k * clients) % len(PROMPTS)]
-                       for k in range(requests)]
+            if case == "distinct":  # the same four requests, dealt out to the clients
+                prompts = DISTINCT[c::clients]
+            else:
+                prompts = [PROMPTS[(offset + c + k * clients) % len(PROMPTS)]
+                           for k in range(requests)]
             jobs.append(_client(http, url, model, prompts, max_tokens))
         t0 = time.perf_counter()
         done = await asyncio.gather(*jobs)
@@ -115,13 +133,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--requests", type=int, default=2, help="requests per client per round")
-    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="default: 64 (long), 96 (distinct)")
+    ap.add_argument("--case", choices=["long", "distinct"], default="long",
+                    help="long: prompts that run to max_tokens, --requests each; distinct: "
+                         "four short different requests dealt out to the clients")
     ap.add_argument("--server", choices=["same", "native", "none"], default="same",
                     help="llama-server build: the daemon's ISA flags (same), -DGGML_NATIVE=ON "
                          "(native), or no side-by-side (none)")
     ap.add_argument("--n-parallel", type=int, default=None,
                     help="override the shipped n_parallel (sweeps); default: as shipped")
     args = ap.parse_args(argv)
+    if args.max_tokens is None:
+        args.max_tokens = 96 if args.case == "distinct" else 64
+    if args.case == "distinct":
+        bad = [c for c in args.clients if c < 1 or len(DISTINCT) % c]
+        if bad:
+            ap.error(f"--case distinct deals {len(DISTINCT)} requests out: --clients "
+                     f"{bad[0]} does not divide {len(DISTINCT)}")
 
     from agent.cores import generation_threads
     from agent.model_files import BUILTINS, assemble_builtin
@@ -169,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             for side, clients in (order if r % 2 == 0 else order[::-1]):
                 url, model = sides[side]
                 results[(side, clients)].append(asyncio.run(run_round(
-                    url, model, clients, args.requests, args.max_tokens, r)))
+                    url, model, clients, args.requests, args.max_tokens, r, args.case)))
     finally:
         for stop in stops:
             stop()
@@ -190,11 +219,13 @@ def report(results: dict[tuple[str, int], list[Round]], args: Any, parallel: int
                      f"{per[(side, clients)]:.1f}"))
     lo, hi = min(args.clients), max(args.clients)
     for side in dict.fromkeys(s for s, _ in results):
+        goal = " (goal >= 1.2)" if args.case == "distinct" else " (goal >= 2.0)"
         rows.append((f"{side}: aggregate {hi} / {lo} client(s)"
-                     + (" (goal >= 2.0)" if side == "edgeroute" else ""),
+                     + (goal if side == "edgeroute" else ""),
                      f"{agg[(side, hi)] / agg[(side, lo)]:.2f}"))
         rows.append((f"{side}: per-client {hi} / {lo} client(s)"
-                     + (" (goal >= 0.5)" if side == "edgeroute" else ""),
+                     + (" (goal >= 0.5)" if side == "edgeroute" and args.case == "long"
+                        else ""),
                      f"{per[(side, hi)] / per[(side, lo)]:.2f}"))
     if ("llama-server", hi) in agg:
         for c in args.clients:
@@ -202,10 +233,12 @@ def report(results: dict[tuple[str, int], list[Round]], args: Any, parallel: int
             rows.append((f"edgeroute / llama-server aggregate, {c} client(s){goal}",
                          f"{agg[('edgeroute', c)] / agg[('llama-server', c)]:.2f}"))
     width = max(len(r[0]) for r in rows)
-    print(f"local batching: Qwen2.5-Coder-0.5B, daemon defaults (n_parallel {parallel}, "
-          f"{threads} threads, {per_seq} tokens per sequence); llama-server "
+    work = ("the same 4 short distinct requests per round, dealt out to the clients"
+            if args.case == "distinct" else f"{args.requests} requests per client")
+    print(f"local batching ({args.case}): Qwen2.5-Coder-0.5B, daemon defaults (n_parallel "
+          f"{parallel}, {threads} threads, {per_seq} tokens per sequence); llama-server "
           f"({args.server} build) at the same; max_tokens {args.max_tokens}, temperature 0, "
-          f"{args.requests} requests per client, {args.rounds} rounds, interleaved")
+          f"{work}, {args.rounds} rounds, interleaved")
     for name, value in rows:
         print(f"  {name:<{width}}  {value:>9}")
     if note:

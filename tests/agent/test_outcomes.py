@@ -131,9 +131,10 @@ def test_feedback_finds_the_answer_by_its_id(tmp_path: Path, smollm_gguf: Path,
 
 def test_the_refit_schedule_swaps_learned_profiles_in_while_serving(
         tmp_path: Path, smollm_gguf: Path) -> None:
-    """Route calls get ids; feedback says the local expert (SmolLM2's shipped profile: it is
-    rarely right) answers every one of them correctly. The daemon's own schedule refits,
-    the guard accepts (the held-back feedback is better predicted) and the router swaps."""
+    """Route calls get ids; feedback says the local expert (no profile of its own: routed with
+    the prior, which gives it P(correct) about 0.46) answers every one of them correctly. The
+    daemon's own schedule refits, the guard accepts (the held-back feedback is better
+    predicted) and the router swaps."""
     settings = _settings(tmp_path, smollm_gguf, refit_every_s=0.5, refit_min_outcomes=20)
     with running_daemon(settings) as url, httpx.Client(base_url=url, timeout=120) as c:
         before = c.post("/v1/route", json=_ask(QUERIES[0])).json()["routing"]["scores"]["local"]
@@ -147,6 +148,12 @@ def test_the_refit_schedule_swaps_learned_profiles_in_while_serving(
             if last.get("experts", {}).get("local", {}).get("outcomes") == 80:
                 break
             time.sleep(0.2)
+        # A refit's history row is written before the router swaps the profiles in and the
+        # counter counts it (agent.refit.RefitSchedule): wait for both, as a reader must.
+        while time.monotonic() < deadline and 'edgeroute_refits_total{result="applied"}' \
+                not in c.get("/metrics").text:
+            time.sleep(0.1)
+        health = c.get("/health").json()
         after = c.post("/v1/route", json=_ask(QUERIES[0])).json()["routing"]["scores"]["local"]
         # The schedule keeps running: the swaps are read after the counter, so a refit
         # applied between the two reads shows as a swap too (never the other way round).
