@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.settings import CloudExpertSettings, LocalExpertSettings, Settings
+from agent.expert_settings import CloudExpertSettings, LocalExpertSettings
+from agent.settings import Settings
 from cloud_bridge.credentials import key_file_path, resolve_api_key
 from cloud_bridge.errors import BridgeConfigError
 

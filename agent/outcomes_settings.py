@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from agent.settings_section import Section
 
 
-class OutcomesSettings(BaseModel):
+class OutcomesSettings(Section):
     """Outcomes of this device's answers: the store, its sources, the profile refit."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(
         True,

@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 from typing import NoReturn
 
 from agent.errors import ConfigError, ExpertCallError
+from agent.expert_settings import CloudExpertSettings
 from agent.experts.base import ExpertInfo, Message
-from agent.settings import CloudExpertSettings, Settings
+from agent.settings import Settings
 from cloud_bridge.breaker import BreakerPolicy
 from cloud_bridge.client import BridgeClient, Endpoint
 from cloud_bridge.credentials import resolve_api_key

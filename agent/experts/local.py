@@ -27,10 +27,10 @@ from typing import Any
 
 from agent.cores import generation_threads
 from agent.errors import ExpertCallError, RequestError
+from agent.expert_settings import LocalExpertSettings
 from agent.experts.base import ExpertInfo, Message
 from agent.experts.batching import BatchEngine, BatchStats, DecodeThread, SequenceSpec
 from agent.experts.chat_template import ChatTemplate
-from agent.settings import LocalExpertSettings
 from cloud_bridge.messages import message_text
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, fold

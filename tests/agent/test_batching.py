@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from agent.errors import ExpertCallError, RequestError
+from agent.expert_settings import LocalExpertSettings
 from agent.experts.batching import DecodeThread, TokenLogprob, _Text
 from agent.experts.local import LocalExpert
-from agent.settings import LocalExpertSettings
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 PROMPTS = [

@@ -48,8 +48,8 @@ def _cloud(base_url: str, key_file: Path, **over: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def _shared_local(smollm_gguf: Path) -> Iterator[Any]:
     """One loaded local model for the module: its first answer is the slow one."""
+    from agent.expert_settings import LocalExpertSettings
     from agent.experts.local import LocalExpert
-    from agent.settings import LocalExpertSettings
 
     expert = LocalExpert.load(
         LocalExpertSettings(name="local", model=str(smollm_gguf), n_threads=1, n_ctx=512),

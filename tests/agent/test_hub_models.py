@@ -181,7 +181,7 @@ def test_doctor_fails_a_missing_hub_file(hub_cache: HubCache) -> None:
 
 def test_doctor_fails_a_pinned_hash_mismatch(hub_cache: HubCache) -> None:
     from agent.doctor import check_model
-    from agent.settings import LocalExpertSettings
+    from agent.expert_settings import LocalExpertSettings
 
     expert = LocalExpertSettings(name="smol", model=REF, sha256="0" * 64)
     finding = check_model(expert, Path(hub_cache.env["EDGEROUTE_PATHS__CACHE_DIR"]),

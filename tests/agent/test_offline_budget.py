@@ -38,8 +38,8 @@ OPEN_BREAKER_S = 1.0
 @pytest.fixture(scope="module")
 def _shared_local(smollm_gguf: Path) -> Iterator[Any]:
     """One local model for the module, loaded with the default settings (threads too)."""
+    from agent.expert_settings import LocalExpertSettings
     from agent.experts.local import LocalExpert
-    from agent.settings import LocalExpertSettings
 
     expert = LocalExpert.load(LocalExpertSettings(name="local", model=str(smollm_gguf)),
                               smollm_gguf)

@@ -98,7 +98,7 @@ def test_every_field_is_described() -> None:
                 missing += walk(ann, prefix + name + ".")
         return missing
 
-    from agent.settings import CloudExpertSettings, LocalExpertSettings
+    from agent.expert_settings import CloudExpertSettings, LocalExpertSettings
 
     assert walk(Settings, "") == []
     assert walk(LocalExpertSettings, "local.") == []

@@ -80,8 +80,8 @@ def test_teacher_forcing_agrees_with_the_confidence_reported_while_generating(
     generating) are one signal: the threshold chosen on one applies to the other."""
     import asyncio
 
+    from agent.expert_settings import LocalExpertSettings
     from agent.experts.local import LocalExpert
-    from agent.settings import LocalExpertSettings
     from cloud_bridge.wire import SamplingParams
     from export.metrics import NllScorer
 
