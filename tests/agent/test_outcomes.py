@@ -148,8 +148,8 @@ def test_the_refit_schedule_swaps_learned_profiles_in_while_serving(
             if last.get("experts", {}).get("local", {}).get("outcomes") == 80:
                 break
             time.sleep(0.2)
-        # A refit's history row is written before the router swaps the profiles in and the
-        # counter counts it (agent.refit.RefitSchedule): wait for both, as a reader must.
+        # A refit's history row is written before the router swaps the profiles in; the
+        # counter counts it after the swap (agent.refit.RefitSchedule), so wait for it.
         while time.monotonic() < deadline and 'edgeroute_refits_total{result="applied"}' \
                 not in c.get("/metrics").text:
             time.sleep(0.1)
