@@ -19,7 +19,8 @@ from typing import Any
 from agent.decision_log import DecisionLog, new_completion_id
 from agent.errors import ExpertUnavailableError, RequestError, UnknownExpertError
 from agent.expert_stats import ExpertStats
-from agent.experts.base import ExpertInfo, Message
+from agent.experts.base import Message
+from agent.experts.info import ExpertInfo
 from agent.ledger import BudgetExceededError
 from agent.metrics import Metrics, decision_kind
 from agent.policy import (

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from agent.errors import BundleError
+from agent.experts.info import ExpertInfo, describe_experts
 from agent.model_names import ModelNames
 from agent.profiles import (
     PROFILES_NAME,
-    ConfiguredExpert,
     ProfileSet,
     Resolved,
     read_device_profiles,
@@ -112,7 +112,7 @@ class ProfileRouter:
         self.lengths = {n: r.length for n, r in resolved.items()}
 
     @classmethod
-    def load(cls, bundle: Path, experts: list[ConfiguredExpert], threads: int,
+    def load(cls, bundle: Path, experts: list[ExpertInfo], threads: int,
              device_profiles: Path | None = None,
              fleet_profiles: Path | None = None) -> ProfileRouter:
         """Verify and load the bundle, resolve every expert's profile. Raises BundleError.
@@ -168,14 +168,6 @@ class ProfileRouter:
         return out
 
 
-def configured_experts(settings: Any) -> list[ConfiguredExpert]:
-    """Every configured expert as profile resolution sees it, local ones first."""
-    return ([ConfiguredExpert(e.name, "local", e.model, e.profile)
-             for e in settings.local_experts]
-            + [ConfiguredExpert(e.name, "cloud", e.model, e.profile)
-               for e in settings.cloud_experts])
-
-
 def open_bundle(bundle: Path, settings: Any, threads: int,
                 names: list[str] | None = None) -> Any:
     """A RouterHolder over ``bundle`` for the experts ``names`` (default: every configured
@@ -184,9 +176,9 @@ def open_bundle(bundle: Path, settings: Any, threads: int,
     from agent.profiles import DEVICE_PROFILES_NAME, FLEET_PROFILES_DIR
     from agent.router_bundle import OnnxRouter, RouterHolder
 
-    known = {e.name: e for e in configured_experts(settings)}
+    known = describe_experts(settings)
     names = list(known) if names is None else list(names)
-    experts = [known.get(n) or ConfiguredExpert(n, "cloud", n) for n in names]
+    experts = [known.get(n) or ExpertInfo(n, "cloud", n) for n in names]
     device = Path(settings.paths.data_dir) / DEVICE_PROFILES_NAME
     fleet = Path(settings.paths.data_dir) / FLEET_PROFILES_DIR
 

@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 from agent.answer_length import LengthModel
 from agent.errors import BundleError
+from agent.experts.info import ExpertInfo
 from agent.model_names import ModelNames, is_lossy, name_key, quantisation
 
 PROFILES_FORMAT = 1
@@ -202,16 +203,6 @@ def _profile(item: Any, dim: int, where: str) -> Profile:
 
 
 @dataclass(frozen=True)
-class ConfiguredExpert:
-    """What profile resolution needs to know about one configured expert."""
-
-    name: str
-    kind: str
-    model: str
-    profile: str | None = None
-
-
-@dataclass(frozen=True)
 class Resolved:
     profile: Profile
     source: Source
@@ -232,7 +223,7 @@ def model_key(model: str) -> str:
     return base[: -len(".gguf")] if base.lower().endswith(".gguf") else base
 
 
-def _shipped_alias(expert: ConfiguredExpert, shipped: ProfileSet,
+def _shipped_alias(expert: ExpertInfo, shipped: ProfileSet,
                    names: ModelNames) -> Resolved | None:
     """The shipped profile the expert's model (or name) means by another spelling."""
     by_key = {name_key(p): p for p in shipped.profiles}
@@ -248,7 +239,7 @@ def _shipped_alias(expert: ConfiguredExpert, shipped: ProfileSet,
     return None
 
 
-def resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str, Profile],
+def resolve(expert: ExpertInfo, shipped: ProfileSet, device: Mapping[str, Profile],
             fleet: Mapping[str, Profile] | None = None,
             names: ModelNames | None = None) -> Resolved:
     """One expert's profile, by the order in the module docstring (``fleet``: profiles
@@ -261,7 +252,7 @@ def resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str, 
     return replace(found, length=shipped.length_prior(expert.kind))
 
 
-def _resolve(expert: ConfiguredExpert, shipped: ProfileSet, device: Mapping[str, Profile],
+def _resolve(expert: ExpertInfo, shipped: ProfileSet, device: Mapping[str, Profile],
              fleet: Mapping[str, Profile] | None, names: ModelNames | None) -> Resolved:
     if expert.profile is not None:
         if expert.profile not in shipped.profiles:

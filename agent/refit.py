@@ -43,15 +43,15 @@ import numpy as np
 
 from agent import ability_fit
 from agent.errors import AgentError, BundleError
+from agent.experts.info import ExpertInfo, describe_experts
 from agent.metrics import Metrics
 from agent.model_names import ModelNames
 from agent.outcomes import Observations, OutcomeStore, Refit
-from agent.profile_router import KIND, bundle_kind, configured_experts
+from agent.profile_router import KIND, bundle_kind
 from agent.profiles import (
     DEVICE_PROFILES_NAME,
     FLEET_PROFILES_DIR,
     PROFILES_NAME,
-    ConfiguredExpert,
     Profile,
     ProfileSet,
     read_device_profiles,
@@ -217,7 +217,7 @@ def update(settings: Any, store: OutcomeStore, *, only: list[str] | None = None)
     shipped = bundle_profiles(settings)
     data_dir = Path(settings.paths.data_dir)
     path = data_dir / DEVICE_PROFILES_NAME
-    experts = configured_experts(settings)
+    experts = list(describe_experts(settings).values())
     unknown = sorted(set(only or ()) - {e.name for e in experts})
     if unknown:
         raise RefitError(f"{', '.join(unknown)}: not configured; configured: "
@@ -249,7 +249,7 @@ def update(settings: Any, store: OutcomeStore, *, only: list[str] | None = None)
     return UpdateResult(fits, skipped, rid, path)
 
 
-def _fit_all(experts: list[ConfiguredExpert], only: list[str] | None, shipped: ProfileSet,
+def _fit_all(experts: list[ExpertInfo], only: list[str] | None, shipped: ProfileSet,
              device: Mapping[str, Profile], fleet: Mapping[str, Profile],
              observed: Mapping[str, Observations], history: list[Refit],
              o: Any) -> tuple[dict[str, Fit], dict[str, str]]:

@@ -207,6 +207,7 @@ class Runtime:
             "uptime_s": round(time.time() - self.started_at, 3),
             "experts": [
                 {"name": e.info.name, "kind": e.info.kind, "model": e.info.model,
+                 **({"model_file": e.info.extra["path"]} if "path" in e.info.extra else {}),
                  "latency_estimate_s": self.stats.latency_s.get(e.info.name),
                  "recent_share": split["experts"][e.info.name]["share"],
                  "expected_cost_usd": split["experts"][e.info.name]["expected_cost_usd"],
@@ -297,11 +298,10 @@ def build_decider(settings: Settings) -> tuple[Decider, SpendLedger]:
     (read, never reserved); a local expert's own prompt count from its vocabulary alone,
     loaded when a prompt needs it. What it cannot know is what only a running daemon has
     measured: latencies, answer lengths, breakers."""
-    from agent.experts.cloud import cloud_info
-    from agent.experts.local import count_prompt_tokens, local_info
+    from agent.experts.info import describe_experts
+    from agent.experts.local import count_prompt_tokens
 
-    infos = {cfg.name: local_info(cfg, cfg.model) for cfg in settings.local_experts}
-    infos |= {cfg.name: cloud_info(cfg) for cfg in settings.cloud_experts}
+    infos = describe_experts(settings)
     local = {cfg.name: cfg for cfg in settings.local_experts}
     vocabs: dict[str, Any] = {}
 

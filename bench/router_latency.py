@@ -103,7 +103,8 @@ def export_bundles(work: Path, layers: int, router: Path | None) -> dict[str, Pa
 def shipped_router(threads: int) -> object:
     """The embedded bundle as the daemon runs it: an ability-profile router scoring the
     default local experts and one cloud expert."""
-    from agent.profile_router import ProfileRouter, configured_experts
+    from agent.experts.info import describe_experts
+    from agent.profile_router import ProfileRouter
     from agent.router_bundle import embedded_bundle
     from agent.settings import Settings
 
@@ -112,7 +113,7 @@ def shipped_router(threads: int) -> object:
         raise SystemExit("no embedded bundle: run `make router`")
     settings = Settings(cloud_experts=[{"name": "cloud", "base_url": "http://127.0.0.1:9/v1",
                                         "model": "gpt-4-1106-preview"}])
-    return ProfileRouter.load(bundle, configured_experts(settings), threads)
+    return ProfileRouter.load(bundle, list(describe_experts(settings).values()), threads)
 
 
 def query_of(tokenizer: object, n_tokens: int) -> str:

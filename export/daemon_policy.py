@@ -126,13 +126,14 @@ def build(router: Any, experts: list[str], prices: Mapping[str, Prices], *,
     """The daemon's view of ``experts``: their profiles' length models resolved as the
     daemon resolves them, free experts local, the default the first local expert given
     (else the local one with the best training mean, as ``calibrate --policy local``)."""
-    from agent.profiles import ConfiguredExpert, resolve
+    from agent.experts.info import ExpertInfo
+    from agent.profiles import resolve
 
     profiles = getattr(router, "profiles", None)
     kinds = {e: "cloud" if prices.get(e, Prices()).usd(1, 1) > 0 else "local" for e in experts}
     lengths: dict[str, LengthModel | None] = {}
     for e in experts:
-        lengths[e] = (resolve(ConfiguredExpert(e, kinds[e], e), profiles, {}).length
+        lengths[e] = (resolve(ExpertInfo(e, kinds[e], e), profiles, {}).length
                       if profiles is not None else None)
     local = [e for e in experts if kinds[e] == "local"]
     if default_expert is None:

@@ -135,8 +135,8 @@ def _answer(runner: Any, q: Any, ledger: Any, cfg: Any) -> dict[str, Any]:
 
 
 def calibrate(args: argparse.Namespace) -> int:
-    from agent.profile_router import configured_experts
-    from agent.profiles import DEVICE_PROFILES_NAME, ConfiguredExpert, ProfileSet, resolve
+    from agent.experts.info import describe_experts
+    from agent.profiles import DEVICE_PROFILES_NAME, ProfileSet, resolve
     from agent.settings import load_settings
     from export.calibration_set import load_calibration_set
     from export.collect import TableSink, build_runners
@@ -144,7 +144,7 @@ def calibrate(args: argparse.Namespace) -> int:
     from export.table import read_table
 
     settings = load_settings()
-    experts = {e.name: e for e in configured_experts(settings)}
+    experts = describe_experts(settings)
     if args.name not in experts:
         raise PipelineError(f"expert {args.name!r} is not configured; configured: "
                             f"{sorted(experts)}")
@@ -153,15 +153,14 @@ def calibrate(args: argparse.Namespace) -> int:
     if args.target_sd is not None and (not args.adaptive or not 0 < args.target_sd < 1):
         raise PipelineError(f"--target-sd {args.target_sd}: give a value in (0, 1), with "
                             "--adaptive (it stops an adaptive run)")
-    expert: ConfiguredExpert = experts[args.name]
+    expert = experts[args.name]
     cfg = next(e for e in [*settings.local_experts, *settings.cloud_experts]
                if e.name == args.name)
     bundle = _bundle(settings)
     calibration_set = load_calibration_set()
     l2 = DEFAULT_L2 if args.l2 is None else args.l2
     l2_bias = DEFAULT_L2_BIAS if args.l2_bias is None else args.l2_bias
-    before = resolve(ConfiguredExpert(expert.name, expert.kind, expert.model, expert.profile),
-                     bundle.shipped, {})
+    before = resolve(expert, bundle.shipped, {})
     queries = calibration_set if args.adaptive else spread(calibration_set, args.queries)
     worst = sorted((_worst_usd(cfg, q) for q in queries), reverse=True)[:args.queries]
     cost = sum(worst) if expert.kind == "cloud" else 0.0

@@ -16,7 +16,8 @@ from typing import NoReturn
 
 from agent.errors import ConfigError, ExpertCallError
 from agent.expert_settings import CloudExpertSettings
-from agent.experts.base import ExpertInfo, Message
+from agent.experts.base import Message
+from agent.experts.info import ExpertInfo, cloud_info, cloud_prices
 from agent.settings import Settings
 from cloud_bridge.breaker import BreakerPolicy
 from cloud_bridge.client import BridgeClient, Endpoint
@@ -24,17 +25,11 @@ from cloud_bridge.credentials import resolve_api_key
 from cloud_bridge.errors import BridgeConfigError, BridgeError, CallError, CircuitOpenError
 from cloud_bridge.retry import RetryPolicy
 from cloud_bridge.timeouts import Timeouts
-from cloud_bridge.usage import Prices
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece
 
 
 class CloudCallError(ExpertCallError):
     """A cloud call failed (``usage`` and ``retry_after_s`` as on ExpertCallError)."""
-
-
-def cloud_prices(cfg: CloudExpertSettings) -> Prices:
-    return Prices(cfg.input_usd_per_mtok, cfg.output_usd_per_mtok,
-                  cfg.cached_input_usd_per_mtok)
 
 
 def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
@@ -62,23 +57,6 @@ def endpoint_from_settings(cfg: CloudExpertSettings) -> Endpoint:
         ),
         streams=cfg.streaming,
         developer_role=cfg.developer_role,
-    )
-
-
-def cloud_info(cfg: CloudExpertSettings, prices: Prices | None = None) -> ExpertInfo:
-    """What the router and the policy know of a configured cloud expert, without calling it
-    or reading its key (``edgeroute route`` decides from this alone)."""
-    return ExpertInfo(
-        name=cfg.name,
-        kind="cloud",
-        model=cfg.model,
-        prices=prices or cloud_prices(cfg),
-        fallback_to_local=cfg.fallback_to_local,
-        extra={"base_url": cfg.base_url, "streaming": cfg.streaming},
-        context_tokens=cfg.context_tokens,
-        tools=cfg.tools,
-        json_mode=cfg.json_mode,
-        modalities=frozenset(cfg.modalities),
     )
 
 

@@ -28,9 +28,10 @@ from typing import Any
 from agent.cores import generation_threads
 from agent.errors import ExpertCallError, RequestError
 from agent.expert_settings import LocalExpertSettings
-from agent.experts.base import ExpertInfo, Message
+from agent.experts.base import Message
 from agent.experts.batching import BatchEngine, BatchStats, DecodeThread, SequenceSpec
 from agent.experts.chat_template import ChatTemplate
+from agent.experts.info import ExpertInfo, local_info
 from cloud_bridge.messages import message_text
 from cloud_bridge.usage import TokenUsage
 from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, fold
@@ -38,19 +39,6 @@ from cloud_bridge.wire import ChatResult, SamplingParams, StreamPiece, fold
 _END = object()
 MESSAGE_MARGIN = 16  # role markers of one message (ChatML: about 5 tokens)
 TEMPLATE_MARGIN = 64  # a template's default system prompt (Qwen2.5: about 30 tokens)
-# llama-cpp-python chat formats that turn `tools` into function calls.
-FUNCTION_CALLING_FORMATS = frozenset({"chatml-function-calling", "functionary",
-                                      "functionary-v1", "functionary-v2"})
-
-
-def local_tools(settings: LocalExpertSettings) -> bool:
-    """Whether a local expert declares tools: as set, else only with a chat format that
-    does function calling (a GGUF's own template ignores ``tools``)."""
-    if settings.tools is not None:
-        return settings.tools
-    return settings.chat_format in FUNCTION_CALLING_FORMATS
-
-
 @contextmanager
 def _context_checked(info: ExpertInfo) -> Iterator[None]:
     """llama.cpp refuses a prompt longer than its context with a ValueError; the policy
@@ -69,15 +57,6 @@ def _context_checked(info: ExpertInfo) -> Iterator[None]:
                                f"tool_choice ({exc}); name the function or send stream=false",
                                param="tool_choice", code="unsupported_tool_choice") from exc
         raise
-
-
-def local_info(settings: LocalExpertSettings, model: str, *,
-               extra: dict[str, Any] | None = None, concurrency: int = 1) -> ExpertInfo:
-    """What the router and the policy know of a local expert (``edgeroute route`` decides
-    from this without loading the model)."""
-    return ExpertInfo(name=settings.name, kind="local", model=model, extra=extra or {},
-                      context_tokens=settings.n_ctx, tools=local_tools(settings),
-                      json_mode=settings.json_mode, concurrency=concurrency)
 
 
 def count_prompt_tokens(llama: Any, messages: list[Message]) -> int:
@@ -149,8 +128,8 @@ class LocalExpert:
                                  n_ctx_per_seq=per_seq, n_threads=threads, decode=decode,
                                  prompt_cache=settings.prompt_cache)
         slots = settings.n_parallel if engine is not None else 1
-        info = local_info(settings, str(path), extra={
-            "n_threads": threads, "n_parallel": slots,
+        info = local_info(settings, extra={
+            "path": str(path), "n_threads": threads, "n_parallel": slots,
             "n_ctx_per_seq": per_seq if engine is not None else None}, concurrency=slots)
         return cls(info, llama, path, threads, engine=engine, template=template,
                    seed=settings.seed, decode=decode, owns_decode=owned)

@@ -22,7 +22,8 @@ import pytest
 
 from agent.answer_length import LengthModel
 from agent.errors import ExpertCallError, ExpertUnavailableError
-from agent.experts.base import Expert, ExpertInfo, Message
+from agent.experts.base import Expert, Message
+from agent.experts.info import ExpertInfo
 from agent.ledger import BudgetExceededError, Caps, Ledger
 from agent.policy import Decision
 from agent.routing import FixedRouter

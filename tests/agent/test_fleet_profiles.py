@@ -68,11 +68,12 @@ def test_publish_without_a_fitted_profile_is_one_line(tmp_path: Path, fleet_url:
 
 
 def test_the_device_s_own_profile_wins_over_the_fleet_s() -> None:
-    from agent.profiles import ConfiguredExpert, resolve
+    from agent.experts.info import ExpertInfo
+    from agent.profiles import resolve
 
     shipped = ProfileSet("enc", 1, {"gpt-4o": Profile("gpt-4o", (0.0,), 0.5)})
     own, fleets = Profile("gpt", (1.0,), 1.0), Profile("gpt", (2.0,), 2.0)
-    expert = ConfiguredExpert("gpt", "cloud", "gpt-4o")
+    expert = ExpertInfo("gpt", "cloud", "gpt-4o")
     assert resolve(expert, shipped, {"gpt": own}, {"gpt": fleets}).source == "device"
     assert resolve(expert, shipped, {}, {"gpt": fleets}).profile == fleets
     assert resolve(expert, shipped, {}, {}).source == "shipped"

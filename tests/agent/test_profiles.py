@@ -11,8 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import BundleError
+from agent.experts.info import ExpertInfo
 from agent.profiles import (
-    ConfiguredExpert,
     Profile,
     ProfileSet,
     model_key,
@@ -82,14 +82,14 @@ def test_unparsable_profiles_file(tmp_path: Path) -> None:
 def test_resolution_order_setting_device_shipped_prior() -> None:
     shipped = _set()
     mine = Profile("my-gpt", (0.0, 0.0), 3.0, kind="cloud")
-    e = ConfiguredExpert("my-gpt", "cloud", "gpt-4-1106-preview", profile="mixtral")
+    e = ExpertInfo("my-gpt", "cloud", "gpt-4-1106-preview", profile="mixtral")
     assert resolve(e, shipped, {"my-gpt": mine}).source == "setting"
     assert resolve(e, shipped, {"my-gpt": mine}).profile.name == "mixtral"
-    e = ConfiguredExpert("my-gpt", "cloud", "gpt-4-1106-preview")
+    e = ExpertInfo("my-gpt", "cloud", "gpt-4-1106-preview")
     assert resolve(e, shipped, {"my-gpt": mine}).profile is mine
     r = resolve(e, shipped, {})
     assert (r.source, r.profile.name) == ("shipped", "gpt-4-1106-preview")
-    r = resolve(ConfiguredExpert("x", "cloud", "some-new-model"), shipped, {})
+    r = resolve(ExpertInfo("x", "cloud", "some-new-model"), shipped, {})
     assert r.source == "prior" and "edgeroute experts calibrate x" in (r.note or "")
 
 
@@ -103,13 +103,13 @@ def test_builtin_and_path_models_map_to_profile_names() -> None:
     assert model_key("builtin:smollm2-135m") == "smollm2-135m"
     assert model_key("/opt/models/fox-1.6b.gguf") == "fox-1.6b"
     shipped = _set()
-    r = resolve(ConfiguredExpert("tiny", "local", "/m/smollm2-135m.gguf"), shipped, {})
+    r = resolve(ExpertInfo("tiny", "local", "/m/smollm2-135m.gguf"), shipped, {})
     assert (r.source, r.profile.name) == ("shipped", "smollm2-135m")
 
 
 def test_unknown_profile_setting_is_refused_naming_choices() -> None:
     with pytest.raises(BundleError, match="not shipped"):
-        resolve(ConfiguredExpert("a", "cloud", "m", profile="gpt-5"), _set(), {})
+        resolve(ExpertInfo("a", "cloud", "m", profile="gpt-5"), _set(), {})
 
 
 def test_device_profiles_of_another_encoder_are_ignored_with_a_warning(tmp_path: Path) -> None:
@@ -143,7 +143,7 @@ def _modern() -> ProfileSet:
 ])
 def test_cloud_names_users_type_resolve_to_shipped_profiles(kind: str, model: str,
                                                             profile: str) -> None:
-    r = resolve(ConfiguredExpert("e", kind, model), _modern(), {})
+    r = resolve(ExpertInfo("e", kind, model), _modern(), {})
     assert (r.source, r.profile.name, r.note) == ("shipped", profile, None)
 
 
@@ -157,7 +157,7 @@ def test_cloud_names_users_type_resolve_to_shipped_profiles(kind: str, model: st
     ("zephyr-7b-beta.Q5_K_M.gguf", "HuggingFaceH4/zephyr-7b-beta", "Q5_K_M"),  # no alias
 ])
 def test_quantised_gguf_resolves_with_a_note(model: str, profile: str, quant: str) -> None:
-    r = resolve(ConfiguredExpert("mine", "local", model), _modern(), {})
+    r = resolve(ExpertInfo("mine", "local", model), _modern(), {})
     assert (r.source, r.profile.name) == ("shipped", profile)
     assert r.note is not None and quant in r.note and "quantisation may cost" in r.note
     assert "edgeroute experts calibrate mine" in r.note
@@ -166,20 +166,20 @@ def test_quantised_gguf_resolves_with_a_note(model: str, profile: str, quant: st
 
 def test_full_precision_gguf_and_exact_names_get_no_note() -> None:
     shipped = _modern()
-    r = resolve(ConfiguredExpert("p", "local", "Phi-3-mini-4k-instruct-fp16.gguf"), shipped, {})
+    r = resolve(ExpertInfo("p", "local", "Phi-3-mini-4k-instruct-fp16.gguf"), shipped, {})
     assert (r.profile.name, r.note) == ("microsoft/Phi-3-mini-4k-instruct", None)
-    r = resolve(ConfiguredExpert("s", "local", "/m/smollm2-135m.gguf"), shipped, {})
+    r = resolve(ExpertInfo("s", "local", "/m/smollm2-135m.gguf"), shipped, {})
     assert (r.profile.name, r.note) == ("smollm2-135m", None)
 
 
 def test_aliases_come_after_setting_device_and_exact_names() -> None:
     shipped = _modern().with_profiles([Profile("gpt-4o", (0.0, 0.0), 1.0)])
     mine = Profile("my", (0.0, 0.0), 3.0)
-    assert resolve(ConfiguredExpert("e", "cloud", "gpt-4o"), shipped, {}).profile.name == "gpt-4o"
-    e = ConfiguredExpert("my", "cloud", "openai/gpt-4o-mini")
+    assert resolve(ExpertInfo("e", "cloud", "gpt-4o"), shipped, {}).profile.name == "gpt-4o"
+    e = ExpertInfo("my", "cloud", "openai/gpt-4o-mini")
     assert resolve(e, shipped, {"my": mine}).source == "device"
-    e = ConfiguredExpert("my", "cloud", "openai/gpt-4o-mini", profile="gemini-1.5-pro-002")
+    e = ExpertInfo("my", "cloud", "openai/gpt-4o-mini", profile="gemini-1.5-pro-002")
     assert resolve(e, shipped, {"my": mine}).profile.name == "gemini-1.5-pro-002"
     # a name the table lacks still falls to the prior, and a base model is not its tune
-    r = resolve(ConfiguredExpert("q", "local", "Qwen2.5-3B-Q4_K_M.gguf"), shipped, {})
+    r = resolve(ExpertInfo("q", "local", "Qwen2.5-3B-Q4_K_M.gguf"), shipped, {})
     assert r.source == "prior"

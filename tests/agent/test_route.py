@@ -99,6 +99,9 @@ def test_a_hundred_route_calls_call_no_expert_and_touch_no_ledger(
     assert health["recent_decisions"] == 1  # one served router decision, route calls apart
     shares = {e["name"]: e["recent_share"] for e in health["experts"]}
     assert shares[routed["expert"]] == 1.0
+    local = next(e for e in health["experts"] if e["kind"] == "local")
+    assert local["model"] == local["model_file"] == str(smollm_gguf)  # as configured: a path
+    assert "model_file" not in next(e for e in health["experts"] if e["kind"] == "cloud")
 
 
 def test_route_validates_like_chat(tmp_path: Path, proxy: FaultProxy,
