@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from agent.errors import AgentError
-from agent.profiles import Profile
+from agent.profiles import Profile, sigmoid
 
 # Pulls toward the prior: theta (where an expert is strong) firmly, the bias (how often it
 # is right) loosely, since a few answers say more about the second. Chosen by
@@ -70,10 +70,6 @@ def fit_profile(u: np.ndarray, d: np.ndarray, y: np.ndarray, prior: Profile, nam
     return Profile(name=name, theta=tuple(float(t) for t in beta[:-1]), bias=float(beta[-1]),
                    kind=kind, fitted_on=fitted_on, observations=len(y),
                    mean_p=float(sigmoid(a @ beta - d).mean()))
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -40, 40))))
 
 
 def pulls(n: int, l2: float, l2_bias: float | None) -> np.ndarray:

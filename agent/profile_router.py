@@ -16,7 +16,6 @@ prior and a hint for the ones it knows nothing about.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from agent.profiles import (
     Resolved,
     read_device_profiles,
     resolve,
+    sigmoid,
 )
 from agent.router_bundle import WARMUP_TEXT, BundleManifest, OnnxScorer
 from agent.routing import QueryFeatures, Scoring
@@ -144,8 +144,7 @@ class ProfileRouter:
     def score(self, text: str) -> Scoring:
         u, d = self.bundle.features(text)
         z = self._theta @ u + self._bias - d
-        scores = {e: 1.0 / (1.0 + math.exp(-max(min(v, 40.0), -40.0)))
-                  for e, v in zip(self.experts, z.tolist(), strict=True)}
+        scores = dict(zip(self.experts, sigmoid(z).tolist(), strict=True))
         features = QueryFeatures(tuple(u.tolist()), d, self.bundle.shipped.encoder_id)
         return Scoring(scores, features, self.lengths)
 

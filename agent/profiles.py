@@ -47,6 +47,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from agent.answer_length import LengthModel
 from agent.errors import BundleError
 from agent.experts.info import ExpertInfo
@@ -61,6 +63,12 @@ PRIOR_HINT = "run `edgeroute experts calibrate {name}` to fit its own profile"
 QUANT_HINT = ("{model!r} is a {quant} quantisation of {profile}, whose profile was measured at "
               "full precision: quantisation may cost it a little accuracy; run `edgeroute "
               "experts calibrate {name}` to fit its own profile")
+
+
+def sigmoid(z: Any) -> np.ndarray:
+    """The IRT link, written once: P(correct) from the logit u . theta + bias - d (a number
+    or an array of them), clipped at +-40 so no exp overflows."""
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(z, -40.0, 40.0))))
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,7 @@ class Profile:
         return sum(a * b for a, b in zip(u, self.theta, strict=True)) + self.bias - d
 
     def p_correct(self, u: Sequence[float], d: float) -> float:
-        z = self.logit(u, d)
-        return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
+        return float(sigmoid(np.float64(self.logit(u, d))))
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.profiles import Profile
+from agent.profiles import Profile, sigmoid
 from export.profile_fit import (
     DEFAULT_L2,
     DEFAULT_L2_BIAS,
@@ -82,7 +82,7 @@ def _design(u: np.ndarray) -> np.ndarray:
 
 def _weights(a: np.ndarray, d: np.ndarray, profile: Profile) -> np.ndarray:
     beta = np.array([*profile.theta, profile.bias], dtype=np.float64)
-    p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta - d, -40, 40)))
+    p = sigmoid(a @ beta - d)
     return p * (1.0 - p)
 
 

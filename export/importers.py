@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cloud_bridge.usage import Prices
 from export.datasets import Query, load_dataset, normalise_text, shared_data_dir
 from export.errors import DatasetError
 from export.mmlu_pro import import_mmlu_pro
@@ -58,8 +59,7 @@ PRICES: dict[str, tuple[float, float]] = {GPT4: (10.0, 30.0), MIXTRAL: (0.60, 0.
 def cost_at(expert: str, input_tokens: int | None, output_tokens: int | None) -> float | None:
     if expert not in PRICES or input_tokens is None or output_tokens is None:
         return None
-    pin, pout = PRICES[expert]
-    return (input_tokens * pin + output_tokens * pout) / 1e6
+    return float(Prices(*PRICES[expert]).usd(input_tokens, output_tokens))
 
 
 def _float(value: str | None) -> float | None:

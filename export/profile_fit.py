@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import ability_fit
-from agent.profiles import Profile, ProfileSet
+from agent.profiles import Profile, ProfileSet, sigmoid
 from export.errors import PipelineError
 from export.feature_source import FeatureSource
 
@@ -61,7 +61,7 @@ def accuracy_spread(u: np.ndarray, d: np.ndarray, profile: Profile,
     if cov is None:
         cov = posterior_cov(u, d, profile, l2, l2_bias)
     betas = np.random.default_rng(seed).multivariate_normal(beta, cov, size=draws)
-    ps = 1.0 / (1.0 + np.exp(-np.clip(a @ betas.T - d[:, None], -40, 40)))  # (n, draws)
+    ps = sigmoid(a @ betas.T - d[:, None])  # (n, draws)
     return {name: float(ps[mask].mean(axis=0).std()) for name, mask in groups.items()}
 
 

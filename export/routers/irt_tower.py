@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.profiles import Profile
+from agent.profiles import Profile, sigmoid
 
 
 @dataclass(frozen=True)
@@ -55,4 +55,4 @@ def p_matrix(u: np.ndarray, d: np.ndarray, profiles: Sequence[Profile]) -> np.nd
     theta = np.array([p.theta for p in profiles], dtype=np.float64)
     bias = np.array([p.bias for p in profiles], dtype=np.float64)
     z = u @ theta.T + bias[None, :] - d[:, None]
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+    return sigmoid(z)
