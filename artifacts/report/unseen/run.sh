@@ -11,6 +11,6 @@ mkdir -p runs/unseen /tmp/unseen
 [ -f runs/unseen/public.jsonl.gz ] || nice -n 19 $E table import all --no-bertsim --out runs/unseen/public.jsonl.gz
 [ -f runs/unseen/public.regraded.jsonl.gz ] || nice -n 19 $E table regrade runs/unseen/public.jsonl.gz --out runs/unseen/public.regraded.jsonl.gz
 [ -f runs/unseen/pooled.jsonl.gz ] || nice -n 19 $E table pool artifacts/expert_table.jsonl.gz runs/unseen/public.regraded.jsonl.gz --out runs/unseen/pooled.jsonl.gz
-for step in corpus folds fewshot choose cost full adaptive report; do
+for step in corpus folds fewshot choose cost ceiling full adaptive report; do
   $PY artifacts/report/unseen/study.py $step
 done

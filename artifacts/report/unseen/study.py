@@ -6,6 +6,7 @@
     $PY fewshot    # every estimator x N x draw, validation and test (runs/unseen/fewshot/)
     $PY choose     # the estimator chosen on validation -> fewshot.json
     $PY cost       # the chosen estimator priced as the daemon prices: cost.json
+    $PY ceiling    # is the cost bar reachable with every train row, or in hindsight
     $PY full       # every train row of the held-out source vs the MLP on it alone: full.json
     $PY adaptive   # --adaptive against evenly spread answers: adaptive.json
     $PY report     # summary.md and the plots, from the JSON files
@@ -27,13 +28,18 @@ import numpy as np
 from corpus import HERE, SOURCES, WORK, log
 from estimators import CLUSTERS, Draw, kmeans, methods, routed
 
+from agent.ability_fit import DEFAULT_L2, DEFAULT_L2_BIAS
 from export.scoring import paired_ci
 
 SHOTS = (25, 50, 100, 200)
 DRAWS = 5
 FAMILY_OF = {"laplace": "a", "knn": "b", "cluster": "b", "family": "c", "tier": "c", "lcb": "d",
              "anchor": "d"}
-CURRENT = "laplace 10/3"
+# The fit as it ships (agent.ability_fit.DEFAULT_L2 / DEFAULT_L2_BIAS, 30/3 since this
+# study chose it) and as it shipped before (10/3, chosen leave-one-expert-out).
+CURRENT = f"laplace {DEFAULT_L2:g}/{DEFAULT_L2_BIAS:g}"
+PREVIOUS = "laplace 10/3"
+COMPARED = tuple(dict.fromkeys((CURRENT, PREVIOUS)))
 
 
 class Run:
@@ -112,7 +118,7 @@ def fewshot(run: Run) -> None:
                     r["test"].append(float(qt.mean()))
                     key = f"{name}|{n}"
                     test_q[key] = test_q.get(key, 0.0) + qt / run.draws
-            log(f"fewshot {held} N={n}: laplace 10/3 val "
+            log(f"fewshot {held} N={n}: {CURRENT} val "
                 f"{np.mean(res[CURRENT][str(n)]['val']):.4f} test "
                 f"{np.mean(res[CURRENT][str(n)]['test']):.4f} (best single test "
                 f"{base['test']['best_single']:.4f})")
@@ -189,7 +195,7 @@ def main() -> None:
         fewshot(run)
     elif a.step == "choose":
         choose(run)
-    elif a.step in ("cost", "full"):
+    elif a.step in ("cost", "ceiling", "full"):
         import study_cost
 
         getattr(study_cost, a.step)(run)
