@@ -207,7 +207,17 @@ def _full(full: Any) -> list[str]:
     if chosen:
         top = sorted(full["val_gap"].items(), key=lambda kv: -kv[1])[:6]
         rows += ["", "Validation with all fit rows (points vs the validation best single, mean "
-                 "over sources): " + ", ".join(f"{m} {pt(g)}" for m, g in top) + "."]
+                 "over sources): " + ", ".join(f"{m} {pt(g)}" for m, g in top) + ".", "",
+                 "Chosen per source instead, on that source's own validation (what a user with "
+                 "many answers could do on a held-out part of them): each source's pick, its "
+                 "test quality - MLP and interval:", "",
+                 "| held out | chosen on its validation | val (pt) | test - MLP (pt) | 95% CI |",
+                 "| --- | --- | ---: | ---: | --- |"]
+        for h, s in full["sources"].items():
+            c = s["candidates"]
+            m = max(c, key=lambda n: (round(c[n]["val_gap"], 4), n == full["methods"][0]))
+            rows.append(f"| {h} | {m} | {pt(c[m]['val_gap'])} | {pt(c[m]['minus_mlp'])} | "
+                        f"{ci(c[m]['minus_mlp_ci'])} |")
     return [*rows, ""]
 
 
