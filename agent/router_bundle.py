@@ -20,7 +20,6 @@ and no request waits for or fails because of a swap.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from agent.errors import BundleError
+from agent.file_digest import sha256_file
 from agent.routing import Scoring
 
 log = logging.getLogger("edgeroute.router")
@@ -42,14 +42,6 @@ BUNDLE_FORMAT = 1
 MANIFEST_NAME = "manifest.json"
 REQUIRED_FILES = ("model.onnx", "tokenizer.json")
 WARMUP_TEXT = "warm-up query: route me to the right expert"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def embedded_bundle() -> Path | None:
@@ -78,7 +70,7 @@ class BundleManifest:
         """The manifest of the files now in ``bundle`` (each hashed), checked as the daemon
         will check it; ``provenance`` is kept as given."""
         bundle = Path(bundle)
-        files = {f.name: {"sha256": file_sha256(f), "bytes": f.stat().st_size}
+        files = {f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size}
                  for f in sorted(bundle.iterdir()) if f.name != MANIFEST_NAME}
         raw = {**provenance, "format": BUNDLE_FORMAT, "experts": list(experts),
                "metric": metric, "max_length": int(max_length), "files": files}
@@ -131,7 +123,7 @@ class BundleManifest:
             if not target.is_file():
                 raise BundleError(f"router bundle {root}: file {name} is missing; "
                                   "re-export or re-install the bundle")
-            actual = file_sha256(target)
+            actual = sha256_file(target)
             if actual != expected:
                 raise BundleError(f"router bundle {root}: {name} sha256 {actual[:12]}... does "
                                   f"not match the manifest's {expected[:12]}...; the file is "

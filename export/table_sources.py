@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from agent.model_names import ModelNames
+from cloud_bridge.usage import CHARS_PER_TOKEN
 from export.errors import DatasetError
 
 # The two cloud experts of the first public tables, by the names their profiles ship under.
@@ -51,9 +52,15 @@ UNLICENSED = frozenset({"routerbench", "routerdc"})
 RESPONSE_CHARS = 4000  # longer responses are cut in the table (BERTSim sees 256 tokens)
 
 
+def tokens_for_chars(chars: int) -> int:
+    """ceil(chars / 4) (``cloud_bridge.usage.CHARS_PER_TOKEN``, the daemon's estimate too),
+    at least 1."""
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+
+
 def estimate_tokens(text: str | None) -> int | None:
-    """ceil(chars / 4), at least 1; None for no text."""
-    return None if text is None else max(1, math.ceil(len(text) / 4))
+    """:func:`tokens_for_chars` of the text; None for no text."""
+    return None if text is None else tokens_for_chars(len(text))
 
 
 def cut_response(text: str | None) -> str | None:

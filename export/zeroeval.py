@@ -21,7 +21,6 @@ regrade`` then grades every reply with our grader for its dataset.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +35,7 @@ from export.table_sources import (
     cut_response,
     estimate_tokens,
     expert_name,
+    tokens_for_chars,
 )
 
 # ZeroEval's task -> (file, our dataset)
@@ -121,7 +121,7 @@ def import_zeroeval(data_dir: Path) -> Iterator[dict[str, Any]]:
                 "expert": experts[model],
                 "response": cut_response(output), "correct": _label(task, obj, where),
                 "input_tokens": estimate_tokens(str(obj.get("question") or q.prompt)),
-                "output_tokens": (max(1, math.ceil(length / 4)) if isinstance(length, int)
+                "output_tokens": (tokens_for_chars(length) if isinstance(length, int)
                                   else estimate_tokens(output)),
                 "source": ZEROEVAL, "grader": f"{SOURCE_GRADERS[ZEROEVAL]}-{task}",
             }

@@ -99,10 +99,10 @@ def test_serve_with_a_bad_profiles_file_is_a_one_line_start_up_error(
     raw = json.loads((bad / "profiles.json").read_text())
     raw["profiles"][0]["theta"] = raw["profiles"][0]["theta"][:-1]
     (bad / "profiles.json").write_text(json.dumps(raw))
-    from agent.router_bundle import file_sha256
+    from agent.file_digest import sha256_file
 
     manifest = json.loads((bad / "manifest.json").read_text())
-    manifest["files"]["profiles.json"]["sha256"] = file_sha256(bad / "profiles.json")
+    manifest["files"]["profiles.json"]["sha256"] = sha256_file(bad / "profiles.json")
     (bad / "manifest.json").write_text(json.dumps(manifest))
     env = {"EDGEROUTE_ROUTER__BUNDLE": str(bad)}
     import os

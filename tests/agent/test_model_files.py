@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ModelFileError
-from agent.model_files import BUILTINS, resolve_model, sha256_file, verify_file
+from agent.file_digest import sha256_file
+from agent.model_files import BUILTINS, resolve_model, verify_file
 from agent.model_refs import QWEN_DEFAULT, SMOLLM2_DEFAULT
 
 

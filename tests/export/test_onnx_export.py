@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.router_bundle import OnnxRouter, file_sha256
+from agent.file_digest import sha256_file
+from agent.router_bundle import OnnxRouter
 from export.bundle_writer import ExportConfig, load_eval_set
 from export.errors import ExportError, PipelineError
 from export.onnx_export import check_gates, read_router
@@ -34,7 +35,7 @@ def test_round_trip_bundle_is_complete_and_self_describing(art: dict[str, Path])
     assert man["experts"] == EXPERTS  # label order, as trained
     assert (man["metric"], man["max_length"], man["precision"]) == ("correct", MAX_LENGTH, "int8")
     for name, entry in man["files"].items():
-        assert file_sha256(art["int8"] / name) == entry["sha256"]
+        assert sha256_file(art["int8"] / name) == entry["sha256"]
     # portable: full-range u8 weights (no saturating U8S8 path on any x86 CPU)
     assert man["quantization"]["target"] == "portable"
     assert (man["quantization"]["weight_type"], man["quantization"]["reduce_range"]) == (
