@@ -245,7 +245,7 @@ def answer_row(runner: Runner, query: Query, max_tokens: int) -> dict[str, Any]:
         "correct": correct, "latency_s": round(latency, 4),
         "input_tokens": completion.usage.prompt_tokens,
         "output_tokens": completion.usage.completion_tokens,
-        "cost_usd": runner.expert.info.cost_usd(completion.usage),
+        "cost_usd": runner.expert.info.prices.cost_usd(completion.usage),
         "source": "collected",
         "grader": grader_name(query.dataset) if correct is not None else None,
         "mean_logprob": confidence[0] if confidence else None,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from agent import __version__
 from agent.expert_settings import CloudExpertSettings, LocalExpertSettings
 from cloud_bridge.messages import Modality
-from cloud_bridge.usage import Prices, TokenUsage
+from cloud_bridge.usage import Prices
 
 if TYPE_CHECKING:
     from agent.settings import Settings
@@ -51,9 +51,6 @@ class ExpertInfo:
     # Calls it serves at once, which admission lets in (a local model: its batch slots;
     # a cloud expert: the server's ``max_inflight_cloud`` instead).
     concurrency: int = 1
-
-    def cost_usd(self, usage: TokenUsage) -> float:
-        return self.prices.cost_usd(usage)
 
     @property
     def fingerprint(self) -> str:
