@@ -337,7 +337,7 @@ def create_app(settings: Settings, runtime: Runtime) -> FastAPI:
         params = sampling_params(req, settings.server)
         hints = _hints(req, request)
         decision = runtime.decide(req.model, messages, params, hints)
-        first, decision = runtime.cascade_first(decision, params, req.model != "auto", hints,
+        first, decision = runtime.cascade.first(decision, params, req.model != "auto", hints,
                                                 stream=bool(req.stream))
         if req.stream and first is None:
             return await _open_stream(runtime, req, messages, params, decision)

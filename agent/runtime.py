@@ -12,24 +12,22 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.admission import Admission
-from agent.cascade import CascadeRule, first_local, keep_local
+from agent.cascade_runner import Cascade
 from agent.decider import Decider, Hints
 from agent.decision_log import DecisionLog
 from agent.dispatch import Dispatcher, routable
 from agent.errors import (
     BundleError,
-    ExpertCallError,
-    ExpertUnavailableError,
 )
 from agent.expert_stats import ExpertStats
 from agent.experts.base import Expert, Message
 from agent.experts.batching import DecodeThread
-from agent.ledger import BudgetExceededError, Caps, Ledger, SpendLedger
+from agent.ledger import Caps, Ledger, SpendLedger
 from agent.metrics import Metrics
 from agent.model_files import resolve_model
 from agent.outcome_recorder import OutcomeRecorder
@@ -61,6 +59,7 @@ class Runtime:
     dispatcher: Dispatcher = field(init=False)
     outcomes: OutcomeRecorder | None = None  # what answers teach the profiles (outcomes.*)
     refits: RefitSchedule | None = field(default=None, init=False)
+    cascade: Cascade = field(init=False)  # the local-first cascade (agent/cascade_runner.py)
 
     def __post_init__(self) -> None:
         self.stats = ExpertStats.for_policy(self.settings.policy)
@@ -76,6 +75,10 @@ class Runtime:
             admission=self.admission, fallback_expert=self.fallback_expert,
             on_exceeded=self.settings.budget.on_exceeded, stats=self.stats,
             log=self.decisions, sink=self.outcomes)
+        self.cascade = Cascade(
+            self.settings.policy, {n: e.info.kind for n, e in self.experts.items()},
+            self.stats, self.metrics,
+            lambda d, m, p, fallback: self.complete(d, m, p, fallback=fallback))
         if self.outcomes is not None:
             self.refits = RefitSchedule(self.settings, self.outcomes.store, self.metrics,
                                         self.reload_router)
@@ -99,88 +102,15 @@ class Runtime:
                hints: Hints | None = None, *, served: bool = True) -> Decision:
         return self.decider.decide(model, messages, params, hints or Hints(), served=served)
 
-    # -- the local-first cascade (agent/cascade.py) ----------------------------------------
-    def cascade_rule(self) -> CascadeRule:
-        p = self.settings.policy
-        return CascadeRule(p.cascade_band, p.cascade_threshold, p.cascade_signal)
-
-    def cascade_first(self, decision: Decision, params: SamplingParams, requested: bool,
-                      hints: Hints | None = None, *,
-                      stream: bool = False) -> tuple[str | None, Decision]:
-        """The local expert to try before the decision's cloud expert (or None), and the
-        decision. Tried when the cascade is on (the request's ``edgeroute.cascade``, else
-        the setting), the router chose (no expert named), the reply is plain text (no
-        tools, no JSON mode: a local answer's confidence is about text), and a stream only
-        with ``cascade_stream``. Cascade on but not tried: the decision says why in its
-        ``cascade`` (``tried: false``, ``skipped``), so every reply shows the cascade."""
-        p = self.settings.policy
-        hints = hints or Hints()
-        if not (p.cascade if hints.cascade is None else hints.cascade):
-            return None, decision
-        local, why = None, ("named expert" if requested
-                            else "tools/json mode" if params.tools or params.json_mode
-                            else "stream without cascade_stream"
-                            if stream and not p.cascade_stream else None)
-        if why is None:
-            kinds = {n: e.info.kind for n, e in self.experts.items()}
-            local, why = first_local(decision, kinds, p.cascade_band)
-        if local is not None:
-            return local, decision
-        return None, replace(decision, cascade={"tried": False, "skipped": why})
-
-    async def _cascade(self, decision: Decision, local: str, messages: list[Message],
-                       params: SamplingParams) -> tuple[ChatResult, Decision]:
-        """Answer with ``local`` first; keep it when confident, else ask the decision's
-        cloud expert. The ledger sees only the cloud call; an escalation that a budget
-        refuses, or that fails, keeps the local answer and says so."""
-        rule = self.cascade_rule()
-        attempt = replace(decision, expert=local, expected_cost_usd=0.0, worst_case_usd=0.0,
-                          expected_quality=decision.scores.get(local),
-                          expected_latency_s=self.stats.latency_s.get(local),
-                          reason=f"cascade: {local} first, {decision.expert} if unsure")
-        started = time.perf_counter()
-        info: dict[str, object] = {
-            "tried": True, "local_expert": local, "cloud_expert": decision.expert,
-            "signal": rule.signal, "threshold": rule.threshold, "band": rule.band}
-        try:
-            answer, by = await self.complete(attempt, messages, params)
-        except (ExpertCallError, ExpertUnavailableError) as exc:  # busy or failed: the cloud
-            info |= {"confidence": None, "note": f"local attempt failed ({exc})",
-                     "local_latency_s": round(time.perf_counter() - started, 4)}
-            cloud, cdec = await self.complete(decision, messages, params)
-            return cloud, self._cascaded(cdec, info, "escalated")
-        conf = answer.confidence
-        info |= {"local_expert": by.expert,
-                 "confidence": conf.as_dict() if conf is not None else None,
-                 "local_latency_s": round(time.perf_counter() - started, 4),
-                 "local_finish_reason": answer.finish_reason}
-        value = getattr(conf, rule.signal) if conf is not None else None
-        if keep_local(value, answer.finish_reason, rule):
-            return answer, self._cascaded(by, info, "kept")
-        try:
-            cloud, cdec = await self.complete(decision, messages, params, fallback=False)
-        except BudgetExceededError as exc:
-            info["note"] = (f"escalation to {decision.expert} would break a budget "
-                            f"({exc.message}); kept the local answer")
-            return answer, self._cascaded(by, info, "kept_over_budget")
-        except (ExpertCallError, ExpertUnavailableError) as exc:
-            info["note"] = f"escalation to {decision.expert} failed ({exc}); kept the local answer"
-            return answer, self._cascaded(by, info, "kept_cloud_failed")
-        return cloud, self._cascaded(cdec, info, "escalated")
-
-    def _cascaded(self, by: Decision, info: dict[str, object], outcome: str) -> Decision:
-        self.metrics.cascade.labels(outcome).inc()
-        return replace(by, cascade={**info, "outcome": outcome})
-
     # -- serving: both go through the one dispatch routine (agent/dispatch.py) ----------
     async def complete(
         self, decision: Decision, messages: list[Message], params: SamplingParams, *,
         cascade_first: str | None = None, fallback: bool = True,
     ) -> tuple[ChatResult, Decision]:
         """One whole answer, and the decision that produced it (a fallback's, if any).
-        ``cascade_first``: a local expert to try first (:meth:`cascade_first`)."""
+        ``cascade_first``: a local expert to try first (``self.cascade.first``)."""
         if cascade_first is not None:
-            return await self._cascade(decision, cascade_first, messages, params)
+            return await self.cascade.run(decision, cascade_first, messages, params)
         pieces: list[StreamPiece] = []
         answered = decision
         async for piece, by in self.dispatcher.run(decision, messages, params, stream=False,

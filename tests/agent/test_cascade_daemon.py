@@ -169,7 +169,7 @@ async def test_an_escalation_a_budget_would_refuse_keeps_the_local_answer(
         params = SamplingParams(max_tokens=8, temperature=0.0)
         decision = rt.decide("auto", messages, params)
         assert decision.expert == "gpt4"
-        first, decision = rt.cascade_first(decision, params, requested=False)
+        first, decision = rt.cascade.first(decision, params, requested=False)
         assert first == "smollm2-135m"
         row = rt.ledger.reserve("gpt4", 0.999)  # spent by others since the decision
         rt.ledger.settle(row, 0.999, 1000, 1000)
